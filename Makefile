@@ -1,0 +1,32 @@
+# Two commands: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench lint typecheck clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt -e '.[cpu,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/m2pt-demo --out demo-out
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/m2pt-bench --out bench-out
+
+lint: $(STAMP)
+	$(BIN)/ruff check m2pt_deploy tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) demo-out bench-out .pytest_cache .mypy_cache .hypothesis

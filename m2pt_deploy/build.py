@@ -1,0 +1,78 @@
+"""Build torch models from a :class:`~m2pt_deploy.checkpoint.Checkpoint`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import Tensor, nn
+
+from m2pt_deploy.checkpoint import Checkpoint
+from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.pathway import add_pathways, pathway_layers
+from m2pt_deploy.vit import ModelSpec, create_vit
+
+__all__ = ["build_unmerged", "build_vanilla", "load_strict"]
+
+# The MAE recipe's linear-probe BatchNorm epsilon, which the M2PT reference reuses.
+PROBE_BN_EPS = 1e-6
+
+
+def build_vanilla(spec: ModelSpec, *, exportable: bool = False) -> nn.Module:
+    try:
+        return create_vit(spec, exportable=exportable)
+    except (AssertionError, TypeError, ValueError) as e:
+        raise M2ptError(f"cannot build {spec.arch} with {spec.model_kwargs}: {e}") from e
+
+
+def load_strict(model: nn.Module, state_dict: Mapping[str, Tensor], *, what: str) -> None:
+    """``load_state_dict(strict=True)`` with a one-line message naming the first problem."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    if missing or unexpected:
+        raise M2ptError(f"{what} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for k, v in state_dict.items():
+        if own[k].shape != v.shape:
+            raise M2ptError(f"{what}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _split(sd: Mapping[str, Tensor], n_aux: int) -> tuple[dict[str, Tensor], list[dict[str, Tensor]], dict[str, list[Tensor]]]:
+    base: dict[str, Tensor] = {}
+    aux: list[dict[str, Tensor]] = [{} for _ in range(n_aux)]
+    scales: dict[str, list[Tensor]] = {}
+    for key, value in sd.items():
+        layer, _, k = key.rpartition(".")
+        stem, _, kind = layer.rpartition(".")
+        if kind == "aux_weight" and k.isdigit():
+            aux[int(k)][f"{stem}.weight"] = value
+        elif kind == "cross_modal_scale" and k.isdigit():
+            scales.setdefault(stem, [None] * n_aux)[int(k)] = value  # type: ignore[list-item]
+        else:
+            base[key] = value
+    return base, aux, scales
+
+
+def build_unmerged(ckpt: Checkpoint, *, train_aux: bool = False) -> nn.Module:
+    """The model exactly as trained: the target ViT with its pathways (and probe head, if any)."""
+    model = build_vanilla(ckpt.spec)
+    if ckpt.has_probe_head:
+        linear = model.get_classifier()
+        model.head = nn.Sequential(
+            nn.BatchNorm1d(linear.in_features, affine=False, eps=PROBE_BN_EPS), linear
+        )
+    if ckpt.pathway is None:
+        load_strict(model, ckpt.state_dict, what=str(ckpt.path))
+        return model.eval()
+    info = ckpt.pathway
+    base, aux, scales = _split(ckpt.state_dict, len(info.aux))
+    load_strict(model, base, what=str(ckpt.path))
+    try:
+        add_pathways(model, aux, layers=info.layers, block_path=info.block_path,
+                     lambda_kind=info.lambda_kind, train_aux=train_aux)
+    except M2ptError as e:
+        raise M2ptError(e.message, ckpt.path) from e
+    for name, pathway in pathway_layers(model).items():
+        for param, value in zip(pathway.scales, scales[name], strict=True):
+            param.data.copy_(value.reshape(param.shape))
+    return model.eval()

@@ -1,0 +1,233 @@
+"""Merged ViT → ONNX: one deterministic, checked, self-describing file.
+
+Loaders follow Polygraphy's shape: ``OnnxFromCheckpoint`` stores its arguments and does
+the work when called, so an export chain (and the TensorRT chain built on it) can be
+assembled and inspected before anything heavy runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import onnx
+import torch
+from torch import nn
+
+from m2pt_deploy import __version__
+from m2pt_deploy.build import build_unmerged
+from m2pt_deploy.checkpoint import Checkpoint, load_checkpoint
+from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.fileio import atomic_output
+from m2pt_deploy.merge import merge_model
+from m2pt_deploy.pathway import pathway_layers
+from m2pt_deploy.vit import ModelSpec
+
+__all__ = [
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "BatchSpec",
+    "OnnxFromCheckpoint",
+    "export_model",
+    "lambda_summary",
+    "parse_batch",
+    "read_metadata",
+    "save_onnx",
+]
+
+INPUT_NAME = "pixel_values"
+OUTPUT_NAME = "logits"
+MIN_OPSET = 17
+DEFAULT_OPSET = 18
+# protobuf cannot serialise a message over 2 GiB: larger models keep weights beside the graph.
+_PROTOBUF_LIMIT = 2**31 - 1
+Precision = Literal["fp32", "fp16"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSpec:
+    """A fixed batch (``min == opt == max``) or a dynamic range with an optimum (TensorRT profiles)."""
+
+    min: int
+    opt: int
+    max: int
+
+    @property
+    def dynamic(self) -> bool:
+        return not (self.min == self.opt == self.max)
+
+    def __str__(self) -> str:
+        return str(self.min) if not self.dynamic else f"{self.min}:{self.opt}:{self.max}"
+
+
+DYNAMIC_BATCH = BatchSpec(1, 1, 64)
+
+
+def parse_batch(text: str) -> BatchSpec:
+    """``N`` (static) or ``MIN:OPT:MAX`` (dynamic), all positive, ``MIN <= OPT <= MAX``."""
+    parts = text.split(":")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise M2ptError(f"--batch {text!r}: expected N or MIN:OPT:MAX with whole numbers") from None
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3 or any(v < 1 for v in values):
+        raise M2ptError(f"--batch {text!r}: expected N or MIN:OPT:MAX, each at least 1")
+    lo, opt, hi = values
+    if not lo <= opt <= hi:
+        raise M2ptError(f"--batch {text!r}: needs MIN <= OPT <= MAX, got {lo} > {opt} > {hi}"
+                        if lo > opt > hi else f"--batch {text!r}: needs MIN <= OPT <= MAX")
+    return BatchSpec(lo, opt, hi)
+
+
+def lambda_summary(model: nn.Module) -> dict[str, Any]:
+    """Per aux model: how many layers carry it and the range of its learned λ."""
+    layers = pathway_layers(model)
+    if not layers:
+        return {"layers": 0}
+    n_aux = len(next(iter(layers.values())).scales)
+    per_aux = []
+    for k in range(n_aux):
+        values = torch.cat([p.scales[k].detach().flatten() for p in layers.values()])
+        per_aux.append({
+            "min": float(values.min()), "max": float(values.max()),
+            "mean_abs": float(values.abs().mean()),
+        })
+    return {"layers": len(layers), "aux": per_aux}
+
+
+def export_model(
+    model: nn.Module,
+    spec: ModelSpec,
+    *,
+    opset: int = DEFAULT_OPSET,
+    batch: BatchSpec = DYNAMIC_BATCH,
+    metadata: Mapping[str, str] | None = None,
+) -> onnx.ModelProto:
+    """Trace an eval-mode vanilla model with torch's dynamo exporter into a checked ModelProto."""
+    if opset < MIN_OPSET:
+        raise M2ptError(f"--opset {opset}: ONNX export needs opset {MIN_OPSET} or newer")
+    example = torch.zeros(max(2, batch.opt) if batch.dynamic else batch.min, *spec.input_size)
+    shapes = ({0: torch.export.Dim("batch", min=1, max=max(batch.max, 2))},) if batch.dynamic else None
+    # The exporter prints its own progress lines; callers show ours instead.
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        program = torch.onnx.export(
+            model.eval(), (example,), None, dynamo=True, opset_version=opset,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=shapes,
+            verbose=False,
+        )
+    proto = program.model_proto
+    proto.producer_name, proto.producer_version = "m2pt-deploy", __version__
+    onnx.helper.set_model_props(proto, dict(metadata or {}))
+    return proto
+
+
+def convert_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """fp16 weights and compute with fp32 I/O, LayerNorm kept in fp32 for accuracy."""
+    from m2pt_deploy.export.precision import to_mixed_precision
+
+    return to_mixed_precision(proto, "fp16")
+
+
+def save_onnx(proto: onnx.ModelProto, path: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """Check, infer shapes and write atomically; weights go to ``<name>.data`` past 2 GiB."""
+    try:
+        onnx.checker.check_model(proto, full_check=proto.ByteSize() < _PROTOBUF_LIMIT)
+    except onnx.checker.ValidationError as e:
+        raise M2ptError(f"exported graph failed onnx.checker: {str(e).splitlines()[0]}", path) from e
+    out = Path(path)
+    external = proto.ByteSize() >= _PROTOBUF_LIMIT
+    if not external:
+        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    with atomic_output(out, force=force) as tmp:
+        if external:
+            data = out.with_name(out.name + ".data")
+            tmp_data = tmp.with_name(tmp.name + ".data")
+            onnx.save_model(proto, tmp, save_as_external_data=True, location=tmp_data.name,
+                            all_tensors_to_one_file=True)
+            # The graph names its data file; rename the data first, then the graph.
+            _relink_external_data(tmp, data.name)
+            os.replace(tmp_data, data)
+        else:
+            onnx.save_model(proto, tmp)
+    return out
+
+
+def _relink_external_data(graph_path: Path, location: str) -> None:
+    proto = onnx.load_model(graph_path, load_external_data=False)
+    for tensor in proto.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save_model(proto, graph_path)
+
+
+def read_metadata(proto: onnx.ModelProto) -> dict[str, Any]:
+    """The ``metadata_props`` written by :class:`OnnxFromCheckpoint`, JSON values decoded."""
+    out: dict[str, Any] = {}
+    for prop in proto.metadata_props:
+        try:
+            out[prop.key] = json.loads(prop.value)
+        except json.JSONDecodeError:
+            out[prop.key] = prop.value
+    return out
+
+
+class OnnxFromCheckpoint:
+    """Lazy loader: checkpoint → merged vanilla ViT → ``onnx.ModelProto`` with metadata."""
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike[str] | Checkpoint,
+        *,
+        arch: str | None = None,
+        input_size: tuple[int, int, int] | None = None,
+        opset: int = DEFAULT_OPSET,
+        precision: Precision = "fp32",
+        batch: BatchSpec = DYNAMIC_BATCH,
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.arch = arch
+        self.input_size = input_size
+        self.opset = opset
+        self.precision = precision
+        self.batch = batch
+
+    def load(self) -> Checkpoint:
+        if isinstance(self.checkpoint, Checkpoint):
+            return self.checkpoint
+        return load_checkpoint(self.checkpoint, arch=self.arch, input_size=self.input_size)
+
+    def metadata(self, ckpt: Checkpoint, unmerged: nn.Module) -> dict[str, str]:
+        c, h, w = ckpt.spec.input_size
+        fields: dict[str, Any] = {
+            "m2pt_deploy.version": __version__,
+            "m2pt_deploy.source_sha256": ckpt.sha256,
+            "m2pt_deploy.source_kind": ckpt.kind,
+            "m2pt_deploy.arch": ckpt.spec.arch,
+            "m2pt_deploy.model_kwargs": ckpt.spec.model_kwargs,
+            "m2pt_deploy.input": {"name": INPUT_NAME, "channels": c, "height": h, "width": w,
+                                  "mean": list(ckpt.spec.mean), "std": list(ckpt.spec.std)},
+            "m2pt_deploy.num_classes": ckpt.spec.num_classes,
+            "m2pt_deploy.precision": self.precision,
+            "m2pt_deploy.lambda": lambda_summary(unmerged),
+            "m2pt_deploy.pathway": ckpt.pathway.to_dict() if ckpt.pathway else None,
+        }
+        if "labels" in ckpt.extra:
+            fields["m2pt_deploy.labels"] = ckpt.extra["labels"]
+        return {k: json.dumps(v, sort_keys=True) for k, v in fields.items()}
+
+    def __call__(self) -> onnx.ModelProto:
+        ckpt = self.load()
+        unmerged = build_unmerged(ckpt)
+        merged = merge_model(unmerged, ckpt.spec, exportable=True)
+        proto = export_model(merged, ckpt.spec, opset=self.opset, batch=self.batch,
+                             metadata=self.metadata(ckpt, unmerged))
+        return convert_fp16(proto) if self.precision == "fp16" else proto
