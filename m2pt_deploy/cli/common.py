@@ -1,0 +1,55 @@
+"""What every command shares: the error contract and the argument groups."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from m2pt_deploy.errors import M2ptError
+
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_CHECK_FAILED",
+    "EXIT_OK",
+    "add_model_args",
+    "add_output_args",
+    "run_main",
+]
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+def _input_size(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """--arch / --input-size: overrides for what the checkpoint says or implies."""
+    group = parser.add_argument_group("model (normally read from the checkpoint)")
+    group.add_argument("--arch", metavar="NAME",
+                       help="timm architecture, e.g. vit_base_patch16_224 (default: inferred from tensor shapes)")
+    group.add_argument("--input-size", nargs=3, type=_input_size, metavar=("C", "H", "W"),
+                       help="input channels, height and width, e.g. 1 128 1024 for an audio spectrogram ViT")
+
+
+def add_output_args(parser: argparse.ArgumentParser, *, default_help: str) -> None:
+    parser.add_argument("-o", "--output", metavar="FILE", help=f"where to write ({default_help})")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing output")
+
+
+def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run ``main``; a user error becomes one line on stderr and exit code 2, no traceback."""
+    try:
+        return main(argv)
+    except M2ptError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
