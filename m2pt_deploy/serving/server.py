@@ -7,9 +7,12 @@ turns 503, in-flight requests finish (up to ``drain_timeout_s``), then the batch
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import signal
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from m2pt_deploy.errors import M2ptError
@@ -54,6 +57,20 @@ def run_server(
         def handle_exit(self, sig: int, frame: Any) -> None:
             state.draining = True
             super().handle_exit(sig, frame)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn re-raises the signal after shutdown; a completed drain should exit 0.
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            handled = (signal.SIGINT, signal.SIGTERM)
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
 
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets=sockets)

@@ -133,13 +133,13 @@ def server(serve_process, tiny_onnx: Path) -> ServerProcess:
 
 def http(method: str, url: str, body: bytes | None = None,
          headers: dict[str, str] | None = None, timeout: float = 20) -> tuple[int, dict[str, str], bytes]:
-    """One bounded request with the standard library; returns status, headers and body."""
+    """One bounded request with the standard library: status, lower-cased headers, body."""
     request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as r:
-            return r.status, dict(r.headers), r.read()
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
     except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
 
 def error_of(body: bytes) -> str:
