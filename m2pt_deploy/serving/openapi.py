@@ -25,7 +25,7 @@ _INFER_REQUEST = {
     "properties": {
         "id": {"type": "string"},
         "parameters": _PARAMETERS,
-        "inputs": {"type": "array", "items": {
+        "inputs": {"type": "array", "minItems": 1, "items": {
             "type": "object", "required": ["name", "shape", "datatype"],
             "properties": {
                 "name": {"type": "string"},
