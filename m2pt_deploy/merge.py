@@ -66,23 +66,22 @@ def merge_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
             raise M2ptError(f"{stem}: aux weights {sorted(weights)} without matching λ")
         order = sorted(weights)
         target = out[f"{stem}.weight"]
-        for k in order:
-            if weights[k].shape != target.shape:
-                raise M2ptError(
-                    f"{stem}: target weight {tuple(target.shape)} vs aux #{k} weight {tuple(weights[k].shape)}"
-                )
+        for index in order:
+            if weights[index].shape != target.shape:
+                raise M2ptError(f"{stem}: target weight {tuple(target.shape)} "
+                                f"vs aux #{index} weight {tuple(weights[index].shape)}")
         out[f"{stem}.weight"] = merge_weight(
-            out[f"{stem}.weight"], [weights[k] for k in order], [scales[stem][k] for k in order]
+            target, [weights[i] for i in order], [scales[stem][i] for i in order]
         )
     return fold_probe_head(out)
 
 
 def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """The vanilla-layout state dict of a pathway model, each pathway weight folded."""
-    folded = {f"{name}.weight": merge_weight(
-        model.get_submodule(name).parametrizations["weight"].original,
-        list(p.aux_weights), list(p.scales),
-    ) for name, p in pathway_layers(model).items()}
+    folded = {
+        f"{name}.weight": merge_weight(_original_weight(model, name), list(p.aux_weights), list(p.scales))
+        for name, p in pathway_layers(model).items()
+    }
     out: dict[str, Tensor] = {}
     for key, value in model.state_dict().items():
         layer, sep, rest = key.partition(".parametrizations.weight.")
@@ -91,6 +90,12 @@ def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
         elif rest == "original":
             out[f"{layer}.weight"] = folded[f"{layer}.weight"]
     return fold_probe_head(out)
+
+
+def _original_weight(model: nn.Module, name: str) -> Tensor:
+    parametrizations = model.get_submodule(name).parametrizations
+    assert isinstance(parametrizations, nn.ModuleDict)
+    return parametrizations["weight"].original  # type: ignore[return-value]
 
 
 def merge_model(model: nn.Module, spec: ModelSpec, *, exportable: bool = False) -> nn.Module:
