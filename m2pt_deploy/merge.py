@@ -7,7 +7,7 @@ unmerged model's in fp32 (checked with ``torch.equal``, not ``allclose``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -98,12 +98,18 @@ def _original_weight(model: nn.Module, name: str) -> Tensor:
     return parametrizations["weight"].original  # type: ignore[return-value]
 
 
-def merge_model(model: nn.Module, spec: ModelSpec, *, exportable: bool = False) -> nn.Module:
-    """A fresh vanilla timm model carrying ``model``'s merged weights.
+def merge_model(
+    model: nn.Module, vanilla: ModelSpec | Callable[[], nn.Module], *, exportable: bool = False
+) -> nn.Module:
+    """A fresh vanilla model carrying ``model``'s merged weights.
 
-    The input model is left untouched: no ``deepcopy`` + ``remove_parametrizations``,
-    which would corrupt it because parametrize's generated class is shared.
+    Args:
+        model: the pathway model; left untouched (no ``deepcopy`` + ``remove_parametrizations``,
+            which would corrupt it because parametrize's generated class is shared).
+        vanilla: the target's :class:`ModelSpec`, or any callable returning a fresh model of
+            the target's architecture (for non-timm transformers).
+        exportable: with a spec, build timm's exporter-friendly variant (no fused attention).
     """
-    vanilla = build_vanilla(spec, exportable=exportable)
+    vanilla = build_vanilla(vanilla, exportable=exportable) if isinstance(vanilla, ModelSpec) else vanilla()
     load_strict(vanilla, merged_state_dict(model), what="merged state dict")
     return vanilla.eval()
