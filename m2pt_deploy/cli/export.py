@@ -28,12 +28,13 @@ from m2pt_deploy.fileio import check_output_path
 
 __all__ = ["build_parser", "entrypoint", "main"]
 
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "triton")
 _EPILOG = """\
 examples:
   m2pt-export --format onnx m2pt_vit.safetensors               # -> m2pt_vit.onnx, verified
   m2pt-export --format onnx ckpt.pth --precision fp16 -o vit_fp16.onnx
   m2pt-export --format onnx audio_vit.pth --input-size 1 128 1024 --batch 8
+  m2pt-export --format triton m2pt_vit.safetensors -o models/  # -> models/m2pt_vit/{config.pbtxt,1/model.onnx}
 
 exit status: 0 exported and verified, 1 exported but a verification check failed,
 2 bad input (nothing written).
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="fp16 keeps LayerNorm/Softmax and the I/O in fp32 (default: fp32)")
     onnx_group.add_argument("--batch", default=None, metavar="N|MIN:OPT:MAX",
                             help="a fixed batch N, or a dynamic range (default: dynamic)")
+    _add_triton_args(parser)
     check = parser.add_argument_group("verification")
     check.add_argument("--no-verify", action="store_true", help="skip checking the export against the unmerged model")
     check.add_argument("--report", metavar="FILE", help="also write the verification report as JSON")
@@ -101,10 +103,48 @@ def verify_export(ckpt: Checkpoint, onnx_path: Path, *, report: str | None, forc
     return EXIT_OK
 
 
+def _add_triton_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Triton model repository (--format triton; -o is the repository folder)")
+    group.add_argument("--name", help="model name and folder (default: the checkpoint's file stem)")
+    group.add_argument("--max-batch", type=int, default=8, metavar="N",
+                       help="max_batch_size; dynamic batching is on when N > 0 (default: 8)")
+    group.add_argument("--instances", type=int, default=1, metavar="N", help="instance_group count (default: 1)")
+    group.add_argument("--instance-kind", choices=("KIND_CPU", "KIND_GPU", "KIND_AUTO"), default="KIND_CPU")
+    group.add_argument("--trt-accelerator", choices=("fp32", "fp16"),
+                       help="let the onnxruntime backend build TensorRT engines (needs a GPU instance kind)")
+    group.add_argument("--engine", metavar="PLAN", help="a TensorRT engine to place beside model.onnx as model.plan")
+
+
+def export_triton(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from m2pt_deploy.export.triton import check_model_folder, write_triton_repository
+
+    repo = Path(args.output or Path(args.checkpoint).parent / "model_repository")
+    name = args.name or Path(args.checkpoint).stem
+    check_model_folder(repo, name, force=args.force)
+    with tempfile.TemporaryDirectory(prefix="m2pt-triton-") as tmp:
+        args.output = str(Path(tmp) / "model.onnx")
+        status = export_onnx(args)
+        if status != EXIT_OK:
+            return status
+        precision = args.trt_accelerator.upper() if args.trt_accelerator else None
+        with step(f"writing Triton model {name} into {repo}"):
+            model_dir = write_triton_repository(
+                args.output, repo, name=name, max_batch=args.max_batch, instance_count=args.instances,
+                instance_kind=args.instance_kind, tensorrt_precision=precision, engine=args.engine,
+                force=args.force,
+            )
+    print(f"wrote {model_dir}")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.format == "onnx":
         return export_onnx(args)
+    if args.format == "triton":
+        return export_triton(args)
     raise M2ptError(f"unknown format {args.format!r}")
 
 

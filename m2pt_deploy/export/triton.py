@@ -20,7 +20,7 @@ import onnx
 
 from m2pt_deploy.errors import M2ptError
 
-__all__ = ["TritonModelConfig", "render_config", "write_triton_repository"]
+__all__ = ["TritonModelConfig", "check_model_folder", "render_config", "write_triton_repository"]
 
 Platform = Literal["onnxruntime_onnx", "tensorrt_plan"]
 InstanceKind = Literal["KIND_CPU", "KIND_GPU", "KIND_AUTO"]
@@ -162,8 +162,6 @@ def _labels(proto: onnx.ModelProto) -> list[str] | None:
 def _check_args(name: str, max_batch: int, instance_count: int, platform: Platform,
                 engine: Path | None, instance_kind: InstanceKind,
                 tensorrt_precision: str | None) -> None:
-    if not _NAME.match(name):
-        raise M2ptError(f"model name {name!r}: use letters, digits, '_', '.' or '-'")
     if max_batch < 0 or instance_count < 1:
         raise M2ptError(f"max batch {max_batch} and instance count {instance_count}: need "
                         ">= 0 and >= 1")
@@ -174,6 +172,22 @@ def _check_args(name: str, max_batch: int, instance_count: int, platform: Platfo
     if tensorrt_precision is not None and (platform != "onnxruntime_onnx" or instance_kind == "KIND_CPU"):
         raise M2ptError("the TensorRT accelerator needs the onnxruntime platform on KIND_GPU or "
                         f"KIND_AUTO instances, got {platform} on {instance_kind}")
+
+
+def check_model_folder(repo_dir: str | os.PathLike[str], name: str, *, force: bool = False) -> Path:
+    """Refuse a bad name, an unusable repository or an existing model before any work."""
+    if not _NAME.match(name):
+        raise M2ptError(f"model name {name!r}: use letters, digits, '_', '.' or '-'")
+    repo = Path(repo_dir)
+    if repo.exists() and not repo.is_dir():
+        raise M2ptError("model repository path is a file, not a folder", repo)
+    parent = repo.parent if str(repo.parent) else Path(".")
+    if not parent.is_dir():
+        raise M2ptError("the folder holding the model repository does not exist", parent)
+    target = repo / name
+    if target.exists() and not force:
+        raise M2ptError("model folder exists; pass --force to replace it", target)
+    return target
 
 
 def _install(tmp: Path, target: Path, force: bool) -> None:
@@ -206,16 +220,11 @@ def write_triton_repository(
 ) -> Path:
     """Write ``repo_dir/<name>/`` for Triton's onnxruntime (or tensorrt) backend; return that folder."""
     engine_path = None if engine is None else Path(engine)
+    check_model_folder(repo_dir, name, force=force)
     _check_args(name, max_batch, instance_count, platform, engine_path, instance_kind,
                 tensorrt_precision)
-    repo = Path(repo_dir)
-    if repo.exists() and not repo.is_dir():
-        raise M2ptError("model repository path is a file, not a folder", repo)
-    if not repo.parent.is_dir():
-        raise M2ptError("the folder holding the model repository does not exist", repo.parent)
-    target = repo / name
-    if target.exists() and not force:
-        raise M2ptError("model folder exists; pass --force to replace it", target)
+    target = check_model_folder(repo_dir, name, force=force)
+    repo = target.parent
     proto = _load(model)
     labels = _labels(proto)
     initializers = {t.name for t in proto.graph.initializer}
