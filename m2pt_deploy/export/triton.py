@@ -190,6 +190,14 @@ def check_model_folder(repo_dir: str | os.PathLike[str], name: str, *, force: bo
     return target
 
 
+def _make_readable(folder: Path) -> None:
+    """Temporary files and folders are private (0600/0700); Triton often runs as another user."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (folder, *folder.rglob("*")):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def _install(tmp: Path, target: Path, force: bool) -> None:
     if not target.exists():
         os.replace(tmp, target)
@@ -246,6 +254,7 @@ def write_triton_repository(
         (tmp / "config.pbtxt").write_text(render_config(config))
         if labels:
             (tmp / "labels.txt").write_text("".join(f"{label}\n" for label in labels))
+        _make_readable(tmp)
         _install(tmp, target, force)
     except OSError as e:
         raise M2ptError(f"could not write the model folder: {e.strerror or e}", target) from e

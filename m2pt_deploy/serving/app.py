@@ -17,7 +17,13 @@ from typing import Any
 import numpy as np
 
 from m2pt_deploy import __version__
-from m2pt_deploy.serving.batching import Draining, DynamicBatcher, Overloaded, RequestTimeout
+from m2pt_deploy.serving.batching import (
+    Arrival,
+    Draining,
+    DynamicBatcher,
+    Overloaded,
+    RequestTimeout,
+)
 from m2pt_deploy.serving.images import decode_image, input_spec, top_k
 from m2pt_deploy.serving.metrics import ServingMetrics
 from m2pt_deploy.serving.openapi import openapi_document
@@ -77,12 +83,12 @@ class ServerState:
                                 f"{model.version}", status=404)
         return model
 
-    async def run(self, model: OrtModel, feed: Mapping[str, np.ndarray],
+    async def run(self, model: OrtModel, feed: Mapping[str, np.ndarray], arrival: Arrival,
                   timeout_us: int | None = None) -> dict[str, np.ndarray]:
         timeout = self.config.request_timeout_s
         if timeout_us is not None:
             timeout = min(timeout, timeout_us / 1e6)
-        return await self.batchers[model.name].submit(feed, timeout_s=timeout)
+        return await self.batchers[model.name].submit(feed, timeout_s=timeout, arrival=arrival)
 
 
 def _error(message: str, status: int, headers: Mapping[str, str] | None = None) -> Any:
@@ -99,9 +105,14 @@ async def read_body(request: Any, limit: int) -> bytes:
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
-            raise ProtocolError(f"body exceeds the limit of {limit} bytes", status=413)
-        chunks.append(chunk)
+        # Past the limit, read on (discarding) up to the limit again: closing on unread data
+        # makes the kernel send RST, and the client would lose the 413 with it.
+        if size > 2 * limit:
+            break
+        if size <= limit:
+            chunks.append(chunk)
+    if size > limit:
+        raise ProtocolError(f"body exceeds the limit of {limit} bytes", status=413)
     return b"".join(chunks)
 
 
@@ -191,10 +202,11 @@ async def _infer(request: Any, state: ServerState) -> Any:
     from starlette.responses import Response
 
     model = state.model(request.path_params["name"], request.path_params.get("version"))
-    body = await read_body(request, state.config.max_body_bytes)
-    parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
-    feed = validate_request(parsed, model.inputs, model.outputs)
-    outputs = await state.run(model, feed, parsed.timeout_us)
+    with state.batchers[model.name].arriving() as arrival:
+        body = await read_body(request, state.config.max_body_bytes)
+        parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
+        feed = validate_request(parsed, model.inputs, model.outputs)
+        outputs = await state.run(model, feed, arrival, parsed.timeout_us)
     content, headers = encode_infer_response(model.name, model.version, parsed, outputs)
     return Response(content, headers=headers)
 
@@ -217,10 +229,10 @@ async def _classify(request: Any, state: ServerState) -> Any:
     if spec is None or len(model.inputs) != 1:
         raise ProtocolError(f"model '{model.name}' has no m2pt_deploy.input metadata for image "
                             "preprocessing; use /infer with tensors")
-    body = await read_body(request, state.config.max_body_bytes)
-    pixels = await run_in_threadpool(decode_image, body, spec)
-    input_name = model.inputs[0].name
-    outputs = await state.run(model, {input_name: pixels.astype(np.float32)})
+    with state.batchers[model.name].arriving() as arrival:
+        body = await read_body(request, state.config.max_body_bytes)
+        pixels = await run_in_threadpool(decode_image, body, spec)
+        outputs = await state.run(model, {model.inputs[0].name: pixels}, arrival)
     logits = outputs.get("logits", next(iter(outputs.values())))
     labels = model.metadata.get("m2pt_deploy.labels")
     k = _top_k_param(request, state, logits.shape[-1])

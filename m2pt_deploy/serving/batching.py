@@ -2,7 +2,9 @@
 
 One worker per model takes the oldest request, waits at most ``max_delay_s`` from that
 request's arrival for more, stacks up to ``max_batch`` rows and runs them in one call on a
-single inference thread. The queue is bounded: a full queue refuses at once
+single inference thread. It waits only while another request is on its way (announced by
+:meth:`DynamicBatcher.arriving` as its body is read): a lone client never pays the delay,
+and requests that pile up while the model runs are batched at once. The queue is bounded: a full queue refuses at once
 (:class:`Overloaded`) rather than growing memory, so overload becomes a 503 the client can
 retry, not a slow death.
 """
@@ -12,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -47,6 +50,21 @@ class _Pending:
         return tuple((k, v.dtype.str, v.shape[1:]) for k, v in self.feed.items())
 
 
+class Arrival:
+    """A request on its way to :meth:`DynamicBatcher.submit`; the worker may wait for it."""
+
+    def __init__(self, batcher: DynamicBatcher) -> None:
+        self._batcher = batcher
+        self._open = True
+        batcher._on_the_way += 1
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self._batcher._on_the_way -= 1
+            self._batcher._wakeup.set()
+
+
 class DynamicBatcher:
     """Queue + worker for one model; ``max_batch=1`` turns batching off."""
 
@@ -73,6 +91,7 @@ class DynamicBatcher:
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
         self._busy = False
+        self._on_the_way = 0
 
     @property
     def depth(self) -> int:
@@ -82,8 +101,18 @@ class DynamicBatcher:
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._work())
 
-    async def submit(self, feed: Feed, *, timeout_s: float) -> dict[str, np.ndarray]:
-        """Queue one request of ``rows`` along the first axis and wait for its outputs."""
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[Arrival]:
+        """Announce a request while its body is read and parsed; pass it on to :meth:`submit`."""
+        arrival = Arrival(self)
+        try:
+            yield arrival
+        finally:
+            arrival.close()
+
+    async def submit(self, feed: Feed, *, timeout_s: float,
+                     arrival: Arrival | None = None) -> dict[str, np.ndarray]:
+        """Queue one request (its rows along the first axis) and wait for its outputs."""
         if self._closing:
             raise Draining
         if len(self._queue) >= self.max_queue:
@@ -93,6 +122,8 @@ class DynamicBatcher:
         pending = _Pending(feed, rows, loop.create_future(), loop.time())
         self._queue.append(pending)
         self._wakeup.set()
+        if arrival is not None:
+            arrival.close()
         try:
             return await asyncio.wait_for(pending.future, timeout_s)
         except TimeoutError:
@@ -111,6 +142,8 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         while not self._queue:
             self._wakeup.clear()
+            if deadline is not None and self._on_the_way == 0:
+                return None
             if deadline is None:
                 await self._wakeup.wait()
                 continue

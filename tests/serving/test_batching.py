@@ -204,3 +204,55 @@ def test_batch_observer_sees_each_calls_rows():
 
     run(main())
     assert seen == [3]
+
+
+def test_a_lone_request_does_not_wait_out_the_batching_window():
+    model = Model()
+
+    async def main():
+        batcher = DynamicBatcher(model, max_batch=8, max_delay_s=60, max_queue=8)
+        batcher.start()
+        # nothing else is on its way, so the 60 s window must not be waited out
+        out = await batcher.submit(request(1), timeout_s=10)
+        await batcher.close()
+        return out
+
+    assert float(run(main())["y"][0, 0]) == 2.0
+    assert model.calls == [1]
+
+
+def test_the_worker_waits_for_an_announced_request_and_batches_it():
+    model = Model()
+
+    async def main():
+        batcher = DynamicBatcher(model, max_batch=8, max_delay_s=30, max_queue=8)
+        batcher.start()
+        with batcher.arriving() as late:
+            first = asyncio.ensure_future(batcher.submit(request(1), timeout_s=20))
+            await asyncio.sleep(0.05)
+            assert model.calls == [] and not first.done()
+            second = await batcher.submit(request(2), timeout_s=20, arrival=late)
+        results = [await first, second]
+        await batcher.close()
+        return results
+
+    first, second = run(main())
+    assert model.calls == [2]
+    assert float(first["y"][0, 0]) == 2.0 and float(second["y"][0, 0]) == 4.0
+
+
+def test_an_announced_request_that_fails_to_arrive_releases_the_worker():
+    model = Model()
+
+    async def main():
+        batcher = DynamicBatcher(model, max_batch=8, max_delay_s=60, max_queue=8)
+        batcher.start()
+        with batcher.arriving():
+            first = asyncio.ensure_future(batcher.submit(request(1), timeout_s=10))
+            await asyncio.sleep(0.05)
+            assert not first.done()
+        out = await first
+        await batcher.close()
+        return out
+
+    assert float(run(main())["y"][0, 0]) == 2.0
