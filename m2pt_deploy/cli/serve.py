@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--providers", nargs="+", metavar="EP", default=None,
                         help="ONNX Runtime execution providers in priority order: cpu, cuda, "
                              "tensorrt or full names (default cpu; cuda/tensorrt need onnxruntime-gpu)")
+    parser.add_argument("--threads", type=int, default=0, metavar="N",
+                        help="ONNX Runtime intra-op threads per model; 0 lets it choose (default 0). "
+                             "On a CPU shared with other work, 1 often beats spinning threads")
     parser.add_argument("--log-level", default="warning",
                         choices=["critical", "error", "warning", "info", "debug"])
     return parser
@@ -81,7 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 <= args.port <= 65535:
         raise M2ptError(f"--port {args.port}: expected 0 to 65535")
     providers = resolve_providers(args.providers)
-    models = load_models(args.model, providers=providers)
+    if args.threads < 0:
+        raise M2ptError(f"--threads {args.threads}: expected 0 or more")
+    models = load_models(args.model, providers=providers, threads=args.threads)
     config = ServeConfig(
         max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
         request_timeout_s=args.request_timeout_s, max_body_bytes=int(args.max_body_mb * (1 << 20)),

@@ -1,7 +1,8 @@
 """m2pt-serve-bench: throughput and latency of m2pt-serve with dynamic batching off and on.
 
 Two servers run side by side on loopback (``--max-batch 1`` and ``--max-batch N``); at each
-concurrency level the same bounded closed-loop load hits one, then the other. Reports
+concurrency level the same bounded closed-loop load hits them in alternating rounds, so a
+change in the machine's load (a shared box) falls on both settings alike. Reports
 requests/s, p50/p95/p99 latency, errors and each server's peak memory, as JSON and a table.
 """
 
@@ -45,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="max batch of the batching server (default: 32)")
     parser.add_argument("--max-delay-ms", type=float, default=5.0, metavar="T",
                         help="max delay of the batching server (default: 5)")
+    parser.add_argument("--threads", type=int, default=0, metavar="N",
+                        help="m2pt-serve --threads for both servers (default: 0, ONNX Runtime's choice)")
+    parser.add_argument("--rounds", type=int, default=3, metavar="N",
+                        help="alternating off/on rounds per level, sharing its budget (default: 3)")
     parser.add_argument("--warmup", type=int, default=10, metavar="N",
                         help="requests per server before measuring (default: 10)")
     add_output_args(parser, default_help="no file; the table is printed either way")
@@ -147,19 +152,20 @@ def table(report: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from m2pt_deploy.serving.loadgen import run_load
+    from m2pt_deploy.serving.loadgen import merge_results, run_load
     from m2pt_deploy.serving.runtime import find_models
 
     if args.output:
         check_output_path(args.output, force=args.force)
-    if any(c < 1 for c in args.clients) or args.requests < 1 or args.max_batch < 2:
-        raise M2ptError("--clients and --requests must be at least 1, --max-batch at least 2")
+    if min(*args.clients, args.requests, args.rounds) < 1 or args.max_batch < 2:
+        raise M2ptError("--clients, --requests and --rounds must be at least 1, --max-batch at least 2")
     (model_path, _, _), = find_models(args.model).values()
     info, body, headers, want = _request(str(model_path))
     name = info["name"]
-    servers = {"off": _Server(str(model_path), "--max-batch", "1", "--max-queue", "1024"),
+    common = ("--max-queue", "1024", "--threads", str(args.threads))
+    servers = {"off": _Server(str(model_path), "--max-batch", "1", *common),
                "on": _Server(str(model_path), "--max-batch", str(args.max_batch),
-                             "--max-delay-ms", str(args.max_delay_ms), "--max-queue", "1024")}
+                             "--max-delay-ms", str(args.max_delay_ms), *common)}
     try:
         for server in servers.values():
             _check_output(server, name, body, headers, want)
@@ -167,10 +173,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                      clients=1, max_requests=args.warmup, max_seconds=30)
         levels = []
         for clients in args.clients:
+            parts: dict[str, list[Any]] = {mode: [] for mode in servers}
+            for r in range(args.rounds):
+                share = args.requests // args.rounds + (r < args.requests % args.rounds)
+                for mode, server in servers.items():
+                    parts[mode].append(run_load(
+                        server.host, server.port, f"/v2/models/{name}/infer", body, headers,
+                        clients=clients, max_requests=share, max_seconds=args.duration_s / args.rounds))
             level: dict[str, Any] = {"clients": clients}
-            for mode, server in servers.items():
-                result = run_load(server.host, server.port, f"/v2/models/{name}/infer", body, headers,
-                                  clients=clients, max_requests=args.requests, max_seconds=args.duration_s)
+            for mode in servers:
+                result = merge_results(parts[mode])
                 level[mode] = result.to_dict()
                 print(f"{clients:>3} clients, batching {mode:>3}: {result.throughput:8.1f} req/s, "
                       f"p50 {result.percentile(50):.1f} ms, errors {result.errors}", file=sys.stderr)
@@ -183,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {
         "machine": machine(), "model": info,
         "settings": {"requests_per_level": args.requests, "seconds_per_level": args.duration_s,
+                     "rounds": args.rounds, "threads": args.threads,
                      "max_batch": args.max_batch, "max_delay_ms": args.max_delay_ms,
                      "protocol": "KServe v2 binary tensors over HTTP/1.1 keep-alive, loopback"},
         "levels": levels, "peak_rss_mb": peaks,

@@ -19,7 +19,7 @@ import numpy as np
 
 from m2pt_deploy.serving.protocol import HEADER_LENGTH
 
-__all__ = ["LoadResult", "binary_infer_body", "run_load"]
+__all__ = ["LoadResult", "binary_infer_body", "merge_results", "run_load"]
 
 
 @dataclasses.dataclass
@@ -43,6 +43,13 @@ class LoadResult:
                 "seconds": round(self.seconds, 3), "throughput_rps": round(self.throughput, 2),
                 "p50_ms": round(self.percentile(50), 2), "p95_ms": round(self.percentile(95), 2),
                 "p99_ms": round(self.percentile(99), 2), "error_samples": self.error_samples[:5]}
+
+
+def merge_results(parts: list[LoadResult]) -> LoadResult:
+    """Rounds of one setting, measured in turn with another's, as one result."""
+    return LoadResult(parts[0].clients, sum(p.requests for p in parts), sum(p.errors for p in parts),
+                      sum(p.seconds for p in parts), [x for p in parts for x in p.latencies_ms],
+                      [x for p in parts for x in p.error_samples])
 
 
 def binary_infer_body(inputs: Mapping[str, np.ndarray], datatypes: Mapping[str, str]) -> tuple[bytes, dict[str, str]]:

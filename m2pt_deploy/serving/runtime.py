@@ -86,12 +86,15 @@ class OrtModel:
         providers: Sequence[str],
         version: str = "1",
         max_batch: int | None = None,
+        threads: int = 0,
     ) -> None:
         import onnxruntime as ort
 
         self.name, self.version, self.path = name, version, Path(path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(os.fspath(path), providers=list(providers))
+            self.session = ort.InferenceSession(os.fspath(path), options, providers=list(providers))
         except Exception as e:  # onnxruntime raises its own untyped errors for bad files
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise M2ptError(f"ONNX Runtime cannot load this model: {first}", path) from None
@@ -159,8 +162,11 @@ def find_models(path: str | os.PathLike[str]) -> dict[str, tuple[Path, str, int 
     return found
 
 
-def load_models(path: str | os.PathLike[str], *, providers: Sequence[str]) -> dict[str, OrtModel]:
+def load_models(path: str | os.PathLike[str], *, providers: Sequence[str],
+                threads: int = 0) -> dict[str, OrtModel]:
+    """Every model under ``path``; ``threads`` is ONNX Runtime's intra-op count (0: its default)."""
     return {
-        name: OrtModel(name, onnx_path, providers=providers, version=version, max_batch=max_batch)
+        name: OrtModel(name, onnx_path, providers=providers, version=version, max_batch=max_batch,
+                       threads=threads)
         for name, (onnx_path, version, max_batch) in find_models(path).items()
     }
