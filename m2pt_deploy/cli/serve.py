@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from m2pt_deploy.cli.common import EXIT_OK, run_main
 from m2pt_deploy.errors import M2ptError
@@ -15,8 +15,8 @@ __all__ = ["build_parser", "entrypoint", "main"]
 DEFAULT_KEY_ENV = "M2PT_SERVE_API_KEY"
 
 
-def _positive(kind: type) -> object:
-    def parse(text: str) -> object:
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
         try:
             value = kind(text)
         except ValueError:

@@ -86,7 +86,8 @@ class _Server:
                 self.host, self.port = match.group(1), int(match.group(2))
                 break
         else:
-            raise M2ptError(f"m2pt-serve did not start: {self.proc.stderr.read().strip()}", model)
+            stderr = self.proc.stderr.read().strip() if self.proc.stderr else ""
+            raise M2ptError(f"m2pt-serve did not start: {stderr}", model)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:

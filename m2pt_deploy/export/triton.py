@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import onnx
 
@@ -25,7 +25,7 @@ __all__ = ["TritonModelConfig", "check_model_folder", "render_config", "write_tr
 Platform = Literal["onnxruntime_onnx", "tensorrt_plan"]
 InstanceKind = Literal["KIND_CPU", "KIND_GPU", "KIND_AUTO"]
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-_TYPES = {
+_TYPES: dict[int, str] = {
     onnx.TensorProto.BOOL: "TYPE_BOOL", onnx.TensorProto.UINT8: "TYPE_UINT8",
     onnx.TensorProto.UINT16: "TYPE_UINT16", onnx.TensorProto.UINT32: "TYPE_UINT32",
     onnx.TensorProto.UINT64: "TYPE_UINT64", onnx.TensorProto.INT8: "TYPE_INT8",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hmac
 import logging
 import time
@@ -71,7 +72,7 @@ class ServerState:
             for name, model in self.models.items()
         }
         for name, batcher in self.batchers.items():
-            self.metrics.track_queue(name, lambda b=batcher: b.depth)
+            self.metrics.track_queue(name, functools.partial(getattr, batcher, "depth"))
 
     def model(self, name: str, version: str | None = None) -> OrtModel:
         model = self.models.get(name)

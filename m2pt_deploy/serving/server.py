@@ -80,5 +80,5 @@ def run_server(
                 started(self)
 
     config = uvicorn.Config(create_app(state), log_level=log_level, lifespan="on",
-                            timeout_graceful_shutdown=drain_timeout_s, access_log=False)
+                            timeout_graceful_shutdown=max(1, round(drain_timeout_s)), access_log=False)
     _Server(config).run(sockets=[sock])

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -91,10 +91,11 @@ class ServerProcess:
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=2) as r:
-                    if r.status == 200:
-                        return
+            with contextlib.suppress(OSError), urllib.request.urlopen(
+                f"{self.url}/v2/health/ready", timeout=2
+            ) as r:
+                if r.status == 200:
+                    return
             time.sleep(0.05)
         raise RuntimeError("m2pt-serve never became ready")
 

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from m2pt_deploy.serving.batching import DynamicBatcher, Draining, Overloaded, RequestTimeout
+from m2pt_deploy.serving.batching import Draining, DynamicBatcher, Overloaded, RequestTimeout
 
 
 class Model:

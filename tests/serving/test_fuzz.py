@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, settings
 
 schemathesis = pytest.importorskip("schemathesis", reason="fuzzing needs schemathesis")
 
-from m2pt_deploy.serving.openapi import openapi_document  # noqa: E402
-
 from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
+
+from m2pt_deploy.serving.openapi import openapi_document  # noqa: E402
 
 schema = schemathesis.openapi.from_dict(openapi_document(["vit"]))
 

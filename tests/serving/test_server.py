@@ -289,7 +289,7 @@ def held_server(tiny_onnx):
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.01)
         running.append((server, thread, model))
-        return "http://127.0.0.1:%d" % sock.getsockname()[1], model
+        return f"http://127.0.0.1:{sock.getsockname()[1]}", model
 
     yield start
     for server, thread, model in running:
