@@ -43,18 +43,40 @@ def build_parser() -> argparse.ArgumentParser:
         prog="m2pt-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--arch", default="vit_base_patch16_224", metavar="NAME",
-                       help="timm architecture (default: vit_base_patch16_224)")
-    model.add_argument("--model-kwargs", default="{}", metavar="JSON",
-                       help='timm create_model arguments, e.g. \'{"img_size": 32, "depth": 2}\'')
+    model.add_argument(
+        "--arch",
+        default="vit_base_patch16_224",
+        metavar="NAME",
+        help="timm architecture (default: vit_base_patch16_224)",
+    )
+    model.add_argument(
+        "--model-kwargs",
+        default="{}",
+        metavar="JSON",
+        help='timm create_model arguments, e.g. \'{"img_size": 32, "depth": 2}\'',
+    )
     run = parser.add_argument_group("measurement")
-    run.add_argument("--batches", nargs="+", type=_positive, default=[1, 8], metavar="N",
-                     help="batch sizes (default: 1 8)")
-    run.add_argument("--rounds", type=_positive, default=30, help="interleaved rounds (default: 30)")
+    run.add_argument(
+        "--batches",
+        nargs="+",
+        type=_positive,
+        default=[1, 8],
+        metavar="N",
+        help="batch sizes (default: 1 8)",
+    )
+    run.add_argument(
+        "--rounds", type=_positive, default=30, help="interleaved rounds (default: 30)"
+    )
     run.add_argument("--warmup", type=int, default=3, help="warm-up runs per variant (default: 3)")
-    run.add_argument("--seed", type=int, default=0, help="seed of weights, λ and inputs (default: 0)")
-    parser.add_argument("--out", required=True, metavar="DIR",
-                        help="folder for bench.json and bench.md (created; those two files are replaced)")
+    run.add_argument(
+        "--seed", type=int, default=0, help="seed of weights, λ and inputs (default: 0)"
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="folder for bench.json and bench.md (created; those two files are replaced)",
+    )
     return parser
 
 
@@ -70,8 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from m2pt_deploy.verify.latency import run_benchmark, spec_for_arch
 
     spec = spec_for_arch(args.arch, kwargs)
-    report = run_benchmark(spec, batches=args.batches, rounds=args.rounds, warmup=args.warmup,
-                           seed=args.seed)
+    report = run_benchmark(
+        spec, batches=args.batches, rounds=args.rounds, warmup=args.warmup, seed=args.seed
+    )
     json_path, md_path = report.write(args.out)
     print(report.markdown())
     print(f"wrote {json_path} and {md_path}")

@@ -37,18 +37,34 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="m2pt-verify", description=__doc__, epilog=_EPILOG,
+        prog="m2pt-verify",
+        description=__doc__,
+        epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="the training checkpoint the ONNX file came from")
-    parser.add_argument("--onnx", required=True, metavar="FILE", help="the exported model to verify")
+    parser.add_argument(
+        "checkpoint", metavar="CHECKPOINT", help="the training checkpoint the ONNX file came from"
+    )
+    parser.add_argument(
+        "--onnx", required=True, metavar="FILE", help="the exported model to verify"
+    )
     add_model_args(parser)
     group = parser.add_argument_group("comparison")
-    group.add_argument("--inputs", metavar="NPY", help="normalised images [N, C, H, W] in a .npy file "
-                       "(default: seeded random inputs)")
-    group.add_argument("--batch-size", type=_positive, default=4, metavar="N",
-                       help="rows per inference for a dynamic-batch model (default: 4)")
-    group.add_argument("--seed", type=int, default=0, help="seed of the generated inputs (default: 0)")
+    group.add_argument(
+        "--inputs",
+        metavar="NPY",
+        help="normalised images [N, C, H, W] in a .npy file (default: seeded random inputs)",
+    )
+    group.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=4,
+        metavar="N",
+        help="rows per inference for a dynamic-batch model (default: 4)",
+    )
+    group.add_argument(
+        "--seed", type=int, default=0, help="seed of the generated inputs (default: 0)"
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--report", metavar="FILE", help="also write the report as JSON")
     out.add_argument("--force", action="store_true", help="overwrite an existing report")
@@ -77,8 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from m2pt_deploy.verify import check_inputs, load_onnx, verify_onnx
 
     load_onnx(args.onnx)
-    ckpt = load_checkpoint(args.checkpoint, arch=args.arch,
-                           input_size=tuple(args.input_size) if args.input_size else None)
+    ckpt = load_checkpoint(
+        args.checkpoint,
+        arch=args.arch,
+        input_size=tuple(args.input_size) if args.input_size else None,
+    )
     inputs = None
     if args.inputs:
         try:
@@ -86,7 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except M2ptError as e:
             raise M2ptError(e.message, e.path or args.inputs) from e
     try:
-        report = verify_onnx(ckpt, args.onnx, inputs=inputs, batch_size=args.batch_size, seed=args.seed)
+        report = verify_onnx(
+            ckpt, args.onnx, inputs=inputs, batch_size=args.batch_size, seed=args.seed
+        )
     except M2ptError as e:
         # What verify_onnx rejects without naming a file is about the ONNX model.
         raise M2ptError(e.message, e.path or args.onnx) from e

@@ -41,7 +41,10 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     try:
         proto = onnx.load(p)
     except (DecodeError, OSError, ValueError, RuntimeError) as e:
-        raise M2ptError(f"not a readable ONNX model ({str(e).splitlines()[0] if str(e) else type(e).__name__})", p) from e
+        raise M2ptError(
+            f"not a readable ONNX model ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+            p,
+        ) from e
     if not proto.graph.node:
         raise M2ptError("not an ONNX model: it has no graph (empty or truncated file?)", p)
     try:
@@ -51,25 +54,37 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     return proto
 
 
-def _io_names(proto: onnx.ModelProto, path: Path, expected: tuple[int, int, int]) -> tuple[str, str]:
+def _io_names(
+    proto: onnx.ModelProto, path: Path, expected: tuple[int, int, int]
+) -> tuple[str, str]:
     initializers = {t.name for t in proto.graph.initializer}
     inputs = [v for v in proto.graph.input if v.name not in initializers]
     if len(inputs) != 1 or not proto.graph.output:
-        raise M2ptError(f"expected one image input and a logits output, found inputs "
-                        f"{[v.name for v in inputs]}, outputs {[v.name for v in proto.graph.output]}", path)
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+        raise M2ptError(
+            f"expected one image input and a logits output, found inputs "
+            f"{[v.name for v in inputs]}, outputs {[v.name for v in proto.graph.output]}",
+            path,
+        )
+    dims = [
+        d.dim_value if d.HasField("dim_value") else None
+        for d in inputs[0].type.tensor_type.shape.dim
+    ]
     if len(dims) != 4 or tuple(dims[1:]) != tuple(expected):
         shown = ["N" if d is None else d for d in dims]
-        raise M2ptError(f"input {inputs[0].name} is {shown}, the checkpoint's model takes "
-                        f"[N, {', '.join(map(str, expected))}]; was it exported from this checkpoint?", path)
+        raise M2ptError(
+            f"input {inputs[0].name} is {shown}, the checkpoint's model takes "
+            f"[N, {', '.join(map(str, expected))}]; was it exported from this checkpoint?",
+            path,
+        )
     return inputs[0].name, proto.graph.output[0].name
 
 
 def check_inputs(inputs: np.ndarray, input_size: tuple[int, int, int]) -> np.ndarray:
-    """User-given images as float32 ``[N, C, H, W]``, or an :class:`M2ptError` saying what is wrong."""
+    """User-given images as float32 ``[N, C, H, W]``, or an :class:`M2ptError` saying why not."""
     arr = np.asarray(inputs)
     if arr.ndim != 4 or tuple(arr.shape[1:]) != tuple(input_size):
-        raise M2ptError(f"inputs have shape {list(arr.shape)}, the model takes [N, {', '.join(map(str, input_size))}]")
+        expected = ", ".join(map(str, input_size))
+        raise M2ptError(f"inputs have shape {list(arr.shape)}, the model takes [N, {expected}]")
     if not np.issubdtype(arr.dtype, np.floating):
         raise M2ptError(f"inputs are {arr.dtype}, expected floating point (normalised pixels)")
     if len(arr) == 0:
@@ -90,16 +105,20 @@ def _input_array(
 
 def _feeds(x: np.ndarray, name: str, per_feed: int, static: bool) -> list[dict[str, np.ndarray]]:
     if static and len(x) % per_feed:
-        raise M2ptError(f"the ONNX model has a fixed batch of {per_feed}; give a multiple of "
-                        f"{per_feed} inputs, not {len(x)}")
-    return [{name: x[i:i + per_feed]} for i in range(0, len(x), per_feed)]
+        raise M2ptError(
+            f"the ONNX model has a fixed batch of {per_feed}; give a multiple of "
+            f"{per_feed} inputs, not {len(x)}"
+        )
+    return [{name: x[i : i + per_feed]} for i in range(0, len(x), per_feed)]
 
 
 def _provenance(proto: onnx.ModelProto, ckpt: Checkpoint) -> tuple[str, ...]:
     source = read_metadata(proto).get("m2pt_deploy.source_sha256")
     if source and source != ckpt.sha256:
-        return (f"the ONNX metadata names source sha256 {source[:12]}…, "
-                f"this checkpoint is {ckpt.sha256[:12]}…",)
+        return (
+            f"the ONNX metadata names source sha256 {source[:12]}…, "
+            f"this checkpoint is {ckpt.sha256[:12]}…",
+        )
     return ()
 
 
@@ -139,17 +158,33 @@ def verify_onnx(
     merged = merge_model(unmerged, ckpt.spec)
     merge_result = check_merge(unmerged, merged, feeds, probe_head=ckpt.has_probe_head)
     shape = (None, *ckpt.spec.input_size)
-    runners = [TorchRunner(merged, shape, name="torch-merged", input_name=in_name,
-                           output_name=proto.graph.output[0].name),
-               onnxrt_runner(path), *extra_runners]
+    runners = [
+        TorchRunner(
+            merged,
+            shape,
+            name="torch-merged",
+            input_name=in_name,
+            output_name=proto.graph.output[0].name,
+        ),
+        onnxrt_runner(path),
+        *extra_runners,
+    ]
     runtime_results = compare_runners(runners, feeds, tolerance)
     structure = check_structure(proto, ckpt.spec, like=merged.state_dict())
 
-    info: dict[str, Any] = {"rows": len(x), "per_inference": per_feed, "seed": seed if inputs is None else None,
-                            "description": described}
+    info: dict[str, Any] = {
+        "rows": len(x),
+        "per_inference": per_feed,
+        "seed": seed if inputs is None else None,
+        "description": described,
+    }
     return VerificationReport(
-        onnx=str(path), checkpoint=str(ckpt.path), precision=settings.precision, inputs=info,
-        results=(merge_result, *runtime_results, structure), notes=_provenance(proto, ckpt),
+        onnx=str(path),
+        checkpoint=str(ckpt.path),
+        precision=settings.precision,
+        inputs=info,
+        results=(merge_result, *runtime_results, structure),
+        notes=_provenance(proto, ckpt),
     )
 
 

@@ -62,9 +62,11 @@ class LatencyComparison:
         return dataclasses.asdict(self)
 
     def row(self) -> str:
-        return (f"| {self.runtime} | {self.batch} | {self.candidate} / {self.baseline} | "
-                f"{self.candidate_ms:.2f} | {self.baseline_ms:.2f} | "
-                f"{self.ratio:.3f} ({self.ratio_p25:.3f}–{self.ratio_p75:.3f}) |")
+        return (
+            f"| {self.runtime} | {self.batch} | {self.candidate} / {self.baseline} | "
+            f"{self.candidate_ms:.2f} | {self.baseline_ms:.2f} | "
+            f"{self.ratio:.3f} ({self.ratio_p25:.3f}–{self.ratio_p75:.3f}) |"
+        )
 
 
 def interleaved_times(
@@ -98,11 +100,16 @@ def compare_latency(
     cand, base = np.array(times[candidate.name]), np.array(times[baseline.name])
     ratios = cand / base
     return LatencyComparison(
-        runtime=runtime, batch=len(next(iter(feed.values()))),
-        candidate=candidate.name, baseline=baseline.name,
-        candidate_ms=float(np.median(cand) * 1e3), baseline_ms=float(np.median(base) * 1e3),
-        ratio=float(np.median(ratios)), ratio_p25=float(np.percentile(ratios, 25)),
-        ratio_p75=float(np.percentile(ratios, 75)), rounds=rounds,
+        runtime=runtime,
+        batch=len(next(iter(feed.values()))),
+        candidate=candidate.name,
+        baseline=baseline.name,
+        candidate_ms=float(np.median(cand) * 1e3),
+        baseline_ms=float(np.median(base) * 1e3),
+        ratio=float(np.median(ratios)),
+        ratio_p25=float(np.percentile(ratios, 25)),
+        ratio_p75=float(np.percentile(ratios, 75)),
+        rounds=rounds,
     )
 
 
@@ -136,8 +143,12 @@ class BenchReport:
     results: tuple[LatencyComparison, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"machine": self.machine, "spec": self.spec, "settings": self.settings,
-                "results": [r.to_dict() for r in self.results]}
+        return {
+            "machine": self.machine,
+            "spec": self.spec,
+            "settings": self.settings,
+            "results": [r.to_dict() for r in self.results],
+        }
 
     def markdown(self) -> str:
         lines = [
@@ -160,8 +171,11 @@ class BenchReport:
             raise M2ptError("--out must be a directory", out)
         out.mkdir(parents=True, exist_ok=True)
         paths = out / "bench.json", out / "bench.md"
-        for path, text in zip(paths, (json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n",
-                                      self.markdown()), strict=True):
+        for path, text in zip(
+            paths,
+            (json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n", self.markdown()),
+            strict=True,
+        ):
             with atomic_output(path, force=True) as tmp:
                 tmp.write_text(text)
         return paths
@@ -181,8 +195,10 @@ def run_benchmark(
 ) -> BenchReport:
     """Build the random pathway model, export merged and vanilla graphs, time all pairs."""
     if rounds < 1 or warmup < 0 or not batches or min(batches) < 1:
-        raise M2ptError(f"need rounds >= 1, warmup >= 0 and batches >= 1, got "
-                        f"rounds {rounds}, warmup {warmup}, batches {list(batches)}")
+        raise M2ptError(
+            f"need rounds >= 1, warmup >= 0 and batches >= 1, got "
+            f"rounds {rounds}, warmup {warmup}, batches {list(batches)}"
+        )
     unmerged = pathway_pair(spec, seed=seed)
     merged_eager = merge_model(unmerged, spec)
     shape = (None, *spec.input_size)
@@ -190,16 +206,37 @@ def run_benchmark(
     with tempfile.TemporaryDirectory(prefix="m2pt-bench-") as tmp:
         with torch.random.fork_rng(devices=[]):
             vanilla = build_vanilla(spec, exportable=True)
-        merged_onnx = _export(merge_model(unmerged, spec, exportable=True), spec, Path(tmp, "merged.onnx"))
+        merged_onnx = _export(
+            merge_model(unmerged, spec, exportable=True), spec, Path(tmp, "merged.onnx")
+        )
         vanilla_onnx = _export(vanilla, spec, Path(tmp, "vanilla.onnx"))
         for batch in batches:
             feed = {INPUT_NAME: seeded_inputs(spec.input_size, batch, seed=seed)}
-            results.append(compare_latency(
-                "ONNX Runtime CPU", onnxrt_runner(merged_onnx, name="merged", spinning=False),
-                onnxrt_runner(vanilla_onnx, name="vanilla", spinning=False), feed, rounds=rounds, warmup=warmup))
-            results.append(compare_latency(
-                "torch eager CPU", TorchRunner(unmerged, shape, name="unmerged"),
-                TorchRunner(merged_eager, shape, name="merged"), feed, rounds=rounds, warmup=warmup))
-    settings = {"batches": list(batches), "rounds": rounds, "warmup": warmup, "seed": seed,
-                "inputs": "seeded standard normal, float32"}
+            results.append(
+                compare_latency(
+                    "ONNX Runtime CPU",
+                    onnxrt_runner(merged_onnx, name="merged", spinning=False),
+                    onnxrt_runner(vanilla_onnx, name="vanilla", spinning=False),
+                    feed,
+                    rounds=rounds,
+                    warmup=warmup,
+                )
+            )
+            results.append(
+                compare_latency(
+                    "torch eager CPU",
+                    TorchRunner(unmerged, shape, name="unmerged"),
+                    TorchRunner(merged_eager, shape, name="merged"),
+                    feed,
+                    rounds=rounds,
+                    warmup=warmup,
+                )
+            )
+    settings = {
+        "batches": list(batches),
+        "rounds": rounds,
+        "warmup": warmup,
+        "seed": seed,
+        "inputs": "seeded standard normal, float32",
+    }
     return BenchReport(machine_info(), spec.to_dict(), settings, tuple(results))

@@ -57,6 +57,8 @@ def machine_info() -> dict[str, Any]:
 def machine_line(info: dict[str, Any]) -> str:
     v = info["versions"]
     ort = v.get("onnxruntime") or v.get("onnxruntime-gpu", "?")
-    return (f"{info['cpu']}, {info['usable_cpus']} usable of {info['logical_cpus']} logical CPUs, "
-            f"{info['platform']}; Python {info['python']}, torch {v.get('torch', '?')}, "
-            f"onnxruntime {ort}, timm {v.get('timm', '?')}")
+    return (
+        f"{info['cpu']}, {info['usable_cpus']} usable of {info['logical_cpus']} logical CPUs, "
+        f"{info['platform']}; Python {info['python']}, torch {v.get('torch', '?')}, "
+        f"onnxruntime {ort}, timm {v.get('timm', '?')}"
+    )

@@ -47,7 +47,9 @@ class ErrorStats:
         out = dataclasses.asdict(self)
         out["shape"] = list(self.shape)
         # Strict JSON has no NaN: a non-finite figure is written as null.
-        return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()}
+        return {
+            k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()
+        }
 
 
 def _min_cosine(reference: np.ndarray, candidate: np.ndarray) -> float:

@@ -41,13 +41,27 @@ def compare_runners(
         for out_name in ref[0]:
             if out_name not in cand[0]:
                 missing = np.empty((0,), dtype=np.float32)
-                results.append(judge(check, (ref_name, _concat(ref, out_name)), (runner.name, missing),
-                                     output=out_name, tolerance=tolerance, note=note))
+                results.append(
+                    judge(
+                        check,
+                        (ref_name, _concat(ref, out_name)),
+                        (runner.name, missing),
+                        output=out_name,
+                        tolerance=tolerance,
+                        note=note,
+                    )
+                )
                 continue
-            results.append(judge(
-                check, (ref_name, _concat(ref, out_name)), (runner.name, _concat(cand, out_name)),
-                output=out_name, tolerance=tolerance, note=note,
-            ))
+            results.append(
+                judge(
+                    check,
+                    (ref_name, _concat(ref, out_name)),
+                    (runner.name, _concat(cand, out_name)),
+                    output=out_name,
+                    tolerance=tolerance,
+                    note=note,
+                )
+            )
     return results
 
 
@@ -65,8 +79,10 @@ def check_merge(
     """
     input_name = next(iter(feeds[0]))
     shape = (None, *feeds[0][input_name].shape[1:])
-    runners = [TorchRunner(unmerged, shape, name="torch-unmerged", input_name=input_name),
-               TorchRunner(merged, shape, name="torch-merged", input_name=input_name)]
+    runners = [
+        TorchRunner(unmerged, shape, name="torch-unmerged", input_name=input_name),
+        TorchRunner(merged, shape, name="torch-merged", input_name=input_name),
+    ]
     tolerance = PROBE_HEAD if probe_head else BITWISE
     note = "probe-head BatchNorm folded: equal within 1e-5, not bit for bit" if probe_head else ""
     (result,) = compare_runners(runners, feeds, tolerance, check="merge", note=note)

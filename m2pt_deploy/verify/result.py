@@ -47,7 +47,11 @@ class CheckResult:
         if s is None:
             return "not comparable"
         if tol.bitwise:
-            return "bit-identical" if s.bitwise_equal else f"max abs {s.max_abs:.1e} (bit-identical required)"
+            return (
+                "bit-identical"
+                if s.bitwise_equal
+                else f"max abs {s.max_abs:.1e} (bit-identical required)"
+            )
         if tol.max_abs is not None:
             return f"max abs {s.max_abs:.1e} (tol {tol.max_abs:.0e})"
         if tol.min_cosine is not None:
@@ -58,18 +62,30 @@ class CheckResult:
         top1 = f"top-1 {self.stats.top1_agree}/{self.stats.top1_total}" if self.stats else ""
         extra = [self.note] if self.note else []
         extra += list(self.problems)
-        return (_status(self.passed), self.check, f"{self.candidate} vs {self.reference}",
-                self.output, self._figure(), top1, "; ".join(extra))
+        return (
+            _status(self.passed),
+            self.check,
+            f"{self.candidate} vs {self.reference}",
+            self.output,
+            self._figure(),
+            top1,
+            "; ".join(extra),
+        )
 
     def __str__(self) -> str:
         return " | ".join(c for c in self.row() if c)
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "check": self.check, "passed": self.passed, "reference": self.reference,
-            "candidate": self.candidate, "output": self.output,
+            "check": self.check,
+            "passed": self.passed,
+            "reference": self.reference,
+            "candidate": self.candidate,
+            "output": self.output,
             "stats": self.stats.to_dict() if self.stats else None,
-            "tolerance": self.tolerance.to_dict(), "problems": list(self.problems), "note": self.note,
+            "tolerance": self.tolerance.to_dict(),
+            "problems": list(self.problems),
+            "note": self.note,
         }
 
 
@@ -85,11 +101,20 @@ def judge(
     """Compare ``candidate`` to ``reference`` (each a ``(name, array)``) within ``tolerance``."""
     (ref_name, ref), (cand_name, cand) = reference, candidate
     if ref.shape != cand.shape:
-        return CheckResult(check, ref_name, cand_name, output, None, tolerance,
-                           (f"shape {tuple(cand.shape)} vs {tuple(ref.shape)}",), note)
+        return CheckResult(
+            check,
+            ref_name,
+            cand_name,
+            output,
+            None,
+            tolerance,
+            (f"shape {tuple(cand.shape)} vs {tuple(ref.shape)}",),
+            note,
+        )
     stats = error_stats(ref, cand)
-    return CheckResult(check, ref_name, cand_name, output, stats, tolerance,
-                       tuple(tolerance.failures(stats)), note)
+    return CheckResult(
+        check, ref_name, cand_name, output, stats, tolerance, tuple(tolerance.failures(stats)), note
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,15 +134,27 @@ class StructureResult:
 
     def row(self) -> tuple[str, ...]:
         verdict = "identical" if self.passed else f"{len(self.differences)} difference(s)"
-        return (_status(self.passed), "structure", f"onnx vs {self.reference}", "graph",
-                self.summary, verdict, "; ".join(self.differences[:3]))
+        return (
+            _status(self.passed),
+            "structure",
+            f"onnx vs {self.reference}",
+            "graph",
+            self.summary,
+            verdict,
+            "; ".join(self.differences[:3]),
+        )
 
     def __str__(self) -> str:
         return " | ".join(c for c in self.row() if c)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"check": "structure", "passed": self.passed, "reference": self.reference,
-                "summary": self.summary, "differences": list(self.differences)}
+        return {
+            "check": "structure",
+            "passed": self.passed,
+            "reference": self.reference,
+            "summary": self.summary,
+            "differences": list(self.differences),
+        }
 
 
 Result = CheckResult | StructureResult
@@ -127,8 +164,10 @@ def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for r in rows:
-        cells = [c.ljust(w) for c, w in zip(r, widths, strict=True) if w]
-        lines.append(" | ".join(cells).rstrip())
+        cells = [(c, w) for c, w in zip(r, widths, strict=True) if w]
+        while cells and not cells[-1][0]:
+            cells.pop()
+        lines.append(" | ".join(c.ljust(w) for c, w in cells).rstrip())
     return lines
 
 
@@ -155,8 +194,10 @@ class VerificationReport:
         return [r for r in self.results if not r]
 
     def __str__(self) -> str:
-        head = (f"verify {self.onnx} against {self.checkpoint} "
-                f"({self.precision}, inputs: {self.inputs.get('description', '')})")
+        head = (
+            f"verify {self.onnx} against {self.checkpoint} "
+            f"({self.precision}, inputs: {self.inputs.get('description', '')})"
+        )
         lines = [head, *("  " + line for line in _table([r.row() for r in self.results]))]
         for r in self.results:
             if isinstance(r, StructureResult) and len(r.differences) > 3:
@@ -168,9 +209,13 @@ class VerificationReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "passed": self.passed, "onnx": self.onnx, "checkpoint": self.checkpoint,
-            "precision": self.precision, "inputs": self.inputs,
-            "checks": [r.to_dict() for r in self.results], "notes": list(self.notes),
+            "passed": self.passed,
+            "onnx": self.onnx,
+            "checkpoint": self.checkpoint,
+            "precision": self.precision,
+            "inputs": self.inputs,
+            "checks": [r.to_dict() for r in self.results],
+            "notes": list(self.notes),
         }
 
     def write_json(self, path: str | os.PathLike[str], *, force: bool = False) -> Path:

@@ -35,7 +35,7 @@ __all__ = [
 
 
 class TorchRunner(BaseRunner):
-    """Runs an eval-mode ``nn.Module`` (or a callable returning one) on CPU, one input, one output."""
+    """Runs an eval ``nn.Module`` (or a callable returning one) on CPU: one input, one output."""
 
     def __init__(
         self,
@@ -89,8 +89,9 @@ class SessionFromOnnxNoSpin:
         options.intra_op_num_threads = self.threads or usable_cpus()
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        return ort.InferenceSession(self.onnx_path, sess_options=options,
-                                    providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(
+            self.onnx_path, sess_options=options, providers=["CPUExecutionProvider"]
+        )
 
 
 def onnxrt_runner(
@@ -111,9 +112,7 @@ def onnxrt_runner(
     return OnnxrtRunner(SessionFromOnnx(os.fspath(onnx_path), providers=list(providers)), name=name)
 
 
-def seeded_inputs(
-    input_size: Sequence[int], batch_size: int, *, seed: int = 0
-) -> np.ndarray:
+def seeded_inputs(input_size: Sequence[int], batch_size: int, *, seed: int = 0) -> np.ndarray:
     """Deterministic normalised-image-like inputs: standard normal, float32, ``[B, C, H, W]``."""
     rng = np.random.default_rng(seed)
     return rng.standard_normal((batch_size, *input_size), dtype=np.float32)
@@ -147,5 +146,7 @@ def run_runners(
             results = Comparator.run(list(runners), data_loader=list(feeds))
     except PolygraphyException as e:
         raise M2ptError(f"a runtime failed: {str(e).strip().splitlines()[-1]}") from e
-    return {name: [{k: np.asarray(v) for k, v in it.items()} for it in iterations]
-            for name, iterations in results.items()}
+    return {
+        name: [{k: np.asarray(v) for k, v in it.items()} for it in iterations]
+        for name, iterations in results.items()
+    }

@@ -74,7 +74,8 @@ class GraphSignature:
     functions: tuple[str, ...]
 
     def summary(self) -> str:
-        return f"{self.node_count} nodes, {len(self.initializers)} initializers, {len(self.ops)} op types"
+        n_init, n_ops = len(self.initializers), len(self.ops)
+        return f"{self.node_count} nodes, {n_init} initializers, {n_ops} op types"
 
 
 def _dtype(code: int) -> str:
@@ -94,17 +95,23 @@ def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
 
 def _value(v: onnx.ValueInfoProto) -> tuple[str, str, tuple[int | str, ...]]:
     t = v.type.tensor_type
-    dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim)
+    dims = tuple(
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim
+    )
     return v.name, _dtype(t.elem_type), dims
 
 
 def graph_signature(proto: onnx.ModelProto) -> GraphSignature:
     nodes = list(_nodes(proto.graph))
-    ops = Counter(n.op_type if n.domain in _ONNX_DOMAINS else f"{n.domain}::{n.op_type}" for n in nodes)
+    ops = Counter(
+        n.op_type if n.domain in _ONNX_DOMAINS else f"{n.domain}::{n.op_type}" for n in nodes
+    )
     return GraphSignature(
         ops=dict(sorted(ops.items())),
         node_count=len(nodes),
-        initializers={t.name: (tuple(t.dims), _dtype(t.data_type)) for t in proto.graph.initializer},
+        initializers={
+            t.name: (tuple(t.dims), _dtype(t.data_type)) for t in proto.graph.initializer
+        },
         inputs=tuple(_value(v) for v in proto.graph.input),
         outputs=tuple(_value(v) for v in proto.graph.output),
         opsets={o.domain or "ai.onnx": o.version for o in proto.opset_import},
@@ -117,13 +124,17 @@ def _shape(entry: tuple[tuple[int, ...], str]) -> str:
     return f"{dtype}{list(dims)}"
 
 
-def _mapping_differences(what: str, cand: Mapping[str, Any], ref: Mapping[str, Any], fmt: Any = str) -> list[str]:
+def _mapping_differences(
+    what: str, cand: Mapping[str, Any], ref: Mapping[str, Any], fmt: Any = str
+) -> list[str]:
     out = []
     for key in sorted(set(cand) | set(ref)):
         c, r = cand.get(key), ref.get(key)
         if c != r:
-            out.append(f"{what} {key}: {fmt(c) if c is not None else 'absent'} vs "
-                       f"{fmt(r) if r is not None else 'absent'}")
+            out.append(
+                f"{what} {key}: {fmt(c) if c is not None else 'absent'} vs "
+                f"{fmt(r) if r is not None else 'absent'}"
+            )
     return out
 
 
@@ -133,11 +144,15 @@ def structure_differences(candidate: GraphSignature, reference: GraphSignature) 
     if candidate.node_count != reference.node_count:
         out.append(f"node count: {candidate.node_count} vs {reference.node_count}")
     out += _mapping_differences("op", candidate.ops, reference.ops)
-    out += _mapping_differences("initializer", candidate.initializers, reference.initializers, _shape)
+    out += _mapping_differences(
+        "initializer", candidate.initializers, reference.initializers, _shape
+    )
     out += _mapping_differences("opset", candidate.opsets, reference.opsets)
-    for what, cand, ref in (("inputs", candidate.inputs, reference.inputs),
-                            ("outputs", candidate.outputs, reference.outputs),
-                            ("functions", candidate.functions, reference.functions)):
+    for what, cand, ref in (
+        ("inputs", candidate.inputs, reference.inputs),
+        ("outputs", candidate.outputs, reference.outputs),
+        ("functions", candidate.functions, reference.functions),
+    ):
         if cand != ref:
             out.append(f"{what}: {list(cand)} vs {list(ref)}")
     return out
@@ -180,8 +195,11 @@ def value_pattern(state_dict: Mapping[str, Tensor] | None) -> Pattern:
         if bool((flat == flat[0]).all()):
             out.append((key, f"const:{float(flat[0])!r}"))
             continue
-        sig = (tuple(value.shape), str(value.dtype),
-               hashlib.sha256(flat.cpu().contiguous().numpy().tobytes()).hexdigest())
+        sig = (
+            tuple(value.shape),
+            str(value.dtype),
+            hashlib.sha256(flat.cpu().contiguous().numpy().tobytes()).hexdigest(),
+        )
         out.append((key, f"same:{first[sig]}") if sig in first else (key, "random"))
         first.setdefault(sig, key)
     return tuple(out)
@@ -204,7 +222,9 @@ def _randomise(model: nn.Module, pattern: Pattern) -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def _reference_signature(spec_json: str, settings: ExportSettings, pattern: Pattern) -> GraphSignature:
+def _reference_signature(
+    spec_json: str, settings: ExportSettings, pattern: Pattern
+) -> GraphSignature:
     spec = ModelSpec.from_dict(json.loads(spec_json))
     # Keep the caller's RNG stream untouched.
     with torch.random.fork_rng(devices=[]):
@@ -230,19 +250,22 @@ def reference_signature(
             f"the structure check exports a vanilla reference in fp32 or fp16, "
             f"not {settings.precision}"
         )
-    return _reference_signature(json.dumps(spec.to_dict(), sort_keys=True), settings, value_pattern(like))
+    return _reference_signature(
+        json.dumps(spec.to_dict(), sort_keys=True), settings, value_pattern(like)
+    )
 
 
 def check_structure(
     proto: onnx.ModelProto, spec: ModelSpec, *, like: Mapping[str, Tensor] | None = None
 ) -> StructureResult:
-    """Compare ``proto`` with a vanilla ``spec`` export; ``like`` as in :func:`reference_signature`."""
+    """``proto`` against a vanilla ``spec`` export; ``like`` as in :func:`reference_signature`."""
     settings = export_settings(proto)
     batch = "dynamic" if settings.batch.dynamic else f"fixed {settings.batch.min}"
     reference = reference_signature(spec, settings, like=like)
     candidate = graph_signature(proto)
     return StructureResult(
-        reference=f"vanilla {spec.arch} (opset {settings.opset}, {batch} batch, {settings.precision})",
+        reference=f"vanilla {spec.arch} "
+        f"(opset {settings.opset}, {batch} batch, {settings.precision})",
         summary=candidate.summary(),
         differences=tuple(structure_differences(candidate, reference)),
     )

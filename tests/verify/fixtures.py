@@ -33,8 +33,12 @@ def make_pathway_checkpoint(path: Path, *, seed: int = 0, n_aux: int = 1) -> Pat
     for lam in pathway_parameters(target):
         lam.data.uniform_(-0.5, 0.5)
     aux_info = tuple({"modality": f"aux{k}", "sha256": None} for k in range(n_aux))
-    return save_checkpoint(path, pathway_state_dict(target), TINY,
-                           pathway=PathwayInfo(LAYERS, "blocks", "scalar", aux_info))
+    return save_checkpoint(
+        path,
+        pathway_state_dict(target),
+        TINY,
+        pathway=PathwayInfo(LAYERS, "blocks", "scalar", aux_info),
+    )
 
 
 def export(ckpt: Checkpoint | Path, path: Path, **kwargs) -> Path:

@@ -24,7 +24,9 @@ def perturb_initializer(proto: onnx.ModelProto, name: str, delta: float) -> onnx
     return out
 
 
-def reshape_initializer(proto: onnx.ModelProto, name: str, shape: tuple[int, ...]) -> onnx.ModelProto:
+def reshape_initializer(
+    proto: onnx.ModelProto, name: str, shape: tuple[int, ...]
+) -> onnx.ModelProto:
     """Same values, new shape, e.g. a bias ``[10]`` as ``[1, 10]``: still broadcasts, still runs."""
     out = copy.deepcopy(proto)
     tensor = _initializer(out, name)
