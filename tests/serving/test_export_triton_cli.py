@@ -11,11 +11,12 @@ from tests.serving.test_triton import parse_config
 
 def test_export_writes_a_parsable_model_folder(m2pt_ckpt: Path, tmp_path: Path, capsys) -> None:
     repo = tmp_path / "models"
-    code = run_main(main, ["--format", "triton", str(m2pt_ckpt), "-o", str(repo), "--no-verify",
+    code = run_main(main, ["--format", "triton", str(m2pt_ckpt), "-o", str(repo),
                            "--name", "vit", "--max-batch", "16", "--instances", "2"])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert f"wrote {repo / 'vit'}" in out
+    assert "verifying against the unmerged model ... done" in err
     config, pb2 = parse_config(repo / "vit")
     assert config.max_batch_size == 16 and config.instance_group[0].count == 2
     assert list(config.input[0].dims) == [3, 32, 32]
