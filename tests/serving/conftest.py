@@ -24,24 +24,12 @@ START_TIMEOUT_S = 60.0
 
 
 def _tiny_checkpoint(path: Path) -> Path:
-    import torch
+    from m2pt_deploy.checkpoint import save_checkpoint
+    from m2pt_deploy.pathway import pathway_state_dict
+    from tests.conftest import TINY, make_pathway_model, pathway_info
 
-    from m2pt_deploy.build import build_vanilla
-    from m2pt_deploy.checkpoint import PathwayInfo, save_checkpoint
-    from m2pt_deploy.pathway import add_pathways, pathway_parameters, pathway_state_dict
-    from m2pt_deploy.vit import ModelSpec
-
-    torch.manual_seed(0)
-    spec = ModelSpec("vit_tiny_patch16_224", dict(img_size=32, patch_size=8, embed_dim=64, depth=2,
-                                                  num_heads=1, num_classes=10), (3, 32, 32))
-    target, aux = build_vanilla(spec), build_vanilla(spec)
-    add_pathways(target, [aux])
-    with torch.no_grad():
-        for lam in pathway_parameters(target):
-            lam.uniform_(-0.5, 0.5)
-    info = PathwayInfo(("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"), "blocks", "scalar",
-                       ({"modality": "audio", "sha256": None},))
-    return save_checkpoint(path, pathway_state_dict(target), spec, pathway=info,
+    model = make_pathway_model(TINY)
+    return save_checkpoint(path, pathway_state_dict(model), TINY, pathway=pathway_info(),
                            extra={"labels": LABELS})
 
 
