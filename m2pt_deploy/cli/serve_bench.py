@@ -107,22 +107,21 @@ class _Server:
 
 
 def _request(model_path: str) -> tuple[dict[str, Any], bytes, dict[str, str], Any]:
+    """One batch-1 binary request for the model, and ONNX Runtime's own answer to it."""
     import numpy as np
-    import onnxruntime as ort
 
     from m2pt_deploy.serving.loadgen import binary_infer_body
-    from m2pt_deploy.serving.runtime import _ORT_TYPES
+    from m2pt_deploy.serving.runtime import OrtModel
 
-    session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
-    (spec,) = session.get_inputs()
-    shape = [1 if not isinstance(d, int) else d for d in spec.shape]
+    model = OrtModel(Path(model_path).stem, model_path, providers=["CPUExecutionProvider"])
+    spec, output = model.inputs[0], model.outputs[0]
+    shape = [1 if d == -1 else d for d in spec.shape]
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    body, headers = binary_infer_body({spec.name: x}, {spec.name: _ORT_TYPES[spec.type]})
-    meta = session.get_modelmeta().custom_metadata_map
-    info = {"path": model_path, "name": Path(model_path).stem, "input_shape": shape,
-            "arch": json.loads(meta.get("m2pt_deploy.arch", "null")),
-            "model_kwargs": json.loads(meta.get("m2pt_deploy.model_kwargs", "null"))}
-    return info, body, headers, session.run(None, {spec.name: x})[0]
+    body, headers = binary_infer_body({spec.name: x}, {spec.name: spec.datatype})
+    info = {"path": model_path, "name": model.name, "input_shape": shape,
+            "arch": model.metadata.get("m2pt_deploy.arch"),
+            "model_kwargs": model.metadata.get("m2pt_deploy.model_kwargs")}
+    return info, body, headers, model.run({spec.name: x})[output.name]
 
 
 def _check_output(server: _Server, name: str, body: bytes, headers: dict[str, str], want: Any) -> None:

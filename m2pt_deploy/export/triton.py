@@ -132,6 +132,19 @@ def _load(model: str | os.PathLike[str] | onnx.ModelProto) -> onnx.ModelProto:
         raise M2ptError(f"not a readable ONNX model ({type(e).__name__})", path) from None
 
 
+def _external_files(proto: onnx.ModelProto, source: Path) -> list[str]:
+    """Weight files the graph names beside itself (``save_onnx`` writes them past 2 GiB)."""
+    names = sorted({entry.value for tensor in proto.graph.initializer
+                    for entry in tensor.external_data if entry.key == "location"})
+    for name in names:
+        if Path(name).name != name or name in (".", ".."):
+            raise M2ptError(f"external weights at {name!r}: only a file beside the model is "
+                            "supported", source)
+        if not (source.parent / name).is_file():
+            raise M2ptError(f"external weights file {name} is missing", source)
+    return names
+
+
 def _write_model(model: str | os.PathLike[str] | onnx.ModelProto, proto: onnx.ModelProto,
                  dest: Path) -> None:
     if isinstance(model, onnx.ModelProto):
@@ -139,17 +152,11 @@ def _write_model(model: str | os.PathLike[str] | onnx.ModelProto, proto: onnx.Mo
 
         save_onnx(proto, dest)
         return
-    shutil.copyfile(model, dest)
-    data = Path(model).with_name(Path(model).name + ".data")
-    if data.is_file():
-        shutil.copyfile(data, dest.with_name(dest.name + ".data"))
-        # the graph names its data file by its own name; point it at the copy
-        copied = onnx.load_model(dest, load_external_data=False)
-        for tensor in copied.graph.initializer:
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    entry.value = dest.name + ".data"
-        onnx.save_model(copied, dest)
+    source = Path(model)
+    shutil.copyfile(source, dest)
+    # the graph finds its weights by file name, so they keep theirs beside model.onnx
+    for name in _external_files(proto, source):
+        shutil.copyfile(source.parent / name, dest.parent / name)
 
 
 def _labels(proto: onnx.ModelProto) -> list[str] | None:
@@ -159,12 +166,12 @@ def _labels(proto: onnx.ModelProto) -> list[str] | None:
     return [str(x) for x in labels] if isinstance(labels, list) else None
 
 
-def _check_args(name: str, max_batch: int, instance_count: int, platform: Platform,
+def _check_args(max_batch: int, instance_count: int, version: int, platform: Platform,
                 engine: Path | None, instance_kind: InstanceKind,
                 tensorrt_precision: str | None) -> None:
-    if max_batch < 0 or instance_count < 1:
-        raise M2ptError(f"max batch {max_batch} and instance count {instance_count}: need "
-                        ">= 0 and >= 1")
+    if max_batch < 0 or instance_count < 1 or version < 1:
+        raise M2ptError(f"max batch {max_batch}, instance count {instance_count}, version "
+                        f"{version}: need >= 0, >= 1 and >= 1")
     if platform == "tensorrt_plan" and engine is None:
         raise M2ptError("platform tensorrt_plan needs a TensorRT engine (model.plan)")
     if engine is not None and not engine.is_file():
@@ -228,10 +235,9 @@ def write_triton_repository(
 ) -> Path:
     """Write ``repo_dir/<name>/`` for Triton's onnxruntime (or tensorrt) backend; return that folder."""
     engine_path = None if engine is None else Path(engine)
-    check_model_folder(repo_dir, name, force=force)
-    _check_args(name, max_batch, instance_count, platform, engine_path, instance_kind,
-                tensorrt_precision)
     target = check_model_folder(repo_dir, name, force=force)
+    _check_args(max_batch, instance_count, version, platform, engine_path, instance_kind,
+                tensorrt_precision)
     repo = target.parent
     proto = _load(model)
     labels = _labels(proto)

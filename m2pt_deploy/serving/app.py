@@ -100,6 +100,11 @@ def _error(message: str, status: int, headers: Mapping[str, str] | None = None) 
 
 async def read_body(request: Any, limit: int) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity":
+        # decompressing would let a small body expand past the limit; send tensors uncompressed
+        raise ProtocolError(f"Content-Encoding {encoding!r} is not supported; send the body "
+                            "uncompressed", status=415)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise ProtocolError(f"body of {declared} bytes exceeds the limit of {limit}", status=413)

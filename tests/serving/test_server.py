@@ -118,6 +118,8 @@ def _bad_requests():
         ("empty-image", "/v2/models/vit/classify", b"", {}, 400, "not a readable JPEG or PNG image"),
         ("bad-top-k", "/v2/models/vit/classify?top_k=zero", _png(), {}, 400, "top_k 'zero'"),
         ("unknown-route", "/v2/nothing/here", None, {}, 404, "Not Found"),
+        ("compressed", "/v2/models/vit/infer", json_body(x), {"Content-Encoding": "gzip"}, 415,
+         "Content-Encoding 'gzip' is not supported"),
     ]
 
 
@@ -147,16 +149,16 @@ def test_bad_input_gets_a_4xx_that_says_what_is_wrong(server, reference_session,
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
-def test_classify_returns_top_k_from_the_embedded_metadata(server, reference_session, fmt):
+def test_classify_returns_top_k_from_the_embedded_metadata(server, reference_session, tiny_onnx, fmt):
     from m2pt_deploy.serving.images import decode_image, input_spec
-    from m2pt_deploy.serving.runtime import _decode_metadata
+    from m2pt_deploy.serving.runtime import OrtModel
 
     image = _png(fmt=fmt)
     status, _, body = http("POST", f"{server.url}/v2/models/vit/classify?top_k=3", image,
                            {"Content-Type": f"image/{fmt.lower()}"})
     assert status == 200, body
     classes = json.loads(body)["classes"]
-    spec = input_spec(_decode_metadata(reference_session.get_modelmeta().custom_metadata_map))
+    spec = input_spec(OrtModel("vit", tiny_onnx, providers=["CPUExecutionProvider"]).metadata)
     logits = reference_session.run(None, {"pixel_values": decode_image(image, spec)})[0][0]
     probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     want = np.argsort(-probs)[:3]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from pathlib import Path
 
@@ -108,8 +109,9 @@ def test_a_failed_write_leaves_no_model_and_no_temporary_folder(tmp_path, tiny_o
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     (dict(name="../evil"), "model name '../evil'"),
-    (dict(name="vit", max_batch=-1), "need >= 0 and >= 1"),
-    (dict(name="vit", instance_count=0), "need >= 0 and >= 1"),
+    (dict(name="vit", max_batch=-1), "max batch -1, instance count 1, version 1: need"),
+    (dict(name="vit", instance_count=0), "instance count 0"),
+    (dict(name="vit", version=0), "version 0: need"),
     (dict(name="vit", platform="tensorrt_plan"), "needs a TensorRT engine"),
     (dict(name="vit", engine="missing.plan"), "no such TensorRT engine file"),
     (dict(name="vit", tensorrt_precision="FP16"), "needs the onnxruntime platform on KIND_GPU"),
@@ -164,3 +166,44 @@ def test_m2pt_serve_refuses_an_empty_repository(tmp_path, capsys):
     assert run_main(main, [str(tmp_path / "repo"), "--port", "0"]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert err.strip() == f"error: {tmp_path / 'repo'}: no <name>/<version>/model.onnx in this model repository"
+
+
+def test_external_weights_are_copied_and_relinked(tmp_path, tiny_onnx, reference_session):
+    import onnxruntime as ort
+
+    external = tmp_path / "src" / "vit.onnx"
+    external.parent.mkdir()
+    onnx.save_model(onnx.load(tiny_onnx), external, save_as_external_data=True,
+                    location="vit.onnx.data")
+    model_dir = write_triton_repository(external, tmp_path / "repo", name="vit")
+    assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["model.onnx", "vit.onnx.data"]
+    external.with_name("vit.onnx.data").unlink()  # the copy must not lean on the source
+    session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(4).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(session.run(None, {"pixel_values": x})[0],
+                                  reference_session.run(None, {"pixel_values": x})[0])
+    external.unlink()
+    with pytest.raises(M2ptError, match="not a readable ONNX model|no such ONNX file"):
+        write_triton_repository(external, tmp_path / "repo", name="gone")
+
+
+def test_missing_external_weights_are_a_user_error(tmp_path, tiny_onnx):
+    external = tmp_path / "vit.onnx"
+    onnx.save_model(onnx.load(tiny_onnx), external, save_as_external_data=True,
+                    location="weights.bin")
+    (tmp_path / "weights.bin").unlink()
+    with pytest.raises(M2ptError, match="external weights file weights.bin is missing") as info:
+        write_triton_repository(external, tmp_path / "repo", name="vit")
+    assert info.value.path == str(external)
+    assert not (tmp_path / "repo" / "vit").exists()
+
+
+def test_model_folder_is_readable_by_other_users(tmp_path, tiny_onnx):
+    import stat
+
+    model_dir = write_triton_repository(onnx.load(tiny_onnx), tmp_path / "repo", name="vit")
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (model_dir, *model_dir.rglob("*")):
+        want = (0o777 if path.is_dir() else 0o666) & ~umask
+        assert stat.S_IMODE(path.stat().st_mode) == want, path
