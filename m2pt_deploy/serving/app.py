@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -25,6 +24,7 @@ from m2pt_deploy.serving.batching import (
     Overloaded,
     RequestTimeout,
 )
+from m2pt_deploy.serving.guards import ApiKeyGuard, error_response, read_body
 from m2pt_deploy.serving.images import decode_image, input_spec, top_k
 from m2pt_deploy.serving.metrics import ServingMetrics
 from m2pt_deploy.serving.openapi import openapi_document
@@ -40,7 +40,6 @@ from m2pt_deploy.serving.runtime import OrtModel
 __all__ = ["ServeConfig", "ServerState", "create_app"]
 
 log = logging.getLogger("m2pt_deploy.serving")
-OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,36 +91,6 @@ class ServerState:
         return await self.batchers[model.name].submit(feed, timeout_s=timeout, arrival=arrival)
 
 
-def _error(message: str, status: int, headers: Mapping[str, str] | None = None) -> Any:
-    from starlette.responses import JSONResponse
-
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-async def read_body(request: Any, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding != "identity":
-        # decompressing would let a small body expand past the limit; send tensors uncompressed
-        raise ProtocolError(f"Content-Encoding {encoding!r} is not supported; send the body "
-                            "uncompressed", status=415)
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise ProtocolError(f"body of {declared} bytes exceeds the limit of {limit}", status=413)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        # Past the limit, read on (discarding) up to the limit again: closing on unread data
-        # makes the kernel send RST, and the client would lose the 413 with it.
-        if size > 2 * limit:
-            break
-        if size <= limit:
-            chunks.append(chunk)
-    if size > limit:
-        raise ProtocolError(f"body exceeds the limit of {limit} bytes", status=413)
-    return b"".join(chunks)
-
-
 Handler = Callable[[Any, ServerState], Awaitable[Any]]
 
 
@@ -133,17 +102,17 @@ def _endpoint(state: ServerState, name: str, handler: Handler) -> Callable[[Any]
         try:
             response = await handler(request, state)
         except ProtocolError as e:
-            response = _error(e.message, e.status,
+            response = error_response(e.message, e.status,
                               {"Connection": "close"} if e.status == 413 else None)
         except Overloaded:
-            response = _error("server is overloaded; retry later", 503, {"Retry-After": "1"})
+            response = error_response("server is overloaded; retry later", 503, {"Retry-After": "1"})
         except Draining:
-            response = _error("server is shutting down", 503, {"Retry-After": "5"})
+            response = error_response("server is shutting down", 503, {"Retry-After": "5"})
         except RequestTimeout:
-            response = _error("request timed out", 504)
+            response = error_response("request timed out", 504)
         except Exception:
             log.exception("%s failed", request.url.path)
-            response = _error("internal server error", 500)
+            response = error_response("internal server error", 500)
         model = request.path_params.get("name", "")
         state.metrics.observe_request(model if model in state.models else "", name,
                                       response.status_code, time.perf_counter() - start)
@@ -253,36 +222,10 @@ async def _metrics(request: Any, state: ServerState) -> Any:
     return Response(body, headers={"Content-Type": content_type})
 
 
-class ApiKeyGuard:
-    """ASGI middleware: every path but the health probes needs the key, compared in constant time.
-
-    The key may come as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
-    """
-
-    def __init__(self, app: Any, key: str) -> None:
-        self.app = app
-        self.key = key.encode()
-
-    def _given(self, scope: Mapping[str, Any]) -> bytes:
-        headers = dict(scope.get("headers", ()))
-        if b"x-api-key" in headers:
-            return headers[b"x-api-key"]
-        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
-        return token.strip() if scheme.lower() == b"bearer" else b""
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS and not hmac.compare_digest(
-            self._given(scope), self.key
-        ):
-            response = _error("missing or wrong API key", 401, {"WWW-Authenticate": "Bearer"})
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-
 def create_app(state: ServerState) -> Any:
     """A Starlette app over ``state``; batchers start and drain with the app's lifespan."""
     from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
@@ -319,10 +262,10 @@ def create_app(state: ServerState) -> Any:
             route(f"{base}/config", "config", _model_config),
             route(f"{base}/infer", "infer", _infer, "POST"),
         ]
-    async def http_error(request: Any, exc: Any) -> Any:
-        return _error(exc.detail, exc.status_code, getattr(exc, "headers", None))
 
-    from starlette.exceptions import HTTPException
+    async def http_error(request: Any, exc: Any) -> Any:
+        """Starlette's own 404/405 in the same JSON shape as every other refusal."""
+        return error_response(exc.detail, exc.status_code, getattr(exc, "headers", None))
 
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: http_error})
