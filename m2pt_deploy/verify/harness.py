@@ -41,15 +41,14 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     try:
         proto = onnx.load(p)
     except (DecodeError, OSError, ValueError, RuntimeError) as e:
-        raise M2ptError(
-            f"not a readable ONNX model ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
-            p,
-        ) from e
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise M2ptError(f"not a readable ONNX model ({reason})", p) from e
     if not proto.graph.node:
         raise M2ptError("not an ONNX model: it has no graph (empty or truncated file?)", p)
     try:
-        onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as e:
+        # By path: the checker refuses in-memory models past protobuf's 2 GiB limit.
+        onnx.checker.check_model(os.fspath(p))
+    except (onnx.checker.ValidationError, ValueError) as e:
         raise M2ptError(f"invalid ONNX model: {str(e).splitlines()[0]}", p) from e
     return proto
 
