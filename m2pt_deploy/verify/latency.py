@@ -164,15 +164,16 @@ class BenchReport:
         }
 
     def markdown(self) -> str:
+        kwargs = self.spec["model_kwargs"]
+        model = f"{self.spec['arch']} {kwargs}" if kwargs else self.spec["arch"]
         lines = [
             f"Machine: {machine_line(self.machine)}.",
-            f"Model: {self.spec['arch']} {self.spec['model_kwargs'] or ''} input "
+            f"Model: {model}, input "
             f"{'x'.join(map(str, self.spec['input_size']))}; {self.settings['rounds']} interleaved "
             f"rounds after {self.settings['warmup']} warm-up runs each.",
             self._graph_line(),
             "",
-            "| runtime | batch | compared | candidate median ms | baseline median ms "
-            "| median ratio (p25–p75) |",
+            "| runtime | batch | compared | candidate median ms | baseline median ms | median ratio (p25–p75) |",
             "|---|---|---|---|---|---|",
             *(r.row() for r in self.results),
         ]
@@ -234,9 +235,7 @@ def run_benchmark(
             torch.manual_seed(seed + 1)
             vanilla = _trained_like(build_vanilla(spec, exportable=True))
         say("exporting the merged and the vanilla model to ONNX")
-        merged_onnx = _export(
-            merge_model(unmerged, spec, exportable=True), spec, Path(tmp, "merged.onnx")
-        )
+        merged_onnx = _export(merge_model(unmerged, spec, exportable=True), spec, Path(tmp, "merged.onnx"))
         vanilla_onnx = _export(vanilla, spec, Path(tmp, "vanilla.onnx"))
         graph_diffs = structure_differences(
             graph_signature(onnx.load(merged_onnx)), graph_signature(onnx.load(vanilla_onnx))
