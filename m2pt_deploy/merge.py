@@ -65,6 +65,12 @@ def merge_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
         if stem not in scales or sorted(scales[stem]) != sorted(weights):
             raise M2ptError(f"{stem}: aux weights {sorted(weights)} without matching λ")
         order = sorted(weights)
+        target = out[f"{stem}.weight"]
+        for k in order:
+            if weights[k].shape != target.shape:
+                raise M2ptError(
+                    f"{stem}: target weight {tuple(target.shape)} vs aux #{k} weight {tuple(weights[k].shape)}"
+                )
         out[f"{stem}.weight"] = merge_weight(
             out[f"{stem}.weight"], [weights[k] for k in order], [scales[stem][k] for k in order]
         )
