@@ -72,7 +72,7 @@ def _tile(photo: np.ndarray, size: tuple[int, int], channels: int, rng: np.rando
     image = Image.fromarray(np.ascontiguousarray(crop))
     if channels != 3:
         image = image.convert("L")
-    pixels = np.asarray(image.resize((size[1], size[0]), Image.BILINEAR), np.float32) / 255.0
+    pixels = np.asarray(image.resize((size[1], size[0]), Image.Resampling.BILINEAR), np.float32) / 255.0
     if channels == 3:
         return pixels.transpose(2, 0, 1)
     return np.repeat(pixels[None], channels, axis=0)

@@ -10,8 +10,8 @@ the ONNX. So the precision decision is made here, once, per node:
 - the graph keeps fp32 inputs and outputs, so callers feed the same arrays at any precision.
 
 ONNX Runtime's CPU provider runs the fp16 graph natively but has no bf16 kernels, so
-:func:`emulate_low_precision` rewrites a graph into fp32 compute that rounds to the low
-type exactly where the real graph stores it; that is what bf16 is verified against here.
+:func:`emulate_in_fp32` rewrites the bf16 artifact into fp32 compute that rounds to bf16
+exactly where the artifact stores bf16; that is what bf16 is verified with here.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ __all__ = [
     "FP32_OPS",
     "LOW_PRECISION_OPS",
     "LowPrecision",
-    "emulate_low_precision",
+    "emulate_in_fp32",
     "low_precision_nodes",
     "residual_adds",
     "to_mixed_precision",
@@ -86,27 +86,43 @@ def to_mixed_precision(
     model = _prepared_copy(proto, precision)
     low = low_precision_nodes(model, _ONNX_TYPE[precision], keep_fp32=keep_fp32,
                               keep_residual=keep_residual)
-    _Rewriter(model, low, _ONNX_TYPE[precision], emulate=False).run()
+    _Rewriter(model, low, _ONNX_TYPE[precision]).run()
     return onnx.shape_inference.infer_shapes(model)
 
 
-def emulate_low_precision(
-    proto: onnx.ModelProto,
-    precision: LowPrecision,
-    *,
-    keep_fp32: Collection[str] = FP32_OPS,
-    keep_residual: bool = True,
-) -> onnx.ModelProto:
-    """fp32 compute that rounds to ``precision`` wherever :func:`to_mixed_precision` stores it.
+def emulate_in_fp32(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """An fp32 graph that rounds to fp16/bf16 exactly where the mixed-precision ``proto`` stores it.
 
-    Every low-precision node's inputs and outputs pass through a ``Cast`` to the low type
-    and back, and its weights are pre-rounded, so the only difference to real low-precision
-    kernels is accumulation, which TensorRT also does in fp32.
+    Low-precision weights become their (exact) fp32 values; every node that writes a
+    low-precision tensor computes in fp32 and then passes through a ``Cast`` to the low
+    type and back. The only difference to real kernels is accumulation, which TensorRT also
+    does in fp32. This is how the bf16 artifact itself is run on ONNX Runtime's CPU provider.
     """
-    model = _prepared_copy(proto, precision)
-    low = low_precision_nodes(model, _ONNX_TYPE[precision], keep_fp32=keep_fp32,
-                              keep_residual=keep_residual)
-    _Rewriter(model, low, _ONNX_TYPE[precision], emulate=True).run()
+    model = onnx.shape_inference.infer_shapes(proto)
+    low_types = {TensorProto.FLOAT16, TensorProto.BFLOAT16}
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in (*model.graph.input, *model.graph.output, *model.graph.value_info)}
+    for t in model.graph.initializer:
+        if t.data_type in low_types:
+            types[t.name] = t.data_type
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
+    nodes: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        nodes.append(node)
+        for k, name in enumerate(node.output):
+            low = types.get(name)
+            if low not in low_types:
+                continue
+            stored = f"{name}__stored"
+            node.output[k] = stored
+            if node.op_type != "Cast":
+                rounded = f"{name}__rounded"
+                nodes.append(onnx.helper.make_node("Cast", [stored], [rounded], to=low))
+                stored = rounded
+            nodes.append(onnx.helper.make_node("Cast", [stored], [name], to=TensorProto.FLOAT))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    del model.graph.value_info[:]
     return onnx.shape_inference.infer_shapes(model)
 
 
@@ -144,9 +160,9 @@ def _float_tensors(model: onnx.ModelProto) -> set[str]:
 class _Rewriter:
     """One pass over a topologically sorted graph, inserting Casts at precision borders."""
 
-    def __init__(self, model: onnx.ModelProto, low: set[str], dtype: int, *, emulate: bool) -> None:
+    def __init__(self, model: onnx.ModelProto, low: set[str], dtype: int) -> None:
         self.model, self.graph = model, model.graph
-        self.low, self.dtype, self.emulate = low, dtype, emulate
+        self.low, self.dtype = low, dtype
         self.float_tensors = _float_tensors(model)
         self.current: dict[str, int] = {t: TensorProto.FLOAT for t in self.float_tensors}
         self.casts: dict[tuple[str, int], str] = {}
@@ -178,42 +194,20 @@ class _Rewriter:
                 continue
             if t.name not in readers:
                 continue
-            rounded = _round(numpy_helper.to_array(t), self.dtype)
-            t.CopyFrom(numpy_helper.from_array(rounded.astype(np.float32) if self.emulate else rounded, t.name))
-            self.current[t.name] = TensorProto.FLOAT if self.emulate else self.dtype
-            if self.emulate:
-                self.casts[(t.name, self.dtype)] = t.name
+            t.CopyFrom(numpy_helper.from_array(_round(numpy_helper.to_array(t), self.dtype), t.name))
+            self.current[t.name] = self.dtype
 
     def _mark_outputs(self, node: onnx.NodeProto) -> None:
-        for k, name in enumerate(node.output):
-            if name not in self.float_tensors:
-                continue
-            if not self.emulate:
+        for name in node.output:
+            if name in self.float_tensors:
                 self.current[name] = self.dtype
-                continue
-            raw = f"{name}__fp32"
-            node.output[k] = raw
-            self._round_trip(raw, name)
-            self.casts[(name, self.dtype)] = name
 
     def _cast(self, name: str, to: int) -> str:
         key = (name, to)
         if key not in self.casts:
-            if self.emulate and to == self.dtype:
-                self.casts[key] = self._round_trip(name, f"{name}__rounded")
-            elif self.emulate:
-                self.casts[key] = name
-            else:
-                self.casts[key] = out = f"{name}__to_{TensorProto.DataType.Name(to).lower()}"
-                self.nodes.append(onnx.helper.make_node("Cast", [name], [out], name=f"{out}_cast", to=to))
+            self.casts[key] = out = f"{name}__to_{TensorProto.DataType.Name(to).lower()}"
+            self.nodes.append(onnx.helper.make_node("Cast", [name], [out], name=f"{out}_cast", to=to))
         return self.casts[key]
-
-    def _round_trip(self, src: str, dst: str) -> str:
-        mid = f"{dst}__{TensorProto.DataType.Name(self.dtype).lower()}"
-        self.nodes.append(onnx.helper.make_node("Cast", [src], [mid], name=f"{mid}_cast", to=self.dtype))
-        self.nodes.append(onnx.helper.make_node(
-            "Cast", [mid], [dst], name=f"{dst}_cast", to=TensorProto.FLOAT))
-        return dst
 
     def _restore_outputs(self) -> None:
         for out in self.graph.output:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from collections.abc import Mapping
 from typing import Any
 
@@ -53,8 +54,9 @@ class ShapeProfile:
                 f"--maxShapes={dims(self.max)}"]
 
     def polygraphy_args(self) -> list[str]:
+        """Shell-quoted: the brackets would otherwise be glob patterns."""
         def dims(shape: Shape) -> str:
-            return f"{self.input_name}:[{','.join(map(str, shape))}]"
+            return shlex.quote(f"{self.input_name}:[{','.join(map(str, shape))}]")
 
         return ["--trt-min-shapes", dims(self.min), "--trt-opt-shapes", dims(self.opt),
                 "--trt-max-shapes", dims(self.max)]

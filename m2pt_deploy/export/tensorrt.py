@@ -44,6 +44,7 @@ __all__ = [
     "api_path_for",
     "build_commands",
     "build_engine_from_onnx",
+    "check_build_options",
     "check_precision_supported",
     "commands_path",
     "detect_platform",
@@ -118,6 +119,20 @@ def check_precision_supported(precision: str, platform: Platform) -> None:
             f"({_ARCH_HINT[precision]}); {platform.gpu_name} is {cc[0]}.{cc[1]}")
 
 
+def check_build_options(precision: str, workspace_gb: float | None,
+                        timing_cache: str | os.PathLike[str] | None, opt_level: int | None) -> None:
+    """Refuse bad build options before any export work starts."""
+    if precision not in PRECISIONS:
+        raise M2ptError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if workspace_gb is not None and not workspace_gb > 0:
+        raise M2ptError(f"--workspace {workspace_gb}: must be a positive number of GiB")
+    if opt_level is not None and not 0 <= opt_level <= MAX_OPT_LEVEL:
+        raise M2ptError(f"--opt-level {opt_level}: TensorRT's builder optimization level is "
+                        f"0 to {MAX_OPT_LEVEL}")
+    if timing_cache is not None and Path(timing_cache).is_dir():
+        raise M2ptError("--timing-cache is a directory; give a file", timing_cache)
+
+
 @dataclasses.dataclass(frozen=True)
 class BuildOptions:
     precision: TrtPrecision
@@ -127,15 +142,7 @@ class BuildOptions:
     opt_level: int | None = None
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise M2ptError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
-        if self.workspace_gb is not None and not self.workspace_gb > 0:
-            raise M2ptError(f"--workspace {self.workspace_gb}: must be a positive number of GiB")
-        if self.opt_level is not None and not 0 <= self.opt_level <= MAX_OPT_LEVEL:
-            raise M2ptError(f"--opt-level {self.opt_level}: TensorRT's builder optimization "
-                            f"level is 0 to {MAX_OPT_LEVEL}")
-        if self.timing_cache is not None and self.timing_cache.is_dir():
-            raise M2ptError("--timing-cache is a directory; give a file", self.timing_cache)
+        check_build_options(self.precision, self.workspace_gb, self.timing_cache, self.opt_level)
 
     @property
     def workspace_bytes(self) -> int | None:
@@ -257,18 +264,18 @@ def build_commands(onnx_path: str | os.PathLike[str], engine_path: str | os.Path
     flag10 = [] if precision == "fp32" else [f"--{precision}"]
     lines = [
         "#!/bin/sh",
-        f"# Builds {os.fspath(engine_path)} ({precision}) from the verified ONNX on a machine with TensorRT.",
-        "# Written by m2pt-export; run ONE of the lines below. The engine sidecar (.json) is",
-        "# written only by m2pt-export, which needs the Python tensorrt module.",
+        f"# Builds {os.fspath(engine_path)} ({precision}) from the verified ONNX where TensorRT is",
+        "# installed:  sh THIS_FILE [trtexec|polygraphy]   (TRT_MAJOR=10 for TensorRT 10 flags).",
+        "# TensorRT 11 networks are strongly typed: the precision is the one written in the ONNX.",
+        "# Only m2pt-export writes the engine's sidecar (.json); it needs the tensorrt module.",
         "set -e",
-        "# TensorRT 11 (strongly typed: the precision is the one written in the ONNX)",
-        " ".join(["trtexec", *common_trt, "--stronglyTyped"]),
-        "# polygraphy, TensorRT 11",
-        " ".join([*common_pg, "--strongly-typed"]),
-        "# TensorRT 10 (builder flags)",
-        " ".join(["trtexec", *common_trt, *flag10]),
-        "# polygraphy, TensorRT 10",
-        " ".join([*common_pg, *flag10]),
+        'case "${1:-trtexec}${TRT_MAJOR:-11}" in',
+        "  trtexec10) " + " ".join(["trtexec", *common_trt, *flag10]) + " ;;",
+        "  polygraphy10) " + " ".join([*common_pg, *flag10]) + " ;;",
+        "  trtexec*) " + " ".join(["trtexec", *common_trt, "--stronglyTyped"]) + " ;;",
+        "  polygraphy*) " + " ".join([*common_pg, "--strongly-typed"]) + " ;;",
+        '  *) echo "usage: sh $0 [trtexec|polygraphy]" >&2; exit 2 ;;',
+        "esac",
     ]
     return "\n".join(lines) + "\n"
 

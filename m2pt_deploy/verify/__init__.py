@@ -1,0 +1,1 @@
+"""Verification: exported artifacts checked against the unmerged model."""
