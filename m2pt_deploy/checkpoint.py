@@ -116,7 +116,7 @@ def _load_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     try:
         with safe_open(path, framework="pt") as f:
             metadata = f.metadata() or {}
-            return {k: f.get_tensor(k) for k in f.keys()}, metadata
+            return {k: f.get_tensor(k) for k in f.keys()}, metadata  # noqa: SIM118 (safe_open is no dict)
     except (SafetensorError, OSError, ValueError) as e:
         raise M2ptError(f"truncated or corrupt safetensors file ({e})", path) from e
 

@@ -32,6 +32,13 @@ def test_merging_leaves_the_unmerged_model_working(input_batch) -> None:
     assert torch.equal(model(x), before)
 
 
+def test_merge_into_any_factory_built_model(input_batch) -> None:
+    model = make_pathway_model()
+    merged = merge_model(model, lambda: build_vanilla(TINY))
+    x = input_batch(TINY, 2)
+    assert torch.equal(merged(x), model(x))
+
+
 def test_state_dict_merge_equals_model_merge() -> None:
     model = make_pathway_model(n_aux=3, lambda_kind="channel")
     from_model = merged_state_dict(model)

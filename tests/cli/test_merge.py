@@ -12,12 +12,12 @@ from m2pt_deploy.cli.merge import main
 from tests.conftest import TINY
 
 
-def test_merged_checkpoint_loads_in_timm_and_matches(m2pt_ckpt: Path, tmp_path: Path, capsys, input_batch) -> None:
+def test_merged_checkpoint_loads_in_timm_and_matches(m2pt_ckpt: Path, tmp_path: Path, capsys, input_batch) -> None:  # noqa: E501
     out = tmp_path / "merged.safetensors"
     assert run_main(main, [str(m2pt_ckpt), "-o", str(out)]) == 0
     assert "8 pathway layers folded" in capsys.readouterr().out
-    vanilla = timm.create_model(TINY.arch, pretrained=True, pretrained_cfg_overlay={"file": str(out), "num_classes": 10},
-                                **TINY.model_kwargs).eval()
+    overlay = {"file": str(out), "num_classes": 10}
+    vanilla = timm.create_model(TINY.arch, pretrained=True, pretrained_cfg_overlay=overlay, **TINY.model_kwargs).eval()
     x = input_batch(TINY, 3)
     with torch.no_grad():
         assert torch.equal(vanilla(x), build_unmerged(load_checkpoint(m2pt_ckpt))(x))

@@ -27,9 +27,9 @@ from m2pt_deploy.export.onnx import (
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> tuple[Path, Path]:
-    from tests.conftest import TINY, make_pathway_model, pathway_info
     from m2pt_deploy.checkpoint import save_checkpoint
     from m2pt_deploy.pathway import pathway_state_dict
+    from tests.conftest import TINY, make_pathway_model, pathway_info
 
     root = tmp_path_factory.mktemp("onnx")
     ckpt = root / "tiny.safetensors"
