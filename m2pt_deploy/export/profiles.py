@@ -30,7 +30,7 @@ class ShapeProfile:
         if not len(self.min) == len(self.opt) == len(self.max):
             raise M2ptError(f"profile for {self.input_name}: shapes of different ranks "
                             f"{self.min}, {self.opt}, {self.max}")
-        for lo, opt, hi in zip(self.min, self.opt, self.max):
+        for lo, opt, hi in zip(self.min, self.opt, self.max, strict=True):
             if not 1 <= lo <= opt <= hi:
                 raise M2ptError(f"profile for {self.input_name}: needs 1 <= MIN <= OPT <= MAX in "
                                 f"every dimension, got {self.min} / {self.opt} / {self.max}")

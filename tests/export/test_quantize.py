@@ -6,7 +6,7 @@ import pytest
 
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.calibration import calibration_tiles
-from m2pt_deploy.export.quantize import quantizable_nodes, qdq_summary, quantize_qdq
+from m2pt_deploy.export.quantize import qdq_summary, quantizable_nodes, quantize_qdq
 from m2pt_deploy.verify.tensorrt import compare_logits, onnx_logits
 from tests.conftest import TINY, TINY_AUDIO
 from tests.export.test_precision import fp32_graph  # noqa: F401 - shared module fixture

@@ -92,7 +92,8 @@ def test_graph_preparation_folds_constants_and_names_io(fp32_graph) -> None:  # 
             if name == "pixel_values":
                 node.input[k] = "images"
     # a constant-only subgraph feeding nothing but itself: 2 + 3 -> 5, then dead
-    model.graph.node.insert(0, helper.make_node("Constant", [], ["c2"], value=helper.make_tensor("v", TensorProto.FLOAT, [], [2.0])))
+    two = helper.make_tensor("v", TensorProto.FLOAT, [], [2.0])
+    model.graph.node.insert(0, helper.make_node("Constant", [], ["c2"], value=two))
     model.graph.node.insert(1, helper.make_node("Add", ["c2", "c2"], ["c4"]))
     prepared = prepare_graph(model)
     assert [i.name for i in prepared.graph.input] == ["pixel_values"]
@@ -212,8 +213,9 @@ def test_engine_without_sidecar_is_refused(tmp_path) -> None:
 def test_other_tensorrt_or_gpu_is_refused_naming_which(tmp_path) -> None:
     _, info = _fake_engine(tmp_path)
     with pytest.raises(M2ptError, match="built with TensorRT 11.4.0.106 but this machine has TensorRT 10.13.0.35"):
-        check_compatible(info, tensorrt_version="10.13.0.35", gpu_name="NVIDIA H100 80GB HBM3", compute_capability=(9, 0))
-    with pytest.raises(M2ptError, match=r"built for NVIDIA H100 80GB HBM3 \(sm_90\) but this GPU is NVIDIA A100 \(sm_80\)"):
+        check_compatible(info, tensorrt_version="10.13.0.35", gpu_name="NVIDIA H100 80GB HBM3",
+                         compute_capability=(9, 0))
+    with pytest.raises(M2ptError, match=r"for NVIDIA H100 80GB HBM3 \(sm_90\) but this GPU is NVIDIA A100 \(sm_80\)"):
         check_compatible(info, tensorrt_version="11.4.0.106", gpu_name="NVIDIA A100", compute_capability=(8, 0))
     check_compatible(info, tensorrt_version="11.4.0.106", gpu_name="NVIDIA H100 PCIe", compute_capability=(9, 0))
 
