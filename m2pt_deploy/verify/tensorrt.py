@@ -190,10 +190,8 @@ def verify_engine(ckpt: Checkpoint, engine_path: str | os.PathLike[str], images:
     runner.check_batch(step)
     reference = reference_logits(ckpt, images)
     with runner:
-        outputs = [runner.infer(images[i:i + step]) for i in range(0, len(images) - step + 1, step)]
-    got = np.concatenate(outputs)
-    return compare_logits(reference[:len(got)], got, precision=runner.info.precision,
-                          name=Path(engine_path).name)
+        got = np.concatenate([runner.infer(images[i:i + step]) for i in range(0, len(images), step)])
+    return compare_logits(reference, got, precision=runner.info.precision, name=Path(engine_path).name)
 
 
 def latency_ratio(merged: str | os.PathLike[str], vanilla: str | os.PathLike[str], images: np.ndarray,
