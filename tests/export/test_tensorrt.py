@@ -256,3 +256,45 @@ def test_real_build_writes_a_plain_plan_and_sidecar(onnx_file, tmp_path) -> None
     import tensorrt as trt
 
     assert trt.Runtime(trt.Logger()).deserialize_cuda_engine(engine.read_bytes()) is not None
+
+
+class _FakeTensorRT:
+    """Just enough of TensorRT's module surface to run our callbacks (not TensorRT itself)."""
+
+    class IProgressMonitor:
+        def __init__(self) -> None:
+            pass
+
+    class MemoryPoolType:
+        WORKSPACE = "workspace"
+
+
+class _FakeConfig:
+    def __init__(self) -> None:
+        self.pools: dict[str, int] = {}
+        self.progress_monitor = None
+
+    def set_memory_pool_limit(self, pool: str, size: int) -> None:
+        self.pools[pool] = size
+
+
+def test_config_extras_set_workspace_and_a_progress_monitor(monkeypatch) -> None:
+    from m2pt_deploy.export.tensorrt import _ConfigExtras
+
+    monkeypatch.setitem(sys.modules, "tensorrt", _FakeTensorRT)
+    lines: list[str] = []
+    extras, config = _ConfigExtras(3 * 2**30, lines.append), _FakeConfig()
+    extras(None, None, config)  # type: ignore[arg-type]
+    assert config.pools == {"workspace": 3 * 2**30}
+    monitor = config.progress_monitor
+    assert monitor is extras.monitor and isinstance(monitor, _FakeTensorRT.IProgressMonitor)
+    # The order TensorRT reports a build in: a top-level phase with a nested one.
+    monitor.phase_start("Building engine", None, 2)
+    monitor.phase_start("Tactic search", "Building engine", 40)
+    assert monitor.step_complete("Tactic search", 0) is True
+    monitor.phase_finish("Tactic search")
+    monitor.step_complete("Building engine", 0)
+    monitor.step_complete("Building engine", 1)
+    monitor.phase_finish("Building engine")
+    assert lines == ["[TensorRT] Building engine (2 steps)", "[TensorRT] Building engine: 1/2",
+                     "[TensorRT] Building engine: 2/2"]
