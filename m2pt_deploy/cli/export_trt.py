@@ -6,40 +6,19 @@ import argparse
 import sys
 from pathlib import Path
 
-import onnx
-
-from m2pt_deploy.checkpoint import Checkpoint, load_checkpoint
+from m2pt_deploy.checkpoint import load_checkpoint
 from m2pt_deploy.cli.common import EXIT_CHECK_FAILED, EXIT_OK, step
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.calibration import calibration_tiles
-from m2pt_deploy.export.graph import prepare_graph
+from m2pt_deploy.export.engine_onnx import VERIFY_SEED, engine_onnx
 from m2pt_deploy.export.onnx import DYNAMIC_BATCH, OnnxFromCheckpoint, parse_batch, save_onnx
-from m2pt_deploy.export.precision import to_mixed_precision
-from m2pt_deploy.export.quantize import quantize_qdq
 from m2pt_deploy.export.tensorrt import build_engine_from_onnx, check_build_options
 from m2pt_deploy.fileio import check_output_path
 from m2pt_deploy.verify.tensorrt import verify_onnx_precision
 
-__all__ = ["engine_onnx", "export_trt"]
+__all__ = ["export_trt"]
 
 VERIFY_IMAGES = 64
-# Calibration and verification tiles come from different seeds, so the check is held out.
-_CALIB_SEED, _VERIFY_SEED = 0, 1
-
-
-def engine_onnx(ckpt: Checkpoint, precision: str, *, opset: int, batch_text: str | None,
-                calib_images: int) -> onnx.ModelProto:
-    """The graph the engine is built from: folded, sorted, and carrying its precision."""
-    batch = parse_batch(batch_text) if batch_text else DYNAMIC_BATCH
-    proto = prepare_graph(OnnxFromCheckpoint(ckpt, opset=opset, batch=batch)())
-    if precision in ("fp16", "bf16"):
-        return to_mixed_precision(proto, precision)  # type: ignore[arg-type]
-    if precision in ("int8", "fp8"):
-        spec = ckpt.spec
-        tiles = calibration_tiles(spec.input_size, spec.mean, spec.std, count=calib_images,
-                                  seed=_CALIB_SEED)
-        return quantize_qdq(proto, precision, tiles)  # type: ignore[arg-type]
-    return proto
 
 
 def export_trt(args: argparse.Namespace) -> int:
@@ -54,14 +33,15 @@ def export_trt(args: argparse.Namespace) -> int:
     input_size = tuple(args.input_size) if args.input_size else None
     ckpt = load_checkpoint(args.checkpoint, arch=args.arch, input_size=input_size)
     with step(f"exporting {ckpt.spec.arch} to {args.precision} ONNX for TensorRT (batch {batch})"):
-        proto = engine_onnx(ckpt, args.precision, opset=args.opset, batch_text=args.batch,
+        spec = ckpt.spec
+        proto = engine_onnx(OnnxFromCheckpoint(ckpt, opset=args.opset, batch=batch)(), args.precision,
+                            input_size=spec.input_size, mean=spec.mean, std=spec.std,
                             calib_images=args.calib_images)
         save_onnx(proto, onnx_path, force=args.force)
     print(f"wrote {onnx_path}")
     if not args.no_verify:
-        spec = ckpt.spec
         images = calibration_tiles(spec.input_size, spec.mean, spec.std, count=VERIFY_IMAGES,
-                                   seed=_VERIFY_SEED)
+                                   seed=VERIFY_SEED)
         with step(f"verifying the {args.precision} ONNX in ONNX Runtime against the unmerged model"):
             check = verify_onnx_precision(ckpt, onnx_path, images, precision=args.precision)
         print(check)

@@ -18,13 +18,15 @@ from typing import Any
 import numpy as np
 import onnx
 
-from m2pt_deploy.build import build_unmerged
+from m2pt_deploy.build import build_unmerged, build_vanilla
 from m2pt_deploy.checkpoint import Checkpoint
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.engine_info import EngineInfo, check_compatible, read_engine_info
-from m2pt_deploy.export.onnx import INPUT_NAME, OUTPUT_NAME
+from m2pt_deploy.export.engine_onnx import engine_onnx
+from m2pt_deploy.export.onnx import INPUT_NAME, OUTPUT_NAME, BatchSpec, export_model, save_onnx
 from m2pt_deploy.export.precision import emulate_in_fp32
-from m2pt_deploy.export.tensorrt import Platform, detect_platform
+from m2pt_deploy.export.tensorrt import Platform, build_engine_from_onnx, detect_platform
+from m2pt_deploy.vit import ModelSpec
 
 __all__ = [
     "TOLERANCES",
@@ -33,10 +35,12 @@ __all__ = [
     "Tolerance",
     "compare_logits",
     "latency_ratio",
+    "latency_vs_vanilla",
     "onnx_logits",
     "reference_logits",
     "verify_engine",
     "verify_onnx_precision",
+    "vanilla_engine_onnx",
 ]
 
 
@@ -192,6 +196,30 @@ def verify_engine(ckpt: Checkpoint, engine_path: str | os.PathLike[str], images:
     with runner:
         got = np.concatenate([runner.infer(images[i:i + step]) for i in range(0, len(images), step)])
     return compare_logits(reference, got, precision=runner.info.precision, name=Path(engine_path).name)
+
+
+def vanilla_engine_onnx(spec: ModelSpec, precision: str, batch: BatchSpec, *,
+                        calib_images: int = 256) -> onnx.ModelProto:
+    """A never-pathway-trained ViT of the same architecture, prepared exactly like the merged export.
+
+    Merging adds no operations, so an engine built from this is the latency baseline.
+    """
+    proto = export_model(build_vanilla(spec, exportable=True), spec, batch=batch)
+    return engine_onnx(proto, precision, input_size=spec.input_size, mean=spec.mean, std=spec.std,
+                       calib_images=calib_images)
+
+
+def latency_vs_vanilla(ckpt: Checkpoint, engine_path: str | os.PathLike[str], images: np.ndarray,
+                       workdir: str | os.PathLike[str], *, iterations: int = 50) -> dict[str, float]:
+    """Build the vanilla baseline engine with the merged engine's precision and profile, then time both."""
+    info = read_engine_info(engine_path)
+    profile = info.profile
+    batch = BatchSpec(profile.min[0], profile.opt[0], profile.max[0])
+    onnx_path = Path(workdir) / f"vanilla.{info.precision}.onnx"
+    save_onnx(vanilla_engine_onnx(ckpt.spec, info.precision, batch), onnx_path, force=True)
+    baseline = build_engine_from_onnx(onnx_path, Path(workdir) / "vanilla.engine",
+                                      precision=info.precision, batch=batch, force=True)  # type: ignore[arg-type]
+    return latency_ratio(engine_path, baseline, images[:batch.opt], iterations=iterations)
 
 
 def latency_ratio(merged: str | os.PathLike[str], vanilla: str | os.PathLike[str], images: np.ndarray,

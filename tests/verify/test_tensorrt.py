@@ -14,6 +14,8 @@ from m2pt_deploy.verify.tensorrt import (
     TOLERANCES,
     EngineRunner,
     compare_logits,
+    latency_vs_vanilla,
+    vanilla_engine_onnx,
     verify_engine,
     verify_onnx_precision,
 )
@@ -46,10 +48,12 @@ def test_compare_logits_passes_and_fails_on_the_right_side_of_each_bound() -> No
 
 
 def test_int8_onnx_is_verified_against_the_unmerged_model(m2pt_ckpt: Path, tmp_path: Path) -> None:
-    from m2pt_deploy.cli.export_trt import engine_onnx
+    from m2pt_deploy.export.engine_onnx import engine_onnx
+    from m2pt_deploy.export.onnx import OnnxFromCheckpoint
 
     ckpt = load_checkpoint(m2pt_ckpt)
-    model = engine_onnx(ckpt, "int8", opset=18, batch_text="1:8:32", calib_images=64)
+    model = engine_onnx(OnnxFromCheckpoint(ckpt)(), "int8", input_size=TINY.input_size, mean=TINY.mean,
+                        std=TINY.std, calib_images=64)
     path = tmp_path / "m.int8.onnx"
     onnx.save_model(model, path)
     images = calibration_tiles(TINY.input_size, TINY.mean, TINY.std, count=64, seed=1)
@@ -80,3 +84,29 @@ def test_batch_above_profile_max_is_refused_at_verify_time(m2pt_ckpt: Path, tmp_
 def test_verify_refuses_a_file_that_is_not_an_engine(m2pt_ckpt: Path) -> None:
     with pytest.raises(M2ptError, match="is a safetensors file, not a TensorRT engine"):
         verify_engine(load_checkpoint(m2pt_ckpt), m2pt_ckpt, np.zeros((1, 3, 32, 32), np.float32))
+
+
+def test_vanilla_baseline_has_the_merged_engine_graph(m2pt_ckpt: Path) -> None:
+    precision = "int8"  # Q/DQ placement must match too, not just the float graph
+    from m2pt_deploy.export.engine_onnx import engine_onnx
+    from m2pt_deploy.export.onnx import BatchSpec, OnnxFromCheckpoint
+
+    ckpt = load_checkpoint(m2pt_ckpt)
+    batch = BatchSpec(1, 4, 8)
+    merged = engine_onnx(OnnxFromCheckpoint(ckpt, batch=batch)(), precision, input_size=TINY.input_size,
+                         mean=TINY.mean, std=TINY.std, calib_images=16)
+    vanilla = vanilla_engine_onnx(ckpt.spec, precision, batch, calib_images=16)
+    assert [n.op_type for n in vanilla.graph.node] == [n.op_type for n in merged.graph.node]
+    shapes = [(tuple(t.dims), t.data_type) for t in merged.graph.initializer]
+    assert sorted(shapes) == sorted((tuple(t.dims), t.data_type) for t in vanilla.graph.initializer)
+
+
+def test_latency_baseline_needs_tensorrt_and_says_so(m2pt_ckpt: Path, tmp_path: Path, monkeypatch) -> None:
+    from m2pt_deploy.export import tensorrt as trt_export
+
+    monkeypatch.setattr(trt_export, "detect_platform", lambda: Platform(None, None, None))
+    engine, _ = _fake_engine(tmp_path)
+    images = np.zeros((8, *TINY.input_size), np.float32)
+    with pytest.raises(M2ptError, match="TensorRT is not installed"):
+        latency_vs_vanilla(load_checkpoint(m2pt_ckpt), engine, images, tmp_path)
+    assert (tmp_path / "vanilla.fp16.onnx").is_file() and not (tmp_path / "vanilla.engine").exists()
