@@ -1,201 +1,136 @@
-"""Reduced-precision artifacts and TensorRT engines checked against the unmerged torch model.
+"""Reduced-precision ONNX and TensorRT engines against the unmerged torch model.
 
-The reference is always the model exactly as trained (pathways unmerged), run in fp32.
-Each precision has its own notion of "close enough": fp32 must match logits to 1e-3;
-fp16 / bf16 are judged by cosine similarity and top-1 agreement on real images; int8 and
-fp8 by top-1 agreement alone, since their logits move by design.
+The same Polygraphy comparison as ONNX Runtime's (:func:`compare_runners` with the
+unmerged model's :class:`TorchRunner` as reference), with TensorRT's tolerances: fp32
+within 1e-3 on logits (TensorRT reorders reductions); fp16 / bf16 by cosine and top-1
+agreement on real images; int8 / fp8 by top-1 agreement, since their logits move by design.
+Before a ``TrtRunner`` is built, the engine's sidecar must say it runs on this TensorRT
+and this GPU, and every batch must fit the engine's profile.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
+from polygraphy.backend.base import BaseRunner
 
 from m2pt_deploy.build import build_unmerged, build_vanilla
 from m2pt_deploy.checkpoint import Checkpoint
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.engine_info import EngineInfo, check_compatible, read_engine_info
 from m2pt_deploy.export.engine_onnx import engine_onnx
-from m2pt_deploy.export.onnx import INPUT_NAME, OUTPUT_NAME, BatchSpec, export_model, save_onnx
+from m2pt_deploy.export.onnx import INPUT_NAME, BatchSpec, export_model, save_onnx
 from m2pt_deploy.export.precision import emulate_in_fp32
 from m2pt_deploy.export.tensorrt import Platform, build_engine_from_onnx, detect_platform
+from m2pt_deploy.verify.latency import LatencyComparison, compare_latency
+from m2pt_deploy.verify.numerics import compare_runners
+from m2pt_deploy.verify.result import CheckResult
+from m2pt_deploy.verify.runners import TorchRunner
+from m2pt_deploy.verify.tolerance import TOLERANCES, Tolerance
 from m2pt_deploy.vit import ModelSpec
 
 __all__ = [
-    "TOLERANCES",
-    "EngineRunner",
-    "PrecisionCheck",
-    "Tolerance",
-    "compare_logits",
-    "latency_ratio",
+    "ENGINE_TOLERANCES",
+    "batch_feeds",
+    "engine_runner",
+    "engine_tolerance",
     "latency_vs_vanilla",
-    "onnx_logits",
-    "reference_logits",
+    "onnx_precision_runner",
+    "vanilla_engine_onnx",
     "verify_engine",
     "verify_onnx_precision",
-    "vanilla_engine_onnx",
 ]
 
-
-@dataclasses.dataclass(frozen=True)
-class Tolerance:
-    max_abs: float | None = None
-    min_cosine: float | None = None
-    min_top1: float | None = None
-
-
-TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance(max_abs=1e-3),
-    "fp16": Tolerance(min_cosine=0.999, min_top1=0.99),
-    "bf16": Tolerance(min_cosine=0.999, min_top1=0.99),
-    "int8": Tolerance(min_top1=0.98),
-    "fp8": Tolerance(min_top1=0.98),
+ENGINE_TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance("tensorrt fp32", max_abs=1e-3, min_top1=0.0),
+    "fp16": TOLERANCES["fp16"],
+    "bf16": Tolerance("bf16", min_cosine=0.999, min_top1=0.99),
+    "int8": TOLERANCES["int8"],
+    "fp8": Tolerance("fp8", min_top1=0.98),
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class PrecisionCheck:
-    """Candidate vs reference logits on ``n`` images; truthy when within ``tolerance``."""
-
-    name: str
-    precision: str
-    n: int
-    max_abs: float
-    mean_abs: float
-    cosine: float  # the worst image's
-    top1: float
-    tolerance: Tolerance
-
-    def __bool__(self) -> bool:
-        t = self.tolerance
-        return ((t.max_abs is None or self.max_abs <= t.max_abs)
-                and (t.min_cosine is None or self.cosine >= t.min_cosine)
-                and (t.min_top1 is None or self.top1 >= t.min_top1))
-
-    def __str__(self) -> str:
-        t = self.tolerance
-        parts = [f"{'PASSED' if self else 'FAILED'} | {self.name} ({self.precision})",
-                 f"max abs {self.max_abs:.1e}" + (f" (tol {t.max_abs:.0e})" if t.max_abs else ""),
-                 f"min cosine {self.cosine:.5f}" + (f" (tol {t.min_cosine})" if t.min_cosine else ""),
-                 f"top-1 {round(self.top1 * self.n)}/{self.n}"
-                 + (f" (tol {t.min_top1:.0%})" if t.min_top1 else "")]
-        return " | ".join(parts)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+def engine_tolerance(precision: str) -> Tolerance:
+    try:
+        return ENGINE_TOLERANCES[precision]
+    except KeyError:
+        raise M2ptError(f"no tolerance for precision {precision!r}; known: "
+                        f"{', '.join(ENGINE_TOLERANCES)}") from None
 
 
-def compare_logits(reference: np.ndarray, candidate: np.ndarray, *, precision: str,
-                   name: str = "logits") -> PrecisionCheck:
-    if reference.shape != candidate.shape:
-        raise M2ptError(f"{name}: reference shape {reference.shape} vs candidate shape {candidate.shape}")
-    ref, cand = reference.astype(np.float64), candidate.astype(np.float64)
-    diff = np.abs(ref - cand)
-    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
-    cosine = np.sum(ref * cand, axis=1) / np.maximum(norms, 1e-30)
-    return PrecisionCheck(
-        name=name, precision=precision, n=len(ref), max_abs=float(diff.max()),
-        mean_abs=float(diff.mean()), cosine=float(cosine.min()),
-        top1=float(np.mean(ref.argmax(1) == cand.argmax(1))), tolerance=TOLERANCES[precision],
-    )
+def batch_feeds(images: np.ndarray, batch: int) -> list[dict[str, np.ndarray]]:
+    if images.ndim != 4 or len(images) == 0:
+        raise M2ptError(f"images must be a non-empty [N, C, H, W] array, got shape {images.shape}")
+    x = np.ascontiguousarray(images, dtype=np.float32)
+    return [{INPUT_NAME: x[i:i + batch]} for i in range(0, len(x), batch)]
 
 
-def reference_logits(ckpt: Checkpoint, images: np.ndarray, *, batch: int = 64) -> np.ndarray:
-    """The unmerged (as-trained) model's fp32 logits."""
-    import torch
-
-    model = build_unmerged(ckpt).eval()
-    with torch.no_grad():
-        return np.concatenate([model(torch.from_numpy(images[i:i + batch])).numpy()
-                               for i in range(0, len(images), batch)])
+def _reference(ckpt: Checkpoint) -> TorchRunner:
+    return TorchRunner(lambda: build_unmerged(ckpt), (None, *ckpt.spec.input_size), name="torch-unmerged")
 
 
-def onnx_logits(proto: onnx.ModelProto, images: np.ndarray, *, batch: int = 64) -> np.ndarray:
+def onnx_precision_runner(onnx_path: str | os.PathLike[str], *, name: str | None = None) -> BaseRunner:
     """ONNX Runtime on CPU; a graph holding bf16 runs through :func:`emulate_in_fp32`."""
-    import onnxruntime as ort
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
+    proto = onnx.load_model(os.fspath(onnx_path))
     if _has_bf16(proto):
         proto = emulate_in_fp32(proto)
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: images[i:i + batch]})[0]
-                           for i in range(0, len(images), batch)])
+    session = SessionFromOnnx(proto.SerializeToString(), providers=["cpu"])
+    return OnnxrtRunner(session, name=name or f"onnxrt:{Path(onnx_path).name}")
 
 
 def verify_onnx_precision(ckpt: Checkpoint, onnx_path: str | os.PathLike[str], images: np.ndarray,
-                          *, precision: str) -> PrecisionCheck:
-    """The reduced-precision ONNX a TensorRT engine will be built from, checked before the build."""
-    proto = onnx.load_model(os.fspath(onnx_path))
-    return compare_logits(reference_logits(ckpt, images), onnx_logits(proto, images),
-                          precision=precision, name=Path(onnx_path).name)
+                          *, precision: str, batch: int = 16) -> CheckResult:
+    """The ONNX an engine will be built from, judged with that engine's tolerance, before the build."""
+    runners = [_reference(ckpt), onnx_precision_runner(onnx_path)]
+    note = "bf16 emulated in fp32 (ONNX Runtime has no CPU bf16 kernels)" if precision == "bf16" else ""
+    (result,) = compare_runners(runners, batch_feeds(images, batch), engine_tolerance(precision),
+                                check=f"{precision} onnx", note=note)
+    return result
 
 
 def _has_bf16(proto: onnx.ModelProto) -> bool:
-    return any(t.data_type == onnx.TensorProto.BFLOAT16 for t in proto.graph.initializer) or any(
-        a.name == "to" and a.i == onnx.TensorProto.BFLOAT16 for n in proto.graph.node for a in n.attribute)
+    bf16 = onnx.TensorProto.BFLOAT16
+    return any(t.data_type == bf16 for t in proto.graph.initializer) or any(
+        a.name == "to" and a.i == bf16 for n in proto.graph.node for a in n.attribute)
 
 
-class EngineRunner:
-    """A Polygraphy ``TrtRunner`` over an engine whose sidecar says it can run here."""
+def engine_runner(engine_path: str | os.PathLike[str], *, platform: Platform | None = None,
+                  name: str | None = None) -> tuple[BaseRunner, EngineInfo]:
+    """A Polygraphy ``TrtRunner``, once the sidecar says the engine runs here."""
+    path = Path(engine_path)
+    info = read_engine_info(path)
+    platform = platform or detect_platform()
+    missing = platform.missing()
+    if missing is not None:
+        raise M2ptError(f"cannot run the engine: {missing}", path)
+    assert platform.tensorrt_version and platform.gpu_name and platform.compute_capability
+    check_compatible(info, tensorrt_version=platform.tensorrt_version, gpu_name=platform.gpu_name,
+                     compute_capability=platform.compute_capability, source=path)
+    from polygraphy.backend.common import BytesFromPath
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
-    def __init__(self, engine_path: str | os.PathLike[str], *, platform: Platform | None = None) -> None:
-        self.path = Path(engine_path)
-        self.info: EngineInfo = read_engine_info(self.path)
-        self.platform = platform
-        self._runner: Any = None
-
-    def check_platform(self) -> None:
-        platform = self.platform or detect_platform()
-        missing = platform.missing()
-        if missing is not None:
-            raise M2ptError(f"cannot run the engine: {missing}", self.path)
-        assert platform.tensorrt_version and platform.gpu_name and platform.compute_capability
-        check_compatible(self.info, tensorrt_version=platform.tensorrt_version,
-                         gpu_name=platform.gpu_name,
-                         compute_capability=platform.compute_capability, source=self.path)
-
-    def check_batch(self, batch: int) -> None:
-        self.info.profile.check_batch(batch, source=os.fspath(self.path))
-
-    def __enter__(self) -> EngineRunner:
-        self.check_platform()
-        from polygraphy.backend.common import BytesFromPath
-        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-
-        self._runner = TrtRunner(EngineFromBytes(BytesFromPath(os.fspath(self.path))),
-                                 name=self.path.name)
-        self._runner.activate()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._runner is not None:
-            self._runner.deactivate()
-            self._runner = None
-
-    def infer(self, images: np.ndarray) -> np.ndarray:
-        self.check_batch(len(images))
-        return np.asarray(self._runner.infer({INPUT_NAME: images})[OUTPUT_NAME], dtype=np.float32)
-
-    def inference_time(self) -> float:
-        return float(self._runner.last_inference_time())
+    return TrtRunner(EngineFromBytes(BytesFromPath(os.fspath(path))), name=name or f"tensorrt:{path.name}"), info
 
 
-def verify_engine(ckpt: Checkpoint, engine_path: str | os.PathLike[str], images: np.ndarray,
-                  *, batch: int | None = None, platform: Platform | None = None) -> PrecisionCheck:
-    """TensorRT vs the unmerged torch model, with the tolerance of the engine's precision."""
-    runner = EngineRunner(engine_path, platform=platform)
-    step = batch or min(runner.info.profile.opt[0], len(images))
-    runner.check_batch(step)
-    reference = reference_logits(ckpt, images)
-    with runner:
-        got = np.concatenate([runner.infer(images[i:i + step]) for i in range(0, len(images), step)])
-    return compare_logits(reference, got, precision=runner.info.precision, name=Path(engine_path).name)
+def verify_engine(ckpt: Checkpoint, engine_path: str | os.PathLike[str], images: np.ndarray, *,
+                  batch: int | None = None, platform: Platform | None = None) -> CheckResult:
+    """TensorRT vs the unmerged torch model, with the tolerance of the engine's precision.
+
+    ``batch`` defaults to the profile's OPT; a batch outside the profile is refused first.
+    """
+    info = read_engine_info(engine_path)
+    step = batch or min(info.profile.opt[0], len(images))
+    info.profile.check_batch(step, source=os.fspath(engine_path))
+    feeds = batch_feeds(images, step)
+    runner, _ = engine_runner(engine_path, platform=platform)
+    (result,) = compare_runners([_reference(ckpt), runner], feeds, engine_tolerance(info.precision),
+                                check=f"tensorrt {info.precision}")
+    return result
 
 
 def vanilla_engine_onnx(spec: ModelSpec, precision: str, batch: BatchSpec, *,
@@ -210,30 +145,19 @@ def vanilla_engine_onnx(spec: ModelSpec, precision: str, batch: BatchSpec, *,
 
 
 def latency_vs_vanilla(ckpt: Checkpoint, engine_path: str | os.PathLike[str], images: np.ndarray,
-                       workdir: str | os.PathLike[str], *, iterations: int = 50) -> dict[str, float]:
-    """Build the vanilla baseline engine with the merged engine's precision and profile, then time both."""
+                       workdir: str | os.PathLike[str], *, rounds: int = 50,
+                       warmup: int = 5) -> LatencyComparison:
+    """Build the vanilla baseline at the merged engine's precision and profile; time both, interleaved."""
     info = read_engine_info(engine_path)
     profile = info.profile
     batch = BatchSpec(profile.min[0], profile.opt[0], profile.max[0])
+    feed = batch_feeds(images[:batch.opt], batch.opt)[0]
+    profile.check_batch(len(feed[INPUT_NAME]), source=os.fspath(engine_path))
     onnx_path = Path(workdir) / f"vanilla.{info.precision}.onnx"
     save_onnx(vanilla_engine_onnx(ckpt.spec, info.precision, batch), onnx_path, force=True)
     baseline = build_engine_from_onnx(onnx_path, Path(workdir) / "vanilla.engine",
-                                      precision=info.precision, batch=batch, force=True)  # type: ignore[arg-type]
-    return latency_ratio(engine_path, baseline, images[:batch.opt], iterations=iterations)
-
-
-def latency_ratio(merged: str | os.PathLike[str], vanilla: str | os.PathLike[str], images: np.ndarray,
-                  *, iterations: int = 50, clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
-    """Median latency of two engines measured side by side, alternating, on one batch."""
-    times: dict[str, list[float]] = {"merged": [], "vanilla": []}
-    with EngineRunner(merged) as a, EngineRunner(vanilla) as b:
-        for _ in range(3):
-            a.infer(images), b.infer(images)
-        for _ in range(iterations):
-            for key, runner in (("merged", a), ("vanilla", b)):
-                start = clock()
-                runner.infer(images)
-                times[key].append(clock() - start)
-    med = {k: float(np.median(v)) for k, v in times.items()}
-    return {"merged_ms": med["merged"] * 1e3, "vanilla_ms": med["vanilla"] * 1e3,
-            "ratio": med["merged"] / med["vanilla"]}
+                                      precision=info.precision,  # type: ignore[arg-type]
+                                      batch=batch, force=True)
+    merged_runner, _ = engine_runner(engine_path, name="tensorrt-merged")
+    vanilla_runner, _ = engine_runner(baseline, name="tensorrt-vanilla")
+    return compare_latency("tensorrt", merged_runner, vanilla_runner, feed, rounds=rounds, warmup=warmup)

@@ -16,7 +16,7 @@ def test_cpu_only_export_leaves_verified_onnx_and_build_script(m2pt_ckpt: Path, 
     code, out, err = export(["--format", "trt", str(m2pt_ckpt), "-o", str(engine), "--precision", "fp16",
                              "--batch", "1:2:4", "--workspace", "1", "--opt-level", "2"], capsys)
     assert_user_error(code, err, "TensorRT is not installed", "vit.fp16.onnx", "vit.engine.build.sh")
-    assert "PASSED | vit.fp16.onnx (fp16)" in out
+    assert "PASSED | fp16 onnx | onnxrt:vit.fp16.onnx vs torch-unmerged | logits" in out
     assert (tmp_path / "vit.fp16.onnx").is_file() and not engine.exists()
     script = (tmp_path / "vit.engine.build.sh").read_text()
     assert "--builderOptimizationLevel=2" in script and "--maxShapes=pixel_values:4x3x32x32" in script

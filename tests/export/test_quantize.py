@@ -7,9 +7,8 @@ import pytest
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.calibration import calibration_tiles
 from m2pt_deploy.export.quantize import qdq_summary, quantizable_nodes, quantize_qdq
-from m2pt_deploy.verify.tensorrt import compare_logits, onnx_logits
 from tests.conftest import TINY, TINY_AUDIO
-from tests.export.test_precision import fp32_graph  # noqa: F401 - shared module fixture
+from tests.export.test_precision import compare, fp32_graph, onnx_logits  # noqa: F401 - fixture
 
 
 @pytest.fixture(scope="module")
@@ -42,18 +41,18 @@ def test_int8_qdq_is_symmetric_and_verified_in_onnxruntime(fp32_graph, calib, he
     assert dict((p.key, p.value) for p in model.metadata_props) == \
         dict((p.key, p.value) for p in fp32_graph.metadata_props)
     ref, got = onnx_logits(fp32_graph, held_out), onnx_logits(model, held_out)
-    check = compare_logits(ref, got, precision="int8")
-    assert check.max_abs > 1e-4  # quantization really changed the numbers
+    stats, _ = compare(ref, got, "int8")
+    assert stats.max_abs > 1e-4  # quantization really changed the numbers
     # A random tiny ViT has near-tied logits, so agreement is below a trained model's 98%.
-    assert check.top1 >= 0.9 and check.cosine >= 0.99, str(check)
+    assert stats.top1_rate >= 0.9 and stats.cosine >= 0.99, stats
 
 
 def test_fp8_qdq_runs_in_onnxruntime(fp32_graph, calib, held_out) -> None:  # noqa: F811
     model = quantize_qdq(fp32_graph, "fp8", calib)
     assert qdq_summary(model)["types"] == ["FLOAT8E4M3FN"]
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 19
-    check = compare_logits(onnx_logits(fp32_graph, held_out), onnx_logits(model, held_out), precision="fp8")
-    assert check.cosine > 0.9 and np.isfinite(check.max_abs)
+    stats, _ = compare(onnx_logits(fp32_graph, held_out), onnx_logits(model, held_out), "fp8")
+    assert stats.cosine > 0.9 and stats.finite
 
 
 def test_bad_calibration_array_is_refused(fp32_graph) -> None:  # noqa: F811
