@@ -195,8 +195,10 @@ def make_progress_monitor(write: Callable[[str], None]) -> trt.IProgressMonitor:
                 write(f"[TensorRT] {phase_name} ({num_steps} steps)")
 
         def step_complete(self, phase_name: str, step: int) -> bool:
-            if self.parents.get(phase_name) is None:
-                write(f"[TensorRT] {phase_name}: {step + 1}/{self.steps.get(phase_name, '?')}")
+            total = self.steps.get(phase_name, 0)
+            # About ten lines per phase, however many steps it has.
+            if self.parents.get(phase_name) is None and (step + 1) % max(1, total // 10) == 0:
+                write(f"[TensorRT] {phase_name}: {step + 1}/{total}")
             return True
 
         def phase_finish(self, phase_name: str) -> None:

@@ -296,5 +296,10 @@ def test_config_extras_set_workspace_and_a_progress_monitor(monkeypatch) -> None
     monitor.step_complete("Building engine", 0)
     monitor.step_complete("Building engine", 1)
     monitor.phase_finish("Building engine")
-    assert lines == ["[TensorRT] Building engine (2 steps)", "[TensorRT] Building engine: 1/2",
-                     "[TensorRT] Building engine: 2/2"]
+    monitor.phase_start("Optimizing", None, 100)
+    for step in range(100):
+        monitor.step_complete("Optimizing", step)
+    assert lines[:3] == ["[TensorRT] Building engine (2 steps)", "[TensorRT] Building engine: 1/2",
+                         "[TensorRT] Building engine: 2/2"]
+    assert lines[3:] == ["[TensorRT] Optimizing (100 steps)"] + [f"[TensorRT] Optimizing: {k}/100"
+                                                                  for k in range(10, 101, 10)]
