@@ -32,7 +32,7 @@ def export_trt(args: argparse.Namespace) -> int:
         raise M2ptError(f"--calib-images {args.calib_images}: need at least 1")
     input_size = tuple(args.input_size) if args.input_size else None
     ckpt = load_checkpoint(args.checkpoint, arch=args.arch, input_size=input_size)
-    with step(f"exporting {ckpt.spec.arch} to {args.precision} ONNX for TensorRT (batch {batch})"):
+    with step(f"exporting {ckpt.spec.arch} to {args.precision} ONNX for TensorRT (batch profile {batch})"):
         spec = ckpt.spec
         proto = engine_onnx(OnnxFromCheckpoint(ckpt, opset=args.opset, batch=batch)(), args.precision,
                             input_size=spec.input_size, mean=spec.mean, std=spec.std,

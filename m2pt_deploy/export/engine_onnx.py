@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import onnx
@@ -13,6 +14,8 @@ from m2pt_deploy.export.precision import to_mixed_precision
 from m2pt_deploy.export.quantize import quantize_qdq
 
 __all__ = ["CALIBRATION_SEED", "VERIFY_SEED", "engine_onnx"]
+
+PRECISION_KEY = "m2pt_deploy.precision"
 
 # Calibration and verification tiles come from different seeds, so verification is held out.
 CALIBRATION_SEED, VERIFY_SEED = 0, 1
@@ -29,11 +32,21 @@ def engine_onnx(
 ) -> onnx.ModelProto:
     """Fold and sort an fp32 export, then write ``precision`` into it (mixed precision or Q/DQ)."""
     proto = prepare_graph(proto)
-    if precision == "fp32":
-        return proto
     if precision in ("fp16", "bf16"):
-        return to_mixed_precision(proto, precision)  # type: ignore[arg-type]
-    if precision in ("int8", "fp8"):
+        proto = to_mixed_precision(proto, precision)  # type: ignore[arg-type]
+    elif precision in ("int8", "fp8"):
         tiles = calibration_tiles(input_size, mean, std, count=calib_images, seed=CALIBRATION_SEED)
-        return quantize_qdq(proto, precision, tiles)  # type: ignore[arg-type]
-    raise M2ptError(f"precision {precision!r}: choose one of fp32, fp16, bf16, int8, fp8")
+        proto = quantize_qdq(proto, precision, tiles)  # type: ignore[arg-type]
+    elif precision != "fp32":
+        raise M2ptError(f"precision {precision!r}: choose one of fp32, fp16, bf16, int8, fp8")
+    _set_precision(proto, precision)
+    return proto
+
+
+def _set_precision(proto: onnx.ModelProto, precision: str) -> None:
+    """The metadata must name the precision the graph now has, not the export's fp32."""
+    for prop in proto.metadata_props:
+        if prop.key == PRECISION_KEY:
+            prop.value = json.dumps(precision)
+            return
+    proto.metadata_props.add(key=PRECISION_KEY, value=json.dumps(precision))

@@ -10,7 +10,7 @@ from m2pt_deploy.checkpoint import load_checkpoint
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.calibration import calibration_tiles
 from m2pt_deploy.export.engine_onnx import engine_onnx
-from m2pt_deploy.export.onnx import BatchSpec, OnnxFromCheckpoint
+from m2pt_deploy.export.onnx import BatchSpec, OnnxFromCheckpoint, read_metadata
 from m2pt_deploy.export.tensorrt import Platform
 from m2pt_deploy.verify.metrics import error_stats
 from m2pt_deploy.verify.tensorrt import (
@@ -71,6 +71,7 @@ def test_engine_onnx_is_verified_against_the_unmerged_model(m2pt_ckpt: Path, tmp
     assert result.stats.cosine > 0.99, str(result)
     assert result.reference == "torch-unmerged" and str(result).startswith(("PASSED", "FAILED"))
     assert ("emulated" in str(result)) == (precision == "bf16")
+    assert read_metadata(model)["m2pt_deploy.precision"] == precision
 
 
 def test_runner_refuses_a_machine_without_tensorrt(tmp_path: Path) -> None:
