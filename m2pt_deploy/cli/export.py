@@ -40,7 +40,8 @@ examples:
   m2pt-export --format trt m2pt_vit.safetensors --precision int8 -o vit_int8.engine
 
 exit status: 0 exported and verified, 1 exported but a verification check failed,
-2 bad input (nothing written).
+2 bad input (nothing written); --format trt where TensorRT or a GPU is missing also
+exits 2, leaving the verified ONNX and ENGINE.build.sh (trtexec / polygraphy lines).
 """
 
 
@@ -63,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help=f"ONNX opset, 17 or newer (default: {DEFAULT_OPSET})")
     onnx_group.add_argument("--precision", choices=PRECISIONS, default="fp32",
                             help="fp16/bf16 keep LayerNorm, Softmax, the residual adds and the I/O in "
-                            "fp32; int8/fp8 (trt only) insert calibrated Q/DQ nodes (default: fp32)")
+                            "fp32; int8/fp8 insert Q/DQ nodes calibrated on real photos; bf16, int8 "
+                            "and fp8 are for --format trt (default: fp32)")
     onnx_group.add_argument("--batch", default=None, metavar="N|MIN:OPT:MAX",
                             help="a fixed batch N, or a dynamic range (default: dynamic)")
     add_trt_args(parser)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from m2pt_deploy.export.calibration import calibration_tiles
 from m2pt_deploy.export.engine_onnx import VERIFY_SEED, engine_onnx
 from m2pt_deploy.export.onnx import DYNAMIC_BATCH, OnnxFromCheckpoint, parse_batch, save_onnx
 from m2pt_deploy.export.tensorrt import build_engine_from_onnx, check_build_options
-from m2pt_deploy.fileio import check_output_path
+from m2pt_deploy.fileio import atomic_output, check_output_path
 from m2pt_deploy.verify.tensorrt import verify_onnx_precision
 
 __all__ = ["export_trt"]
@@ -28,6 +29,8 @@ def export_trt(args: argparse.Namespace) -> int:
     batch = parse_batch(args.batch) if args.batch else DYNAMIC_BATCH
     # Option errors surface before minutes of export and calibration.
     check_build_options(args.precision, args.workspace, args.timing_cache, args.opt_level)
+    if args.report:
+        check_output_path(args.report, force=args.force)
     if args.calib_images < 1:
         raise M2ptError(f"--calib-images {args.calib_images}: need at least 1")
     input_size = tuple(args.input_size) if args.input_size else None
@@ -45,6 +48,9 @@ def export_trt(args: argparse.Namespace) -> int:
         with step(f"verifying the {args.precision} ONNX in ONNX Runtime against the unmerged model"):
             check = verify_onnx_precision(ckpt, onnx_path, images, precision=args.precision)
         print(check)
+        if args.report:
+            with atomic_output(args.report, force=args.force) as tmp:
+                tmp.write_text(json.dumps(check.to_dict(), indent=2) + "\n")
         if not check:
             print(f"verification FAILED; no engine built; the ONNX is kept at {onnx_path}",
                   file=sys.stderr)
