@@ -105,9 +105,8 @@ def _prepare_out(out: Path, *, force: bool) -> None:
 
 def _fresh(config: TrainConfig, dist: Distributed, *, force: bool) -> _Run:
     out = Path(config.out_dir)
-    if dist.is_main:
-        _prepare_out(out, force=force)
-    dist.barrier()
+    # Every rank checks, so a refusal ends all of them instead of leaving the others waiting.
+    _prepare_out(out, force=force)
     torch.manual_seed(config.seed)
     target = load_checkpoint(config.target)
     split = load_data(config.data, target.spec, val_data=config.val_data, val_split=config.val_split,

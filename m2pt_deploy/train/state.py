@@ -135,7 +135,11 @@ def commit(
     """
     pending = checkpoint.with_name(checkpoint.name + _PENDING)
     write_checkpoint(pending)
-    _write_state(state, tensors, {**info, "checkpoint_sha256": sha256_file(pending)})
+    try:
+        _write_state(state, tensors, {**info, "checkpoint_sha256": sha256_file(pending)})
+    except BaseException:
+        pending.unlink(missing_ok=True)
+        raise
     pending.replace(checkpoint)
 
 
