@@ -37,7 +37,10 @@ def load_strict(model: nn.Module, state_dict: Mapping[str, Tensor], *, what: str
     model.load_state_dict(state_dict, strict=True)
 
 
-def _split(sd: Mapping[str, Tensor], n_aux: int) -> tuple[dict[str, Tensor], list[dict[str, Tensor]], dict[str, list[Tensor]]]:
+_Split = tuple[dict[str, Tensor], list[dict[str, Tensor]], dict[str, list[Tensor]]]
+
+
+def _split(sd: Mapping[str, Tensor], n_aux: int) -> _Split:
     base: dict[str, Tensor] = {}
     aux: list[dict[str, Tensor]] = [{} for _ in range(n_aux)]
     scales: dict[str, list[Tensor]] = {}
@@ -55,9 +58,10 @@ def _split(sd: Mapping[str, Tensor], n_aux: int) -> tuple[dict[str, Tensor], lis
 
 def build_unmerged(ckpt: Checkpoint, *, train_aux: bool = False) -> nn.Module:
     """The model exactly as trained: the target ViT with its pathways (and probe head, if any)."""
-    model = build_vanilla(ckpt.spec)
+    model: nn.Module = build_vanilla(ckpt.spec)
     if ckpt.has_probe_head:
-        linear = model.get_classifier()
+        linear = model.get_classifier()  # type: ignore[operator]
+        assert isinstance(linear, nn.Linear)
         model.head = nn.Sequential(
             nn.BatchNorm1d(linear.in_features, affine=False, eps=PROBE_BN_EPS), linear
         )

@@ -24,7 +24,7 @@ from m2pt_deploy import __version__
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.fileio import atomic_output, sha256_file
 from m2pt_deploy.pathway import LambdaKind
-from m2pt_deploy.vit import ModelSpec, infer_spec
+from m2pt_deploy.vit import ModelSpec, check_arch, infer_spec
 
 __all__ = [
     "METADATA_KEY",
@@ -92,6 +92,8 @@ def _load_torch_file(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "global" not in str(e).lower():
+            raise M2ptError(f"not a readable PyTorch checkpoint ({_first_line(e)})", path) from e
         raise M2ptError(
             "refusing to load: the pickle needs code to run (only tensors and plain containers "
             "are loaded, weights_only=True); re-save it as a state dict or .safetensors",
@@ -99,8 +101,13 @@ def _load_torch_file(path: Path) -> Any:
         ) from e
     except (EOFError, zipfile.BadZipFile) as e:
         raise M2ptError("truncated or corrupt checkpoint", path) from e
-    except RuntimeError as e:
-        raise M2ptError(f"not a readable PyTorch checkpoint ({str(e).splitlines()[0]})", path) from e
+    except Exception as e:
+        # A damaged pickle stream fails inside the unpickler with any exception type.
+        raise M2ptError(f"not a readable PyTorch checkpoint ({_first_line(e)})", path) from e
+
+
+def _first_line(e: BaseException) -> str:
+    return next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
 
 
 def _load_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -109,7 +116,7 @@ def _load_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     try:
         with safe_open(path, framework="pt") as f:
             metadata = f.metadata() or {}
-            return {k: f.get_tensor(k) for k in f.keys()}, metadata
+            return {k: f.get_tensor(k) for k in f.keys()}, metadata  # noqa: SIM118 (safe_open is no dict)
     except (SafetensorError, OSError, ValueError) as e:
         raise M2ptError(f"truncated or corrupt safetensors file ({e})", path) from e
 
@@ -216,6 +223,8 @@ def load_checkpoint(
 ) -> Checkpoint:
     """Read any supported checkpoint; ``arch`` / ``input_size`` override what it says or implies."""
     p = Path(path)
+    if arch is not None:
+        check_arch(arch)
     sd, metadata = read_state_dict(p)
     _check_finite(sd, p)
     if METADATA_KEY in metadata:
@@ -246,6 +255,12 @@ def load_checkpoint(
         pathway = _pathway_info(sd, aux)
     except M2ptError as e:
         raise M2ptError(e.message, p) from e
+    if kind == "m2pt" and config.get("pathway"):
+        declared = PathwayInfo.from_dict(config["pathway"])
+        if pathway is None or set(declared.layers) != set(pathway.layers):
+            found = pathway.layers if pathway else ()
+            raise M2ptError(f"metadata lists pathway layers {declared.layers}, tensors have {found}", p)
+        pathway = declared
     return Checkpoint(p, sha256_file(p), kind, sd, spec, pathway, extra)
 
 

@@ -32,8 +32,12 @@ def check_output_path(path: str | os.PathLike[str], *, force: bool = False) -> P
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise M2ptError("output folder does not exist", parent)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise M2ptError("output folder is not writable", parent)
+    # Probe by creating a file: permission bits alone say nothing when running as root.
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise M2ptError(f"output folder is not writable ({e.strerror})", parent) from e
     return out
 
 

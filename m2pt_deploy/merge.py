@@ -7,7 +7,7 @@ unmerged model's in fp32 (checked with ``torch.equal``, not ``allclose``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -65,18 +65,23 @@ def merge_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
         if stem not in scales or sorted(scales[stem]) != sorted(weights):
             raise M2ptError(f"{stem}: aux weights {sorted(weights)} without matching λ")
         order = sorted(weights)
+        target = out[f"{stem}.weight"]
+        for index in order:
+            if weights[index].shape != target.shape:
+                raise M2ptError(f"{stem}: target weight {tuple(target.shape)} "
+                                f"vs aux #{index} weight {tuple(weights[index].shape)}")
         out[f"{stem}.weight"] = merge_weight(
-            out[f"{stem}.weight"], [weights[k] for k in order], [scales[stem][k] for k in order]
+            target, [weights[i] for i in order], [scales[stem][i] for i in order]
         )
     return fold_probe_head(out)
 
 
 def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """The vanilla-layout state dict of a pathway model, each pathway weight folded."""
-    folded = {f"{name}.weight": merge_weight(
-        model.get_submodule(name).parametrizations["weight"].original,
-        list(p.aux_weights), list(p.scales),
-    ) for name, p in pathway_layers(model).items()}
+    folded = {
+        f"{name}.weight": merge_weight(_original_weight(model, name), list(p.aux_weights), list(p.scales))
+        for name, p in pathway_layers(model).items()
+    }
     out: dict[str, Tensor] = {}
     for key, value in model.state_dict().items():
         layer, sep, rest = key.partition(".parametrizations.weight.")
@@ -87,12 +92,24 @@ def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
     return fold_probe_head(out)
 
 
-def merge_model(model: nn.Module, spec: ModelSpec, *, exportable: bool = False) -> nn.Module:
-    """A fresh vanilla timm model carrying ``model``'s merged weights.
+def _original_weight(model: nn.Module, name: str) -> Tensor:
+    parametrizations = model.get_submodule(name).parametrizations
+    assert isinstance(parametrizations, nn.ModuleDict)
+    return parametrizations["weight"].original  # type: ignore[return-value]
 
-    The input model is left untouched: no ``deepcopy`` + ``remove_parametrizations``,
-    which would corrupt it because parametrize's generated class is shared.
+
+def merge_model(
+    model: nn.Module, vanilla: ModelSpec | Callable[[], nn.Module], *, exportable: bool = False
+) -> nn.Module:
+    """A fresh vanilla model carrying ``model``'s merged weights.
+
+    Args:
+        model: the pathway model; left untouched (no ``deepcopy`` + ``remove_parametrizations``,
+            which would corrupt it because parametrize's generated class is shared).
+        vanilla: the target's :class:`ModelSpec`, or any callable returning a fresh model of
+            the target's architecture (for non-timm transformers).
+        exportable: with a spec, build timm's exporter-friendly variant (no fused attention).
     """
-    vanilla = build_vanilla(spec, exportable=exportable)
+    vanilla = build_vanilla(vanilla, exportable=exportable) if isinstance(vanilla, ModelSpec) else vanilla()
     load_strict(vanilla, merged_state_dict(model), what="merged state dict")
     return vanilla.eval()

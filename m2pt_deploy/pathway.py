@@ -163,24 +163,21 @@ def add_pathways(
     return model
 
 
+def _pathway_of(module: nn.Module) -> CrossModalPathway | None:
+    if not parametrize.is_parametrized(module, "weight"):
+        return None
+    chain = module.parametrizations["weight"]  # type: ignore[index]
+    return next((p for p in chain if isinstance(p, CrossModalPathway)), None)
+
+
 def is_pathway(module: nn.Module) -> bool:
     """True for a module whose ``weight`` carries a :class:`CrossModalPathway`, or that contains one."""
-    return any(
-        parametrize.is_parametrized(m, "weight")
-        and any(isinstance(p, CrossModalPathway) for p in m.parametrizations["weight"])
-        for m in module.modules()
-    )
+    return any(_pathway_of(m) is not None for m in module.modules())
 
 
 def pathway_layers(model: nn.Module) -> dict[str, CrossModalPathway]:
     """``{layer name: its pathway}`` in module order."""
-    found: dict[str, CrossModalPathway] = {}
-    for name, m in model.named_modules():
-        if parametrize.is_parametrized(m, "weight"):
-            for p in m.parametrizations["weight"]:
-                if isinstance(p, CrossModalPathway):
-                    found[name] = p
-    return found
+    return {name: p for name, m in model.named_modules() if (p := _pathway_of(m)) is not None}
 
 
 def pathway_parameters(model: nn.Module) -> Iterator[nn.Parameter]:

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from m2pt_deploy.errors import M2ptError
 
-__all__ = ["ModelSpec", "create_vit", "infer_spec"]
+__all__ = ["ModelSpec", "check_arch", "create_vit", "infer_spec"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -54,6 +54,14 @@ class ModelSpec:
         if len(mean) != c:
             mean, std = (0.5,) * c, (0.5,) * c
         return dataclasses.replace(self, model_kwargs=kwargs, input_size=(c, h, w), mean=mean, std=std)
+
+
+def check_arch(arch: str) -> None:
+    import timm
+
+    if not timm.is_model(arch):
+        close = timm.list_models(f"*{arch.split('_')[0]}*")[:3]
+        raise M2ptError(f"unknown timm architecture {arch!r} (e.g. {', '.join(close) or 'vit_base_patch16_224'})")
 
 
 def create_vit(spec: ModelSpec, *, exportable: bool = False) -> nn.Module:

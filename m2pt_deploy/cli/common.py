@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 
 from m2pt_deploy.errors import M2ptError
 
@@ -15,6 +17,7 @@ __all__ = [
     "add_model_args",
     "add_output_args",
     "run_main",
+    "step",
 ]
 
 EXIT_OK = 0
@@ -53,3 +56,16 @@ def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def step(what: str) -> Iterator[None]:
+    """Progress on stderr for a step that may take seconds: ``what ... done (1.2 s)``."""
+    print(f"{what} ...", end="", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    try:
+        yield
+    except BaseException:
+        print(" failed", file=sys.stderr, flush=True)
+        raise
+    print(f" done ({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)

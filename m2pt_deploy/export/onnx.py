@@ -123,6 +123,7 @@ def export_model(
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=shapes,
             verbose=False,
         )
+    assert program is not None  # f=None makes the exporter return the program
     proto = program.model_proto
     proto.producer_name, proto.producer_version = "m2pt-deploy", __version__
     onnx.helper.set_model_props(proto, dict(metadata or {}))

@@ -1,0 +1,112 @@
+"""``m2pt-export``: checkpoint → merged vanilla ViT → deployable artifact, verified by default."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from m2pt_deploy.checkpoint import Checkpoint, load_checkpoint
+from m2pt_deploy.cli.common import (
+    EXIT_CHECK_FAILED,
+    EXIT_OK,
+    add_model_args,
+    add_output_args,
+    run_main,
+    step,
+)
+from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.export.onnx import (
+    DEFAULT_OPSET,
+    DYNAMIC_BATCH,
+    OnnxFromCheckpoint,
+    parse_batch,
+    save_onnx,
+)
+from m2pt_deploy.fileio import check_output_path
+
+__all__ = ["build_parser", "entrypoint", "main"]
+
+FORMATS = ("onnx",)
+_EPILOG = """\
+examples:
+  m2pt-export --format onnx m2pt_vit.safetensors               # -> m2pt_vit.onnx, verified
+  m2pt-export --format onnx ckpt.pth --precision fp16 -o vit_fp16.onnx
+  m2pt-export --format onnx audio_vit.pth --input-size 1 128 1024 --batch 8
+
+exit status: 0 exported and verified, 1 exported but a verification check failed,
+2 bad input (nothing written).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="m2pt-export",
+        description="Merge a Multimodal Pathway checkpoint into a plain ViT and export it. The "
+        "pathways are folded into the weights, so the artifact costs exactly what a vanilla ViT "
+        "costs; the export is then checked against the unmerged model.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("checkpoint", metavar="CHECKPOINT",
+                        help="m2pt .safetensors, M2PT reference .pth, or a plain timm / MAE ViT checkpoint")
+    parser.add_argument("--format", choices=FORMATS, default="onnx", help="artifact to produce (default: onnx)")
+    add_output_args(parser, default_help="CHECKPOINT with the format's suffix, beside it")
+    add_model_args(parser)
+    onnx_group = parser.add_argument_group("ONNX")
+    onnx_group.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
+                            help=f"ONNX opset, 17 or newer (default: {DEFAULT_OPSET})")
+    onnx_group.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                            help="fp16 keeps LayerNorm/Softmax and the I/O in fp32 (default: fp32)")
+    onnx_group.add_argument("--batch", default=None, metavar="N|MIN:OPT:MAX",
+                            help="a fixed batch N, or a dynamic range (default: dynamic)")
+    check = parser.add_argument_group("verification")
+    check.add_argument("--no-verify", action="store_true", help="skip checking the export against the unmerged model")
+    check.add_argument("--report", metavar="FILE", help="also write the verification report as JSON")
+    return parser
+
+
+def _default_output(checkpoint: str, suffix: str) -> Path:
+    return Path(checkpoint).with_suffix(suffix)
+
+
+def export_onnx(args: argparse.Namespace) -> int:
+    out = check_output_path(args.output or _default_output(args.checkpoint, ".onnx"), force=args.force)
+    batch = parse_batch(args.batch) if args.batch else DYNAMIC_BATCH
+    input_size = tuple(args.input_size) if args.input_size else None
+    ckpt = load_checkpoint(args.checkpoint, arch=args.arch, input_size=input_size)
+    loader = OnnxFromCheckpoint(ckpt, opset=args.opset, precision=args.precision, batch=batch)
+    with step(f"merging and exporting {ckpt.spec.arch} to ONNX (opset {args.opset}, {args.precision}, batch {batch})"):
+        save_onnx(loader(), out, force=args.force)
+    print(f"wrote {out}")
+    if args.no_verify:
+        return EXIT_OK
+    return verify_export(ckpt, out, report=args.report, force=args.force)
+
+
+def verify_export(ckpt: Checkpoint, onnx_path: Path, *, report: str | None, force: bool) -> int:
+    from m2pt_deploy.verify import verify_onnx
+
+    if report:
+        check_output_path(report, force=force)
+    with step("verifying against the unmerged model"):
+        result = verify_onnx(ckpt, onnx_path)
+    print(result)
+    if report:
+        result.write_json(report, force=force)
+    if not result:
+        print(f"verification FAILED; the export is kept at {onnx_path} for inspection", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.format == "onnx":
+        return export_onnx(args)
+    raise M2ptError(f"unknown format {args.format!r}")
+
+
+def entrypoint() -> None:
+    sys.exit(run_main(main))
