@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -120,7 +121,8 @@ def test_killed_run_loses_at_most_the_epoch_and_resumes_exactly(config: TrainCon
     killed = with_(config, out_dir=str(tmp_path / "killed"))
     steps_per_epoch = straight.history[0]["step"]
     proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, json.dumps(killed.to_dict()),
-                           str(steps_per_epoch + 2)], capture_output=True, text=True, timeout=120)
+                           str(steps_per_epoch + 2)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == -9, proc.stderr
     out = Path(killed.out_dir)
     assert load_checkpoint(out / "last.safetensors").extra["epoch"] == 1
