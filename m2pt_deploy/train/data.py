@@ -39,8 +39,8 @@ Transform = Callable[[Tensor], Tensor]
 
 @dataclasses.dataclass
 class DataSplit:
-    train: Dataset
-    val: Dataset
+    train: SizedDataset
+    val: SizedDataset
     classes: tuple[str, ...]
 
 
@@ -177,13 +177,16 @@ def _source(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-def _load_one(p: Path, spec: ModelSpec, *, train: bool):
+def _load_one(p: Path, spec: ModelSpec, *, train: bool) -> tuple[SizedDataset, tuple[str, ...]]:
     if p.is_dir():
         samples, classes = _folder_samples(p)
         return ImageFolderDataset(samples, channels=spec.input_size[0],
                                   transform=image_transform(spec, train=train)), classes
     x, y, classes = _load_npz(p, spec.input_size[0])
     return ArrayDataset(x, y, transform=array_transform(spec)), classes
+
+
+SizedDataset = ImageFolderDataset | ArrayDataset
 
 
 def load_data(

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from m2pt_deploy.errors import M2ptError
 
 __all__ = ["Distributed"]
 
@@ -51,6 +54,17 @@ class Distributed:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+    def on_main(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on rank 0 only; a user error there ends every rank, none is left waiting."""
+        error: M2ptError | None = None
+        if self.is_main:
+            try:
+                fn()
+            except M2ptError as e:
+                error = e
+        if self.sum([float(error is not None)])[0]:
+            raise error or M2ptError("rank 0 stopped with an error (see its output)")
 
     def sum(self, values: list[float]) -> list[float]:
         if not self.enabled:

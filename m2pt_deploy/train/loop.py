@@ -12,12 +12,12 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from m2pt_deploy.build import build_unmerged
 from m2pt_deploy.checkpoint import PathwayInfo, load_checkpoint, save_checkpoint
@@ -25,9 +25,9 @@ from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.pathway import pathway_state_dict
 from m2pt_deploy.train import state as train_state
 from m2pt_deploy.train.config import TrainConfig
-from m2pt_deploy.train.data import check_classes, load_data
+from m2pt_deploy.train.data import SizedDataset, check_classes, load_data
 from m2pt_deploy.train.distributed import Distributed
-from m2pt_deploy.train.model import attach_pathways, build_target, load_aux, set_drop_path, set_trainable
+from m2pt_deploy.train.model import attach_pathways, blocks, build_target, load_aux, set_drop_path, set_trainable
 from m2pt_deploy.train.optim import build_optimizer, lr_factor, param_groups, set_lr
 from m2pt_deploy.train.report import lambda_values, plot_history, write_jsonl
 from m2pt_deploy.train.sampling import GlobalBatchSampler, ShardSampler, micro_batch_size
@@ -62,8 +62,8 @@ class _Run:
     spec: ModelSpec
     pathway: PathwayInfo | None
     classes: tuple[str, ...]
-    train_set: Dataset
-    val_set: Dataset
+    train_set: SizedDataset
+    val_set: SizedDataset
     epoch: int = 0
     step: int = 0
     best_acc: float = -1.0
@@ -125,9 +125,7 @@ def _resume(path: Path, dist: Distributed) -> tuple[_Run, dict[str, Tensor], dic
     tensors, info = train_state.read_resume(path)
     config = TrainConfig.from_dict(info["config"])
     out = path.parent
-    if dist.is_main:
-        train_state.recover(out / LAST, info, path)
-    dist.barrier()
+    dist.on_main(lambda: train_state.recover(out / LAST, info, path))
     ckpt = load_checkpoint(out / LAST)
     model = build_unmerged(ckpt, train_aux=config.train_aux)
     split = load_data(config.data, ckpt.spec, val_data=config.val_data, val_split=config.val_split,
@@ -145,10 +143,9 @@ def _loaders(run: _Run) -> tuple[DataLoader, DataLoader, GlobalBatchSampler]:
     sampler = GlobalBatchSampler(len(run.train_set), c.batch_size, rank=d.rank, world_size=d.world_size,
                                  seed=c.seed)
     val_sampler = ShardSampler(len(run.val_set), c.eval_batch_size, rank=d.rank, world_size=d.world_size)
-    common = {"num_workers": c.workers, "pin_memory": d.device.type == "cuda",
-              "persistent_workers": False}
-    return (DataLoader(run.train_set, batch_sampler=sampler, **common),
-            DataLoader(run.val_set, batch_sampler=val_sampler, **common), sampler)
+    pin = d.device.type == "cuda"
+    return (DataLoader(run.train_set, batch_sampler=sampler, num_workers=c.workers, pin_memory=pin),
+            DataLoader(run.val_set, batch_sampler=val_sampler, num_workers=c.workers, pin_memory=pin), sampler)
 
 
 def _autocast(run: _Run) -> contextlib.AbstractContextManager:
@@ -164,7 +161,7 @@ def _fit(run: _Run, tensors: dict[str, Tensor] | None, info: dict[str, Any] | No
     set_trainable(run.model, c.mode, train_aux=c.train_aux)
     core = run.model.to(d.device)
     groups = param_groups(core, lr=c.lr, lambda_lr=c.effective_lambda_lr, weight_decay=c.weight_decay,
-                          layer_decay=c.layer_decay, depth=len(core.blocks))
+                          layer_decay=c.layer_decay, depth=len(blocks(core)))
     optimizer = build_optimizer(groups)
     if tensors is not None and info is not None:
         train_state.load_optimizer(optimizer, tensors, info["optimizer"])
@@ -194,10 +191,8 @@ def _fit(run: _Run, tensors: dict[str, Tensor] | None, info: dict[str, Any] | No
         _save_epoch(run, core, optimizer, record)
         if progress and d.is_main:
             _print_epoch(record, c.epochs)
-    if d.is_main:
-        aux_names = [a["modality"] for a in run.pathway.aux] if run.pathway else []
-        plot_history(run.out / CURVES, run.history, aux_names=aux_names)
-    d.barrier()
+    aux_names = [a["modality"] for a in run.pathway.aux] if run.pathway else []
+    d.on_main(lambda: plot_history(run.out / CURVES, run.history, aux_names=aux_names))
     return TrainResult(run.out, run.out / LAST, run.out / BEST, run.history, run.classes)
 
 
@@ -221,7 +216,8 @@ def _train_epoch(run: _Run, model: nn.Module, optimizer: torch.optim.Optimizer, 
         x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
         for i, xm, ym in _micro_batches(x, y, c.accum_steps):
             sync = i == c.accum_steps - 1 or not d.enabled
-            with contextlib.nullcontext() if sync else model.no_sync(), _autocast(run):
+            no_sync = contextlib.nullcontext() if sync else cast(DistributedDataParallel, model).no_sync()
+            with no_sync, _autocast(run):
                 logits = model(xm)
                 loss = criterion(logits.float(), ym)
                 (loss / c.accum_steps).backward()
@@ -275,24 +271,27 @@ def _restore_rng(tensors: dict[str, Tensor], d: Distributed) -> None:
 
 def _save_epoch(run: _Run, core: nn.Module, optimizer: torch.optim.Optimizer, record: dict[str, Any]) -> None:
     rng = _gathered_rng(run.dist)
-    if run.dist.is_main:
-        extra = {"labels": list(run.classes), "training": run.config.to_dict(), "metrics": record,
-                 "epoch": run.epoch}
-        weights = pathway_state_dict(core)
+    run.dist.on_main(lambda: _write_epoch(run, core, optimizer, record, rng))
 
-        def write(path: Path) -> None:
-            save_checkpoint(path, weights, run.spec, pathway=run.pathway, extra=extra, force=True)
 
-        if record["val_acc"] > run.best_acc:
-            run.best_acc = record["val_acc"]
-            write(run.out / BEST)
-        opt_tensors, opt_info = train_state.optimizer_state(optimizer)
-        info = {"config": run.config.to_dict(), "epoch": run.epoch, "step": run.step,
-                "best_acc": run.best_acc, "history": run.history, "optimizer": opt_info,
-                "world_size": run.dist.world_size}
-        train_state.commit(run.out / LAST, run.out / RESUME, write, {**opt_tensors, **rng}, info)
-        write_jsonl(run.out / METRICS, run.history)
-    run.dist.barrier()
+def _write_epoch(run: _Run, core: nn.Module, optimizer: torch.optim.Optimizer, record: dict[str, Any],
+                 rng: dict[str, Tensor]) -> None:
+    extra = {"labels": list(run.classes), "training": run.config.to_dict(), "metrics": record,
+             "epoch": run.epoch}
+    weights = pathway_state_dict(core)
+
+    def write(path: Path) -> None:
+        save_checkpoint(path, weights, run.spec, pathway=run.pathway, extra=extra, force=True)
+
+    if record["val_acc"] > run.best_acc:
+        run.best_acc = record["val_acc"]
+        write(run.out / BEST)
+    opt_tensors, opt_info = train_state.optimizer_state(optimizer)
+    info = {"config": run.config.to_dict(), "epoch": run.epoch, "step": run.step,
+            "best_acc": run.best_acc, "history": run.history, "optimizer": opt_info,
+            "world_size": run.dist.world_size}
+    train_state.commit(run.out / LAST, run.out / RESUME, write, {**opt_tensors, **rng}, info)
+    write_jsonl(run.out / METRICS, run.history)
 
 
 def _print_epoch(r: dict[str, Any], epochs: int) -> None:

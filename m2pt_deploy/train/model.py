@@ -6,7 +6,7 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from torch import Tensor, nn
 
@@ -16,7 +16,17 @@ from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.pathway import LambdaKind, add_pathways, pathway_layers
 from m2pt_deploy.vit import ModelSpec
 
-__all__ = ["AuxModel", "Mode", "build_target", "load_aux", "attach_pathways", "set_drop_path", "set_trainable"]
+__all__ = [
+    "AuxModel",
+    "Mode",
+    "add_probe_head",
+    "attach_pathways",
+    "blocks",
+    "build_target",
+    "load_aux",
+    "set_drop_path",
+    "set_trainable",
+]
 
 Mode = Literal["full", "probe"]
 
@@ -25,6 +35,10 @@ Mode = Literal["full", "probe"]
 class AuxModel:
     state_dict: dict[str, Tensor]
     info: dict[str, Any]
+
+
+def blocks(model: nn.Module) -> nn.Sequential:
+    return cast(nn.Sequential, model.get_submodule("blocks"))
 
 
 def _with_classes(spec: ModelSpec, num_classes: int) -> ModelSpec:
@@ -50,7 +64,7 @@ def build_target(ckpt: Checkpoint, *, num_classes: int, probe_head: bool) -> tup
 
 def add_probe_head(model: nn.Module) -> None:
     """The MAE / M2PT linear-probe head: ``BatchNorm1d(affine=False)`` before the classifier."""
-    linear = model.get_classifier()
+    linear = cast(nn.Linear, model.get_classifier())  # type: ignore[operator]
     model.head = nn.Sequential(nn.BatchNorm1d(linear.in_features, affine=False, eps=PROBE_BN_EPS), linear)
 
 
@@ -88,14 +102,14 @@ def attach_pathways(
 
 def _check_aux(model: nn.Module, aux: AuxModel, k: int, layers: Sequence[str]) -> None:
     """Depth and every pathway layer's shape, so the error names the aux file that does not fit."""
-    depth = len(model.blocks)
+    depth = len(blocks(model))
     aux_depth = 1 + max((int(n.split(".")[1]) for n in aux.state_dict if n.startswith("blocks.")), default=-1)
     if aux_depth != depth:
         raise M2ptError(f"depth mismatch: the target has {depth} blocks, aux #{k} has {aux_depth}")
     for i in range(depth):
         for layer in layers:
             key = f"blocks.{i}.{layer}.weight"
-            target = tuple(model.get_submodule(f"blocks.{i}.{layer}").weight.shape)
+            target = tuple(cast(nn.Linear, model.get_submodule(f"blocks.{i}.{layer}")).weight.shape)
             if key not in aux.state_dict:
                 raise M2ptError(f"aux #{k} has no weight {key}")
             got = tuple(aux.state_dict[key].shape)
@@ -121,9 +135,9 @@ def set_drop_path(model: nn.Module, rate: float) -> None:
     """Stochastic depth rising linearly to ``rate`` at the last block, as timm builds it."""
     from timm.layers import DropPath
 
-    blocks = list(model.blocks)
-    for i, block in enumerate(blocks):
-        r = rate * i / max(1, len(blocks) - 1)
+    stack = list(blocks(model))
+    for i, block in enumerate(stack):
+        r = rate * i / max(1, len(stack) - 1)
         for attr in ("drop_path1", "drop_path2"):
             if hasattr(block, attr):
                 setattr(block, attr, DropPath(r) if r > 0 else nn.Identity())

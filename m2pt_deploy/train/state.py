@@ -13,7 +13,7 @@ import math
 import random
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ _PENDING = ".pending"
 def get_rng_state() -> dict[str, Tensor]:
     """Every RNG stream training may draw from, each packed into one tensor."""
     version, mt, gauss = random.getstate()
-    _, np_mt, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    _, np_mt, np_pos, np_has_gauss, np_gauss = cast(tuple, np.random.get_state())
     state = {
         "torch": torch.get_rng_state().to(torch.int64),
         "python": torch.tensor([version, *mt], dtype=torch.int64),
@@ -110,7 +110,7 @@ def read_resume(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     try:
         with safe_open(p, framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
     except (SafetensorError, OSError, ValueError) as e:
         raise M2ptError(f"truncated or corrupt resume file ({e})", p) from e
     if _META_KEY not in meta:

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import safetensors.torch
-import torch
 
 from m2pt_deploy.train import TrainConfig, train
 from tests.train.conftest import with_
