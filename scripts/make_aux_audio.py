@@ -1,7 +1,8 @@
 """Train the demo's auxiliary ViT on another modality: synthetic audio, as log spectrograms.
 
-Seeded end to end, so the committed ``m2pt_deploy/assets/aux_audio_vit.safetensors`` can be
-rebuilt bit for bit on the same platform:
+Seeded and single-threaded, so the committed ``m2pt_deploy/assets/aux_audio_vit.safetensors``
+is rebuilt with bit-identical weights on the same platform and library versions (checked; only
+the order of the two metadata keys in the file header may differ):
 
     python scripts/make_aux_audio.py --out m2pt_deploy/assets/aux_audio_vit.safetensors
 

@@ -183,7 +183,8 @@ def _fit(run: _Run, tensors: dict[str, Tensor] | None, info: dict[str, Any] | No
         elapsed = time.perf_counter() - t0
         val_loss, val_acc = _evaluate(run, model, val_loader, criterion)
         run.epoch += 1
-        record = {"epoch": run.epoch, "step": run.step, "lr": optimizer.param_groups[0]["lr"],
+        lr = max(g["lr"] for g in optimizer.param_groups if g["name"] != "lambda")
+        record = {"epoch": run.epoch, "step": run.step, "lr": lr,
                   "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
                   "val_acc": val_acc, "images_per_s": seen / elapsed, "epoch_s": elapsed,
                   "lambda": lambda_values(core)}
