@@ -77,7 +77,8 @@ def export_onnx(args: argparse.Namespace) -> int:
     input_size = tuple(args.input_size) if args.input_size else None
     ckpt = load_checkpoint(args.checkpoint, arch=args.arch, input_size=input_size)
     loader = OnnxFromCheckpoint(ckpt, opset=args.opset, precision=args.precision, batch=batch)
-    with step(f"merging and exporting {ckpt.spec.arch} to ONNX (opset {args.opset}, {args.precision}, batch {batch})"):
+    shown = "dynamic batch" if batch == DYNAMIC_BATCH else f"batch {batch}"
+    with step(f"merging and exporting {ckpt.spec.arch} to ONNX (opset {args.opset}, {args.precision}, {shown})"):
         save_onnx(loader(), out, force=args.force)
     print(f"wrote {out}")
     if args.no_verify:

@@ -1,0 +1,200 @@
+"""One call that proves an ONNX file is its checkpoint, merged, at vanilla cost.
+
+(a) unmerged vs merged in torch, bit for bit; (b) merged torch vs ONNX Runtime (and any
+further Polygraphy runners, e.g. TensorRT) within the precision's tolerance; (c) the graph
+against a vanilla ViT's export, structure for structure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from polygraphy.backend.base import BaseRunner
+
+from m2pt_deploy.build import build_unmerged
+from m2pt_deploy.checkpoint import Checkpoint, load_checkpoint
+from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.export.onnx import read_metadata
+from m2pt_deploy.merge import merge_model
+from m2pt_deploy.verify.numerics import check_merge, compare_runners
+from m2pt_deploy.verify.result import VerificationReport
+from m2pt_deploy.verify.runners import TorchRunner, onnxrt_runner, seeded_inputs
+from m2pt_deploy.verify.structure import check_structure, export_settings
+from m2pt_deploy.verify.tolerance import tolerance_for
+
+__all__ = ["assert_equivalent", "check_inputs", "load_onnx", "verify_onnx"]
+
+
+def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Read and check an ONNX file; anything unreadable is an :class:`M2ptError` naming it."""
+    p = Path(path)
+    if not p.exists():
+        raise M2ptError("no such file", p)
+    if not p.is_file():
+        raise M2ptError("is not a file; give an .onnx model", p)
+    try:
+        proto = onnx.load(p)
+    except (DecodeError, OSError, ValueError, RuntimeError) as e:
+        raise M2ptError(
+            f"not a readable ONNX model ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+            p,
+        ) from e
+    if not proto.graph.node:
+        raise M2ptError("not an ONNX model: it has no graph (empty or truncated file?)", p)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as e:
+        raise M2ptError(f"invalid ONNX model: {str(e).splitlines()[0]}", p) from e
+    return proto
+
+
+def _io_names(
+    proto: onnx.ModelProto, path: Path, expected: tuple[int, int, int]
+) -> tuple[str, str]:
+    initializers = {t.name for t in proto.graph.initializer}
+    inputs = [v for v in proto.graph.input if v.name not in initializers]
+    if len(inputs) != 1 or not proto.graph.output:
+        raise M2ptError(
+            f"expected one image input and a logits output, found inputs "
+            f"{[v.name for v in inputs]}, outputs {[v.name for v in proto.graph.output]}",
+            path,
+        )
+    dims = [
+        d.dim_value if d.HasField("dim_value") else None
+        for d in inputs[0].type.tensor_type.shape.dim
+    ]
+    if len(dims) != 4 or tuple(dims[1:]) != tuple(expected):
+        shown = ["N" if d is None else d for d in dims]
+        raise M2ptError(
+            f"input {inputs[0].name} is {shown}, the checkpoint's model takes "
+            f"[N, {', '.join(map(str, expected))}]; was it exported from this checkpoint?",
+            path,
+        )
+    return inputs[0].name, proto.graph.output[0].name
+
+
+def check_inputs(inputs: np.ndarray, input_size: tuple[int, int, int]) -> np.ndarray:
+    """User-given images as float32 ``[N, C, H, W]``, or an :class:`M2ptError` saying why not."""
+    arr = np.asarray(inputs)
+    if arr.ndim != 4 or tuple(arr.shape[1:]) != tuple(input_size):
+        expected = ", ".join(map(str, input_size))
+        raise M2ptError(f"inputs have shape {list(arr.shape)}, the model takes [N, {expected}]")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise M2ptError(f"inputs are {arr.dtype}, expected floating point (normalised pixels)")
+    if len(arr) == 0:
+        raise M2ptError("inputs are empty (0 rows)")
+    if not np.isfinite(arr).all():
+        raise M2ptError("inputs contain NaN or Inf values")
+    return arr.astype(np.float32, copy=False)
+
+
+def _input_array(
+    inputs: np.ndarray | None, input_size: tuple[int, int, int], rows: int, seed: int
+) -> tuple[np.ndarray, str]:
+    if inputs is None:
+        return seeded_inputs(input_size, rows, seed=seed), f"{rows} seeded (seed {seed})"
+    arr = check_inputs(inputs, input_size)
+    return arr, f"{len(arr)} given"
+
+
+def _feeds(x: np.ndarray, name: str, per_feed: int, static: bool) -> list[dict[str, np.ndarray]]:
+    if static and len(x) % per_feed:
+        raise M2ptError(
+            f"the ONNX model has a fixed batch of {per_feed}; give a multiple of "
+            f"{per_feed} inputs, not {len(x)}"
+        )
+    return [{name: x[i : i + per_feed]} for i in range(0, len(x), per_feed)]
+
+
+def _provenance(proto: onnx.ModelProto, ckpt: Checkpoint) -> tuple[str, ...]:
+    source = read_metadata(proto).get("m2pt_deploy.source_sha256")
+    if source and source != ckpt.sha256:
+        return (
+            f"the ONNX metadata names source sha256 {source[:12]}…, "
+            f"this checkpoint is {ckpt.sha256[:12]}…",
+        )
+    return ()
+
+
+def verify_onnx(
+    checkpoint: Checkpoint | str | os.PathLike[str],
+    onnx_path: str | os.PathLike[str],
+    *,
+    inputs: np.ndarray | None = None,
+    batch_size: int = 4,
+    seed: int = 0,
+    extra_runners: Sequence[BaseRunner] = (),
+) -> VerificationReport:
+    """Run checks (a), (b) and (c) and return the report (truthy iff all passed).
+
+    Args:
+        checkpoint: the training checkpoint the ONNX file was exported from.
+        onnx_path: the exported model.
+        inputs: ``[N, C, H, W]`` normalised images; default ``batch_size`` seeded random ones.
+        batch_size: rows per inference for a dynamic-batch model (a fixed batch wins).
+        seed: seed of the generated inputs.
+        extra_runners: further Polygraphy runners (e.g. ``TrtRunner``) judged like ONNX Runtime.
+    """
+    if batch_size < 1:
+        raise M2ptError(f"batch size must be at least 1, got {batch_size}")
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    path = Path(onnx_path)
+    proto = load_onnx(path)
+    settings = export_settings(proto)
+    tolerance = tolerance_for(settings.precision)
+    in_name, _ = _io_names(proto, path, ckpt.spec.input_size)
+    static = not settings.batch.dynamic
+    per_feed = settings.batch.min if static else batch_size
+    x, described = _input_array(inputs, ckpt.spec.input_size, per_feed, seed)
+    feeds = _feeds(x, in_name, per_feed, static)
+
+    unmerged = build_unmerged(ckpt)
+    merged = merge_model(unmerged, ckpt.spec)
+    merge_result = check_merge(unmerged, merged, feeds, probe_head=ckpt.has_probe_head)
+    shape = (None, *ckpt.spec.input_size)
+    runners = [
+        TorchRunner(
+            merged,
+            shape,
+            name="torch-merged",
+            input_name=in_name,
+            output_name=proto.graph.output[0].name,
+        ),
+        onnxrt_runner(path),
+        *extra_runners,
+    ]
+    runtime_results = compare_runners(runners, feeds, tolerance)
+    structure = check_structure(proto, ckpt.spec, like=merged.state_dict())
+
+    info: dict[str, Any] = {
+        "rows": len(x),
+        "per_inference": per_feed,
+        "seed": seed if inputs is None else None,
+        "description": described,
+    }
+    return VerificationReport(
+        onnx=str(path),
+        checkpoint=str(ckpt.path),
+        precision=settings.precision,
+        inputs=info,
+        results=(merge_result, *runtime_results, structure),
+        notes=_provenance(proto, ckpt),
+    )
+
+
+def assert_equivalent(
+    checkpoint_or_path: Checkpoint | str | os.PathLike[str],
+    onnx_path: str | os.PathLike[str],
+    **kwargs: Any,
+) -> VerificationReport:
+    """``verify_onnx`` for test suites: raises ``AssertionError`` carrying the table on failure."""
+    report = verify_onnx(checkpoint_or_path, onnx_path, **kwargs)
+    if not report:
+        raise AssertionError(f"ONNX model is not equivalent to its checkpoint:\n{report}")
+    return report

@@ -1,0 +1,152 @@
+"""Polygraphy runners for every backend, and running any list of them on the same inputs.
+
+ONNX Runtime uses Polygraphy's own ``OnnxrtRunner``; TensorRT's ``TrtRunner`` plugs into
+:func:`run_runners` the same way. Polygraphy's ``PytRunner`` moves inputs to CUDA and
+splits a single output tensor by its first axis, so torch gets a small runner here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from polygraphy.backend.base import BaseRunner
+from polygraphy.common import TensorMetadata
+from torch import nn
+
+from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.export.onnx import INPUT_NAME, OUTPUT_NAME
+from m2pt_deploy.verify.machine import usable_cpus
+
+__all__ = [
+    "SessionFromOnnxNoSpin",
+    "TorchRunner",
+    "onnxrt_runner",
+    "quiet_polygraphy",
+    "run_runners",
+    "seeded_inputs",
+]
+
+
+class TorchRunner(BaseRunner):
+    """Runs an eval ``nn.Module`` (or a callable returning one) on CPU: one input, one output."""
+
+    def __init__(
+        self,
+        model: nn.Module | Callable[[], nn.Module],
+        input_shape: Sequence[int | None],
+        *,
+        name: str | None = None,
+        input_name: str = INPUT_NAME,
+        output_name: str = OUTPUT_NAME,
+    ) -> None:
+        super().__init__(name=name, prefix="torch-runner")
+        self._model = model
+        self.input_shape = tuple(input_shape)
+        self.input_name = input_name
+        self.output_name = output_name
+
+    def activate_impl(self) -> None:
+        model = self._model if isinstance(self._model, nn.Module) else self._model()
+        self.model = model.eval()
+
+    def get_input_metadata_impl(self) -> TensorMetadata:
+        return TensorMetadata().add(self.input_name, dtype=np.float32, shape=self.input_shape)
+
+    def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
+        x = torch.from_numpy(np.ascontiguousarray(feed_dict[self.input_name], dtype=np.float32))
+        with torch.inference_mode():
+            start = time.perf_counter()
+            y = self.model(x)
+            self.inference_time = time.perf_counter() - start
+        return OrderedDict([(self.output_name, y.numpy())])
+
+    def deactivate_impl(self) -> None:
+        del self.model
+
+
+class SessionFromOnnxNoSpin:
+    """Lazy loader: a CPU ONNX Runtime session whose idle threads sleep instead of spinning.
+
+    For timing two sessions side by side: by default ONNX Runtime's worker threads spin
+    after each run, and would steal cores from the other session's next run.
+    """
+
+    def __init__(self, onnx_path: str | os.PathLike[str], *, threads: int | None = None) -> None:
+        self.onnx_path = os.fspath(onnx_path)
+        self.threads = threads
+
+    def __call__(self) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads or usable_cpus()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        return ort.InferenceSession(
+            self.onnx_path, sess_options=options, providers=["CPUExecutionProvider"]
+        )
+
+
+def onnxrt_runner(
+    onnx_path: str | os.PathLike[str],
+    *,
+    name: str = "onnxrt",
+    providers: Sequence[str] = ("cpu",),
+    spinning: bool = True,
+) -> BaseRunner:
+    """Polygraphy's ONNX Runtime runner for a file on disk (CPU unless told otherwise).
+
+    ``spinning=False`` (CPU only) is for benchmarks that interleave several sessions.
+    """
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    if not spinning:
+        return OnnxrtRunner(SessionFromOnnxNoSpin(onnx_path), name=name)
+    return OnnxrtRunner(SessionFromOnnx(os.fspath(onnx_path), providers=list(providers)), name=name)
+
+
+def seeded_inputs(input_size: Sequence[int], batch_size: int, *, seed: int = 0) -> np.ndarray:
+    """Deterministic normalised-image-like inputs: standard normal, float32, ``[B, C, H, W]``."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((batch_size, *input_size), dtype=np.float32)
+
+
+@contextlib.contextmanager
+def quiet_polygraphy() -> Iterator[None]:
+    """Polygraphy logs every activation and iteration; our report says what matters."""
+    from polygraphy.logger import G_LOGGER
+
+    with G_LOGGER.verbosity(G_LOGGER.ERROR):
+        yield
+
+
+def run_runners(
+    runners: Sequence[BaseRunner], feeds: Sequence[dict[str, np.ndarray]]
+) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Run every runner on every feed through Polygraphy's ``Comparator``.
+
+    Returns ``{runner name: [outputs per feed]}`` in runner order. A runtime that rejects
+    the model (Polygraphy raises on its ``critical`` log) becomes an :class:`M2ptError`.
+    """
+    from polygraphy.comparator import Comparator
+    from polygraphy.exception import PolygraphyException
+
+    names = [r.name for r in runners]
+    if len(set(names)) != len(names):
+        raise M2ptError(f"runner names must be unique, got {names}")
+    try:
+        with quiet_polygraphy():
+            results = Comparator.run(list(runners), data_loader=list(feeds))
+    except PolygraphyException as e:
+        raise M2ptError(f"a runtime failed: {str(e).strip().splitlines()[-1]}") from e
+    return {
+        name: [{k: np.asarray(v) for k, v in it.items()} for it in iterations]
+        for name, iterations in results.items()
+    }
