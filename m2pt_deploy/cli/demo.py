@@ -34,8 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The demo's 64-wide ViT gains nothing from a second thread and loses up to 7x when the
     # cores are shared (OpenMP threads spin waiting for each other); one thread also makes
     # the printed accuracies independent of the core count.
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    result = run_demo(args.out, epochs=args.epochs, seed=args.seed, progress=not args.quiet)
+    try:
+        result = run_demo(args.out, epochs=args.epochs, seed=args.seed, progress=not args.quiet)
+    finally:
+        torch.set_num_threads(threads)
     rows = [("with audio pathway", result.pathway), ("without pathway", result.baseline)]
     print(f"\ndigits validation accuracy, {args.epochs} epochs, seed {args.seed}:")
     for name, run in rows:
