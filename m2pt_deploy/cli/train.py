@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from m2pt_deploy.cli.common import EXIT_OK, run_main
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.pathway import DEFAULT_LAYERS
+from m2pt_deploy.train.config import TrainConfig
 
 __all__ = ["build_parser", "entrypoint", "main"]
 
@@ -78,8 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _config(args: argparse.Namespace):
-    from m2pt_deploy.train import TrainConfig
+def _config(args: argparse.Namespace) -> TrainConfig:
 
     missing = [flag for flag, value in (("TARGET", args.target), ("--data", args.data), ("--out", args.out))
                if value is None]
@@ -98,12 +98,11 @@ def _config(args: argparse.Namespace):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from m2pt_deploy.train import TrainConfig, train
+    from m2pt_deploy.train import train
 
     args = build_parser().parse_args(argv)
     if args.resume:
-        placeholder = TrainConfig(target="", data="", out_dir="", device=args.device)
-        result = train(placeholder, resume=args.resume, progress=not args.quiet)
+        result = train(resume=args.resume, device=args.device, progress=not args.quiet)
     else:
         result = train(_config(args), force=args.force, progress=not args.quiet)
     last = result.history[-1]

@@ -71,22 +71,30 @@ class _Run:
 
 
 def train(
-    config: TrainConfig,
+    config: TrainConfig | None = None,
     *,
     resume: str | Path | None = None,
+    device: str | None = None,
     force: bool = False,
     progress: bool = True,
     on_step: StepHook | None = None,
 ) -> TrainResult:
-    """Fine-tune ``config.target`` (with pathways from ``config.aux``); or continue from ``resume``.
+    """Fine-tune ``config.target`` with pathways from ``config.aux``, or continue ``resume``.
 
-    On resume the stored config is used and ``config`` is ignored; ``on_step(step)`` runs after
-    every optimizer step (tests use it to kill a run at a chosen point).
+    Give exactly one of ``config`` and ``resume`` (a run's ``resume.safetensors``, whose stored
+    config is used). ``device`` overrides the config's; ``on_step(step)`` runs after every
+    optimizer step (tests use it to kill a run at a chosen point).
     """
-    dist = Distributed.from_env(device=config.device)
+    if (config is None) == (resume is None):
+        raise M2ptError("give a training config or a resume file, not both or neither")
+    state = train_state.read_resume(resume) if resume is not None else None
+    if state is not None:
+        config = TrainConfig.from_dict(state[1]["config"])
+    assert config is not None
+    dist = Distributed.from_env(device=device or config.device)
     try:
-        if resume is not None:
-            run, tensors, info = _resume(Path(resume), dist)
+        if resume is not None and state is not None:
+            run, tensors, info = _resume(Path(resume), config, state, dist), state[0], state[1]
         else:
             run, tensors, info = _fresh(config, dist, force=force), None, None
         return _fit(run, tensors, info, progress=progress, on_step=on_step)
@@ -121,20 +129,27 @@ def _fresh(config: TrainConfig, dist: Distributed, *, force: bool) -> _Run:
     return _Run(config, dist, out, model, spec, pathway, split.classes, split.train, split.val)
 
 
-def _resume(path: Path, dist: Distributed) -> tuple[_Run, dict[str, Tensor], dict[str, Any]]:
-    tensors, info = train_state.read_resume(path)
-    config = TrainConfig.from_dict(info["config"])
+def _resume(path: Path, config: TrainConfig, state: tuple[dict[str, Tensor], dict[str, Any]],
+            dist: Distributed) -> _Run:
+    info = state[1]
     out = path.parent
-    dist.on_main(lambda: train_state.recover(out / LAST, info, path))
+    dist.on_main(lambda: _recover(out, info, path))
     ckpt = load_checkpoint(out / LAST)
     model = build_unmerged(ckpt, train_aux=config.train_aux)
     split = load_data(config.data, ckpt.spec, val_data=config.val_data, val_split=config.val_split,
                       seed=config.seed)
     classes = tuple(ckpt.extra.get("labels", split.classes))
     check_classes(split.classes, ckpt.spec.num_classes, config.data)
-    run = _Run(config, dist, out, model, ckpt.spec, ckpt.pathway, classes, split.train, split.val,
-               epoch=info["epoch"], step=info["step"], best_acc=info["best_acc"], history=info["history"])
-    return run, tensors, info
+    return _Run(config, dist, out, model, ckpt.spec, ckpt.pathway, classes, split.train, split.val,
+                epoch=info["epoch"], step=info["step"], best_acc=info["best_acc"], history=info["history"])
+
+
+def _recover(out: Path, info: dict[str, Any], state: Path) -> None:
+    train_state.recover(out / LAST, info, state)
+    # A kill during a write leaves atomic_output's temporary file (never the file itself).
+    for name in (LAST + ".pending", LAST, BEST, RESUME, METRICS, CURVES):
+        for tmp in out.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def _loaders(run: _Run) -> tuple[DataLoader, DataLoader, GlobalBatchSampler]:

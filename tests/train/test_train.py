@@ -110,7 +110,7 @@ def test_resume_continues_exactly(config: TrainConfig, tmp_path: Path) -> None:
     split = with_(config, out_dir=str(tmp_path / "split"))
     with pytest.raises(_Stop):
         train(split, progress=False, on_step=stop)
-    resumed = train(config, resume=Path(split.out_dir) / "resume.safetensors", progress=False)
+    resumed = train(resume=Path(split.out_dir) / "resume.safetensors", progress=False)
     _assert_same_weights(straight.last, resumed.last)
     keys = ("epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "lambda")
     assert [[r[k] for k in keys] for r in resumed.history] == [[r[k] for k in keys] for r in straight.history]
@@ -127,8 +127,10 @@ def test_killed_run_loses_at_most_the_epoch_and_resumes_exactly(config: TrainCon
     out = Path(killed.out_dir)
     assert load_checkpoint(out / "last.safetensors").extra["epoch"] == 1
     assert not [p.name for p in out.iterdir() if p.name.endswith((".tmp", ".pending"))]
-    resumed = train(config, resume=out / "resume.safetensors", progress=False)
+    (out / ".last.safetensors.pending.abc123.tmp").write_bytes(b"half-written by a killed run")
+    resumed = train(resume=out / "resume.safetensors", progress=False)
     _assert_same_weights(straight.last, resumed.last)
+    assert not list(out.glob(".*.tmp"))
 
 
 def test_full_disk_while_saving(config: TrainConfig, monkeypatch: pytest.MonkeyPatch,
@@ -153,5 +155,36 @@ def test_full_disk_while_saving(config: TrainConfig, monkeypatch: pytest.MonkeyP
     assert load_checkpoint(out / "last.safetensors").extra["epoch"] == 1
     assert not [p.name for p in out.iterdir() if p.name.endswith((".tmp", ".pending"))]
     monkeypatch.setattr(safetensors.torch, "save_file", real)
-    resumed = train(config, resume=out / "resume.safetensors", progress=False)
+    resumed = train(resume=out / "resume.safetensors", progress=False)
     assert resumed.history[-1]["epoch"] == 3
+
+
+def test_image_folder_two_aux_channel_lambda_and_bf16(config: TrainConfig, aux: Path, tmp_path: Path) -> None:
+    """The other input and option paths in one short run: PNG folder, 2 auxes, per-channel λ, bf16."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in ("a", "b", "c", "d"):
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8)).save(tmp_path / "imgs" / label / f"{i}.png")
+    changes = {"data": str(tmp_path / "imgs"), "aux": ((str(aux), "audio"), (str(aux), "video")),
+               "lambda_kind": "channel", "precision": "bf16", "epochs": 1, "batch_size": 8}
+    result = train(with_(config, **changes), progress=False)
+    ckpt = load_checkpoint(result.last)
+    assert ckpt.extra["labels"] == ["a", "b", "c", "d"]
+    assert ckpt.pathway is not None and [a["modality"] for a in ckpt.pathway.aux] == ["audio", "video"]
+    assert ckpt.pathway.lambda_kind == "channel"
+    assert ckpt.state_dict["blocks.0.mlp.fc1.cross_modal_scale.1"].shape == (256,)
+    assert ckpt.state_dict["blocks.0.mlp.fc1.weight"].dtype == torch.float32
+    assert all(torch.isfinite(v).all() for v in ckpt.state_dict.values() if v.is_floating_point())
+
+
+def test_train_needs_config_or_resume(config: TrainConfig, tmp_path: Path) -> None:
+    from m2pt_deploy.errors import M2ptError
+
+    with pytest.raises(M2ptError, match="not both or neither"):
+        train()
+    with pytest.raises(M2ptError, match="not both or neither"):
+        train(config, resume=tmp_path / "resume.safetensors")
