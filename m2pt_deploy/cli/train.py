@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -105,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = train(resume=args.resume, device=args.device, progress=not args.quiet)
     else:
         result = train(_config(args), force=args.force, progress=not args.quiet)
+    if os.environ.get("RANK", "0") != "0":
+        return EXIT_OK  # under torchrun, rank 0 reports
     last = result.history[-1]
     print(f"trained {last['epoch']} epochs: val acc {last['val_acc']:.4f} (best {result.best_val_acc:.4f})")
     print(f"checkpoints: {result.last}  {result.best}")

@@ -13,11 +13,6 @@ import safetensors.torch
 from m2pt_deploy.train import TrainConfig, train
 from tests.train.conftest import with_
 
-RUN_SCRIPT = """
-import json, sys
-from m2pt_deploy.train import TrainConfig, train
-train(TrainConfig.from_dict(json.loads(sys.argv[1])), progress=False)
-"""
 # Gradients are averaged by an all-reduce instead of inside one mean, so float sums run
 # in a different order and AdamW amplifies the rounding a little. Measured on this setup:
 # one process with its batch cut into 2 micro-batches instead of 1 ends 2.2e-5 away from
@@ -31,15 +26,18 @@ def test_two_gloo_processes_match_one(config: TrainConfig, tmp_path: Path) -> No
     base = with_(config, epochs=2, batch_size=8, accum_steps=2, device="cpu", clip_grad=1.0)
     single = train(with_(base, out_dir=str(tmp_path / "single")), progress=False)
     ddp = with_(base, out_dir=str(tmp_path / "ddp"), accum_steps=1)
-    script = tmp_path / "run.py"
-    script.write_text(RUN_SCRIPT)
+    # The m2pt-train command itself, unchanged, under torchrun.
+    cli = [ddp.target, "--aux", ddp.aux[0][0], "--data", ddp.data, "--out", ddp.out_dir, "--epochs", "2",
+           "--batch-size", "8", "--lr", str(ddp.lr), "--lambda-lr", str(ddp.lambda_lr), "--warmup-epochs", "1",
+           "--val-split", "0.25", "--seed", "0", "--device", "cpu", "--clip-grad", "1.0", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(script), json.dumps(ddp.to_dict())],
+         "-m", "m2pt_deploy.cli.train", *cli],
         capture_output=True, text=True, timeout=240, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("trained 2 epochs") == 1  # rank 0 reports, once
     a = safetensors.torch.load_file(str(single.last))
     b = safetensors.torch.load_file(str(Path(ddp.out_dir) / "last.safetensors"))
     assert a.keys() == b.keys()
