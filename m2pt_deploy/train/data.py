@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ __all__ = [
     "DataSplit",
     "ImageFolderDataset",
     "array_transform",
+    "batches",
     "check_classes",
     "image_transform",
     "load_data",
@@ -35,6 +37,7 @@ __all__ = [
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 Transform = Callable[[Tensor], Tensor]
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
@@ -222,6 +225,26 @@ def load_data(
     transform = array_transform(spec)
     return DataSplit(ArrayDataset(x[tr], y[tr], transform=transform),
                      ArrayDataset(x[va], y[va], transform=transform), classes)
+
+
+def batches(loader: Iterable[T]) -> Iterator[T]:
+    """``loader``'s batches; a user error raised in a worker process comes back as one line.
+
+    DataLoader re-raises a worker's exception with the worker's traceback as its message; the
+    last line of that traceback is the original error.
+    """
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except M2ptError as e:
+            lines = [line for line in str(e).splitlines() if line.strip()]
+            if len(lines) <= 1:
+                raise
+            raise M2ptError(lines[-1].split("M2ptError: ", 1)[-1]) from None
+        yield batch
 
 
 def check_classes(classes: Sequence[str], num_classes: int, data: str | os.PathLike[str]) -> None:

@@ -25,7 +25,7 @@ from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.pathway import pathway_state_dict
 from m2pt_deploy.train import state as train_state
 from m2pt_deploy.train.config import TrainConfig
-from m2pt_deploy.train.data import SizedDataset, check_classes, load_data
+from m2pt_deploy.train.data import SizedDataset, batches, check_classes, load_data
 from m2pt_deploy.train.distributed import Distributed
 from m2pt_deploy.train.model import attach_pathways, blocks, build_target, load_aux, set_drop_path, set_trainable
 from m2pt_deploy.train.optim import build_optimizer, lr_factor, param_groups, set_lr
@@ -225,8 +225,8 @@ def _train_epoch(run: _Run, model: nn.Module, optimizer: torch.optim.Optimizer, 
     model.train()
     totals = torch.zeros(3, dtype=torch.float64)
     t0 = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {run.epoch + 1}/{c.epochs}", disable=not (progress and d.is_main),
-               leave=False, dynamic_ncols=True)
+    bar = tqdm(batches(loader), total=len(loader), desc=f"epoch {run.epoch + 1}/{c.epochs}",
+               disable=not (progress and d.is_main), leave=False, dynamic_ncols=True)
     for x, y in bar:
         set_lr(optimizer, lr_factor(run.step, **schedule))
         x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
@@ -259,7 +259,7 @@ def _evaluate(run: _Run, model: nn.Module, loader: DataLoader, criterion: nn.Mod
     d = run.dist
     model.eval()
     totals = [0.0, 0.0, 0.0]
-    for x, y in loader:
+    for x, y in batches(loader):
         x, y = x.to(d.device), y.to(d.device)
         with _autocast(run):
             logits = model(x).float()

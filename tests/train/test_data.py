@@ -98,3 +98,19 @@ def test_class_count_must_match_the_head() -> None:
     check_classes(("a", "b"), 2, "d")
     with pytest.raises(M2ptError, match="the data set has 3 classes, the model head has 4"):
         check_classes(("a", "b", "c"), 4, "d")
+
+
+def test_image_that_breaks_in_a_worker_process_is_one_line(tmp_path: Path) -> None:
+    from torch.utils.data import DataLoader
+
+    from m2pt_deploy.train.data import batches
+
+    root = _image_folder(tmp_path / "imgs", per_class=2)
+    split = load_data(root, tiny_spec(channels=3), val_data=root)
+    bad = split.val.samples[0][0]
+    bad.write_bytes(b"corrupted after the start-up check")
+    loader = DataLoader(split.val, batch_size=2, num_workers=1)
+    with pytest.raises(M2ptError) as e:
+        list(batches(loader))
+    assert "\n" not in str(e.value)
+    assert str(e.value).startswith(f"{bad}: cannot read image")
