@@ -48,10 +48,19 @@ class DataSplit:
 
 
 def image_transform(spec: ModelSpec, *, train: bool) -> Callable:
-    """timm's transform for the model's input: RandomResizedCrop + flip + jitter, or resize + crop."""
+    """timm's transform for the model's input: RandomResizedCrop + flip + jitter, or resize + crop.
+
+    Size, mean and std are the checkpoint's; interpolation and crop fraction come from timm's
+    data config for the architecture (bicubic, 0.9 for its ViTs), as timm's own scripts use them.
+    """
+    import timm
     from timm.data import create_transform
 
-    return create_transform(spec.input_size, is_training=train, mean=spec.mean, std=spec.std)
+    cfg = timm.get_pretrained_cfg(spec.arch)
+    interpolation = cfg.interpolation if cfg is not None else "bilinear"
+    crop_pct = cfg.crop_pct if cfg is not None else None
+    return create_transform(spec.input_size, is_training=train, mean=spec.mean, std=spec.std,
+                            interpolation=interpolation, crop_pct=crop_pct)
 
 
 def array_transform(spec: ModelSpec) -> Transform:

@@ -29,6 +29,7 @@ def test_image_folder_split_uses_model_input_and_normalisation(tmp_path: Path) -
     split = load_data(_image_folder(tmp_path / "imgs"), spec, val_split=0.2, seed=0)
     assert split.classes == ("cat", "dog")
     assert (len(split.train), len(split.val)) == (8, 2)
+    assert "bicubic" in repr(split.val.transform)  # timm's data config for its ViTs
     x, label = split.val[0]
     assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and label in (0, 1)
     # Normalised with the spec's mean / std 0.5: pixel values in [0, 1] map into [-1, 1].
