@@ -49,3 +49,34 @@ def test_two_gloo_processes_match_one(config: TrainConfig, tmp_path: Path) -> No
     metrics = [json.loads(line) for line in (Path(ddp.out_dir) / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["step"] == single.history[-1]["step"]
     assert abs(metrics[-1]["val_acc"] - single.history[-1]["val_acc"]) < 1e-9
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_one_process_run_resumes_on_two(config: TrainConfig, tmp_path: Path) -> None:
+    """Elastic resume: optimizer and schedule carry over; no randomness here, so the weights match."""
+    base = with_(config, epochs=2, batch_size=8, device="cpu")
+    straight = train(with_(base, out_dir=str(tmp_path / "straight")), progress=False)
+    steps_per_epoch = straight.history[0]["step"]
+
+    def stop(step: int) -> None:
+        if step == steps_per_epoch + 1:
+            raise _Stop
+
+    split = with_(base, out_dir=str(tmp_path / "split"))
+    try:
+        train(split, progress=False, on_step=stop)
+    except _Stop:
+        pass
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "m2pt_deploy.cli.train", "--resume", str(Path(split.out_dir) / "resume.safetensors"), "--quiet"],
+        capture_output=True, text=True, timeout=240, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = safetensors.torch.load_file(str(straight.last))
+    b = safetensors.torch.load_file(str(Path(split.out_dir) / "last.safetensors"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < ATOL
