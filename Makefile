@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c constraints.txt -e '.[cpu,dev]'
+	# Published TensorRT type stubs for mypy, outside sys.path (--no-deps: they require the
+	# real TensorRT wheels, which cannot be installed here).
+	$(PIP) install --quiet --no-deps --target $(VENV)/trt-stubs tensorrt-stubs==10.13.0.35.1
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -41,6 +41,12 @@ def check_output_path(path: str | os.PathLike[str], *, force: bool = False) -> P
     return out
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str], *, force: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only if the block succeeds.
@@ -54,6 +60,9 @@ def atomic_output(path: str | os.PathLike[str], *, force: bool = False) -> Itera
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates 0600; give the artifact the mode a plain open() would.
+        if tmp.exists():
+            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, out)
     except OSError as e:
         raise M2ptError(f"could not write output: {e.strerror or e}", out) from e

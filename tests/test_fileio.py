@@ -17,7 +17,16 @@ def test_atomic_output_renames_only_on_success(tmp_path: Path) -> None:
     with atomic_output(out) as tmp:
         tmp.write_bytes(b"whole")
     assert out.read_bytes() == b"whole"
+    assert out.stat().st_mode & 0o777 == 0o666 & ~_current_umask()
     assert list(tmp_path.iterdir()) == [out]
+
+
+def _current_umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_existing_output_needs_force(tmp_path: Path) -> None:

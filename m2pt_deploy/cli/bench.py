@@ -93,7 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     spec = spec_for_arch(args.arch, kwargs)
     report = run_benchmark(
-        spec, batches=args.batches, rounds=args.rounds, warmup=args.warmup, seed=args.seed
+        spec,
+        batches=args.batches,
+        rounds=args.rounds,
+        warmup=args.warmup,
+        seed=args.seed,
+        log=lambda line: print(f"m2pt-bench: {line}", file=sys.stderr, flush=True),
     )
     json_path, md_path = report.write(args.out)
     print(report.markdown())

@@ -24,19 +24,25 @@ from m2pt_deploy.export.onnx import (
     parse_batch,
     save_onnx,
 )
+from m2pt_deploy.export.tensorrt import PRECISIONS
 from m2pt_deploy.fileio import check_output_path
 
 __all__ = ["build_parser", "entrypoint", "main"]
 
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "trt", "triton")
+ONNX_PRECISIONS = ("fp32", "fp16")
 _EPILOG = """\
 examples:
   m2pt-export --format onnx m2pt_vit.safetensors               # -> m2pt_vit.onnx, verified
   m2pt-export --format onnx ckpt.pth --precision fp16 -o vit_fp16.onnx
   m2pt-export --format onnx audio_vit.pth --input-size 1 128 1024 --batch 8
+  m2pt-export --format trt m2pt_vit.safetensors --precision fp16 --batch 1:8:32
+  m2pt-export --format trt m2pt_vit.safetensors --precision int8 -o vit_int8.engine
+  m2pt-export --format triton m2pt_vit.safetensors -o models/  # -> models/m2pt_vit/{config.pbtxt,1/model.onnx}
 
 exit status: 0 exported and verified, 1 exported but a verification check failed,
-2 bad input (nothing written).
+2 bad input (nothing written); --format trt where TensorRT or a GPU is missing also
+exits 2, leaving the verified ONNX and ENGINE.build.sh (trtexec / polygraphy lines).
 """
 
 
@@ -57,10 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     onnx_group = parser.add_argument_group("ONNX")
     onnx_group.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
                             help=f"ONNX opset, 17 or newer (default: {DEFAULT_OPSET})")
-    onnx_group.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
-                            help="fp16 keeps LayerNorm/Softmax and the I/O in fp32 (default: fp32)")
+    onnx_group.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                            help="fp16/bf16 keep LayerNorm, Softmax, the residual adds and the I/O in "
+                            "fp32; int8/fp8 insert Q/DQ nodes calibrated on real photos; bf16, int8 "
+                            "and fp8 are for --format trt (default: fp32)")
     onnx_group.add_argument("--batch", default=None, metavar="N|MIN:OPT:MAX",
                             help="a fixed batch N, or a dynamic range (default: dynamic)")
+    add_trt_args(parser)
+    _add_triton_args(parser)
     check = parser.add_argument_group("verification")
     check.add_argument("--no-verify", action="store_true", help="skip checking the export against the unmerged model")
     check.add_argument("--report", metavar="FILE", help="also write the verification report as JSON")
@@ -71,7 +81,19 @@ def _default_output(checkpoint: str, suffix: str) -> Path:
     return Path(checkpoint).with_suffix(suffix)
 
 
+def add_trt_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("TensorRT (--format trt)")
+    group.add_argument("--workspace", type=float, metavar="GB", help="builder workspace limit in GiB")
+    group.add_argument("--timing-cache", metavar="FILE", help="load and update this tactic timing cache")
+    group.add_argument("--opt-level", type=int, metavar="N", help="builder optimization level 0-5")
+    group.add_argument("--calib-images", type=int, default=256, metavar="N",
+                       help="calibration tiles for int8/fp8 (default: 256)")
+
+
 def export_onnx(args: argparse.Namespace) -> int:
+    if args.precision not in ONNX_PRECISIONS:
+        raise M2ptError(f"--precision {args.precision} is only for --format trt; "
+                        f"ONNX export takes {', '.join(ONNX_PRECISIONS)}")
     out = check_output_path(args.output or _default_output(args.checkpoint, ".onnx"), force=args.force)
     batch = parse_batch(args.batch) if args.batch else DYNAMIC_BATCH
     input_size = tuple(args.input_size) if args.input_size else None
@@ -102,10 +124,52 @@ def verify_export(ckpt: Checkpoint, onnx_path: Path, *, report: str | None, forc
     return EXIT_OK
 
 
+def _add_triton_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Triton model repository (--format triton; -o is the repository folder)")
+    group.add_argument("--name", help="model name and folder (default: the checkpoint's file stem)")
+    group.add_argument("--max-batch", type=int, default=8, metavar="N",
+                       help="max_batch_size; dynamic batching is on when N > 0 (default: 8)")
+    group.add_argument("--instances", type=int, default=1, metavar="N", help="instance_group count (default: 1)")
+    group.add_argument("--instance-kind", choices=("KIND_CPU", "KIND_GPU", "KIND_AUTO"), default="KIND_CPU")
+    group.add_argument("--trt-accelerator", choices=("fp32", "fp16"),
+                       help="let the onnxruntime backend build TensorRT engines (needs a GPU instance kind)")
+    group.add_argument("--engine", metavar="PLAN", help="a TensorRT engine to place beside model.onnx as model.plan")
+
+
+def export_triton(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from m2pt_deploy.export.triton import check_model_folder, write_triton_repository
+
+    repo = Path(args.output or Path(args.checkpoint).parent / "model_repository")
+    name = args.name or Path(args.checkpoint).stem
+    check_model_folder(repo, name, force=args.force)
+    with tempfile.TemporaryDirectory(prefix="m2pt-triton-") as tmp:
+        args.output = str(Path(tmp) / "model.onnx")
+        status = export_onnx(args)
+        if status != EXIT_OK:
+            return status
+        precision = args.trt_accelerator.upper() if args.trt_accelerator else None
+        with step(f"writing Triton model {name} into {repo}"):
+            model_dir = write_triton_repository(
+                args.output, repo, name=name, max_batch=args.max_batch, instance_count=args.instances,
+                instance_kind=args.instance_kind, tensorrt_precision=precision, engine=args.engine,
+                force=args.force,
+            )
+    print(f"wrote {model_dir}")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.format == "onnx":
         return export_onnx(args)
+    if args.format == "trt":
+        from m2pt_deploy.cli.export_trt import export_trt
+
+        return export_trt(args)
+    if args.format == "triton":
+        return export_triton(args)
     raise M2ptError(f"unknown format {args.format!r}")
 
 

@@ -45,8 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "checkpoint", metavar="CHECKPOINT", help="the training checkpoint the ONNX file came from"
     )
-    parser.add_argument(
-        "--onnx", required=True, metavar="FILE", help="the exported model to verify"
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--onnx", metavar="FILE", help="the exported model to verify")
+    source.add_argument(
+        "--engine",
+        metavar="FILE",
+        help="a TensorRT engine from m2pt-export --format trt (needs TensorRT and a GPU)",
     )
     add_model_args(parser)
     group = parser.add_argument_group("comparison")
@@ -58,12 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--batch-size",
         type=_positive,
-        default=4,
+        default=None,
         metavar="N",
-        help="rows per inference for a dynamic-batch model (default: 4)",
+        help="rows per inference for a dynamic-batch model (default: 4; an engine's profile OPT)",
     )
     group.add_argument(
         "--seed", type=int, default=0, help="seed of the generated inputs (default: 0)"
+    )
+    engine = parser.add_argument_group("TensorRT (--engine)")
+    engine.add_argument(
+        "--no-latency",
+        action="store_true",
+        help="skip building a vanilla-ViT engine and timing the merged engine against it",
     )
     out = parser.add_argument_group("output")
     out.add_argument("--report", metavar="FILE", help="also write the report as JSON")
@@ -89,6 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report:
         check_output_path(args.report, force=args.force)
 
+    if args.engine:
+        from m2pt_deploy.cli.verify_engine import verify_engine_command
+
+        return verify_engine_command(args, _load_inputs(args.inputs) if args.inputs else None)
+
     from m2pt_deploy.checkpoint import load_checkpoint
     from m2pt_deploy.verify import check_inputs, load_onnx, verify_onnx
 
@@ -106,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise M2ptError(e.message, e.path or args.inputs) from e
     try:
         report = verify_onnx(
-            ckpt, args.onnx, inputs=inputs, batch_size=args.batch_size, seed=args.seed
+            ckpt, args.onnx, inputs=inputs, batch_size=args.batch_size or 4, seed=args.seed
         )
     except M2ptError as e:
         # What verify_onnx rejects without naming a file is about the ONNX model.

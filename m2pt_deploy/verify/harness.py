@@ -41,22 +41,20 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     try:
         proto = onnx.load(p)
     except (DecodeError, OSError, ValueError, RuntimeError) as e:
-        raise M2ptError(
-            f"not a readable ONNX model ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
-            p,
-        ) from e
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise M2ptError(f"not a readable ONNX model ({reason})", p) from e
     if not proto.graph.node:
         raise M2ptError("not an ONNX model: it has no graph (empty or truncated file?)", p)
     try:
-        onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as e:
+        # By path: the checker refuses in-memory models past protobuf's 2 GiB limit.
+        onnx.checker.check_model(os.fspath(p))
+    except (onnx.checker.ValidationError, ValueError) as e:
         raise M2ptError(f"invalid ONNX model: {str(e).splitlines()[0]}", p) from e
     return proto
 
 
-def _io_names(
-    proto: onnx.ModelProto, path: Path, expected: tuple[int, int, int]
-) -> tuple[str, str]:
+def _input_name(proto: onnx.ModelProto, path: Path, expected: tuple[int, int, int]) -> str:
+    """The one image input, checked against the checkpoint's input size."""
     initializers = {t.name for t in proto.graph.initializer}
     inputs = [v for v in proto.graph.input if v.name not in initializers]
     if len(inputs) != 1 or not proto.graph.output:
@@ -76,7 +74,7 @@ def _io_names(
             f"[N, {', '.join(map(str, expected))}]; was it exported from this checkpoint?",
             path,
         )
-    return inputs[0].name, proto.graph.output[0].name
+    return inputs[0].name
 
 
 def check_inputs(inputs: np.ndarray, input_size: tuple[int, int, int]) -> np.ndarray:
@@ -103,13 +101,33 @@ def _input_array(
     return arr, f"{len(arr)} given"
 
 
-def _feeds(x: np.ndarray, name: str, per_feed: int, static: bool) -> list[dict[str, np.ndarray]]:
-    if static and len(x) % per_feed:
+def _feeds(
+    proto: onnx.ModelProto,
+    path: Path,
+    input_size: tuple[int, int, int],
+    *,
+    inputs: np.ndarray | None,
+    batch_size: int,
+    seed: int,
+) -> tuple[list[dict[str, np.ndarray]], dict[str, Any]]:
+    """Split the inputs into the model's batches; a fixed batch takes only whole batches."""
+    in_name = _input_name(proto, path, input_size)
+    batch = export_settings(proto).batch
+    per_feed = batch_size if batch.dynamic else batch.min
+    x, described = _input_array(inputs, input_size, per_feed, seed)
+    if not batch.dynamic and len(x) % per_feed:
         raise M2ptError(
             f"the ONNX model has a fixed batch of {per_feed}; give a multiple of "
             f"{per_feed} inputs, not {len(x)}"
         )
-    return [{name: x[i : i + per_feed]} for i in range(0, len(x), per_feed)]
+    feeds = [{in_name: x[i : i + per_feed]} for i in range(0, len(x), per_feed)]
+    info = {
+        "rows": len(x),
+        "per_inference": per_feed,
+        "seed": seed if inputs is None else None,
+        "description": described,
+    }
+    return feeds, info
 
 
 def _provenance(proto: onnx.ModelProto, ckpt: Checkpoint) -> tuple[str, ...]:
@@ -146,42 +164,27 @@ def verify_onnx(
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     path = Path(onnx_path)
     proto = load_onnx(path)
-    settings = export_settings(proto)
-    tolerance = tolerance_for(settings.precision)
-    in_name, _ = _io_names(proto, path, ckpt.spec.input_size)
-    static = not settings.batch.dynamic
-    per_feed = settings.batch.min if static else batch_size
-    x, described = _input_array(inputs, ckpt.spec.input_size, per_feed, seed)
-    feeds = _feeds(x, in_name, per_feed, static)
+    precision = export_settings(proto).precision
+    tolerance = tolerance_for(precision)
+    feeds, info = _feeds(
+        proto, path, ckpt.spec.input_size, inputs=inputs, batch_size=batch_size, seed=seed
+    )
+    in_name, out_name = next(iter(feeds[0])), proto.graph.output[0].name
 
     unmerged = build_unmerged(ckpt)
     merged = merge_model(unmerged, ckpt.spec)
     merge_result = check_merge(unmerged, merged, feeds, probe_head=ckpt.has_probe_head)
     shape = (None, *ckpt.spec.input_size)
-    runners = [
-        TorchRunner(
-            merged,
-            shape,
-            name="torch-merged",
-            input_name=in_name,
-            output_name=proto.graph.output[0].name,
-        ),
-        onnxrt_runner(path),
-        *extra_runners,
-    ]
+    reference = TorchRunner(
+        merged, shape, name="torch-merged", input_name=in_name, output_name=out_name
+    )
+    runners = [reference, onnxrt_runner(path), *extra_runners]
     runtime_results = compare_runners(runners, feeds, tolerance)
     structure = check_structure(proto, ckpt.spec, like=merged.state_dict())
-
-    info: dict[str, Any] = {
-        "rows": len(x),
-        "per_inference": per_feed,
-        "seed": seed if inputs is None else None,
-        "description": described,
-    }
     return VerificationReport(
         onnx=str(path),
         checkpoint=str(ckpt.path),
-        precision=settings.precision,
+        precision=precision,
         inputs=info,
         results=(merge_result, *runtime_results, structure),
         notes=_provenance(proto, ckpt),

@@ -1,0 +1,119 @@
+"""m2pt-serve: serve an exported ONNX model or a Triton model repository over KServe v2 HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from m2pt_deploy.cli.common import EXIT_OK, run_main
+from m2pt_deploy.errors import M2ptError
+
+__all__ = ["build_parser", "entrypoint", "main"]
+
+DEFAULT_KEY_ENV = "M2PT_SERVE_API_KEY"
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value < 0 or (kind is int and value < 1):
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="m2pt-serve",
+        description="Serve one exported ONNX file (as model <file stem>) or a Triton-layout "
+                    "model repository through ONNX Runtime, over the KServe v2 HTTP protocol "
+                    "(JSON and binary tensors), with dynamic batching and Prometheus metrics.",
+    )
+    parser.add_argument("model", metavar="MODEL_OR_REPOSITORY",
+                        help="an .onnx file, or a folder of <name>/<version>/model.onnx")
+    net = parser.add_argument_group("network")
+    net.add_argument("--host", default="127.0.0.1",
+                     help="address to bind (default 127.0.0.1; anything else is reachable from "
+                          "other machines)")
+    net.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one (default 8000)")
+    net.add_argument("--api-key-env", default=DEFAULT_KEY_ENV, metavar="VAR",
+                     help=f"environment variable holding an API key; when set, every request but "
+                          f"the health probes needs it as 'Authorization: Bearer KEY' or "
+                          f"'X-API-Key: KEY' (default {DEFAULT_KEY_ENV})")
+    net.add_argument("--max-body-mb", type=_positive(float), default=64.0,
+                     help="largest request body accepted; larger ones get 413 (default 64)")
+    batching = parser.add_argument_group("batching and load")
+    batching.add_argument("--max-batch", type=_positive(int), default=8,
+                          help="most rows per model call; 1 turns dynamic batching off (default 8)")
+    batching.add_argument("--max-delay-ms", type=_positive(float), default=2.0,
+                          help="longest a request waits for others to batch with (default 2)")
+    batching.add_argument("--max-queue", type=_positive(int), default=128,
+                          help="requests waiting per model before 503 + Retry-After (default 128)")
+    batching.add_argument("--request-timeout-s", type=_positive(float), default=30.0,
+                          help="a request still unanswered after this gets 504 (default 30)")
+    batching.add_argument("--drain-timeout-s", type=_positive(float), default=30.0,
+                          help="on SIGTERM, how long in-flight requests may take to finish (default 30)")
+    parser.add_argument("--providers", nargs="+", metavar="EP", default=None,
+                        help="ONNX Runtime execution providers in priority order: cpu, cuda, "
+                             "tensorrt or full names (default cpu; cuda/tensorrt need onnxruntime-gpu)")
+    parser.add_argument("--threads", type=int, default=0, metavar="N",
+                        help="ONNX Runtime intra-op threads per model; 0 lets it choose (default 0). "
+                             "On a CPU shared with other work, 1 often beats spinning threads")
+    parser.add_argument("--log-level", default="warning",
+                        choices=["critical", "error", "warning", "info", "debug"])
+    return parser
+
+
+def _api_key(var: str) -> str | None:
+    key = os.environ.get(var, "")
+    return key or None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from m2pt_deploy.serving.app import ServeConfig, ServerState
+    from m2pt_deploy.serving.runtime import load_models, resolve_providers
+    from m2pt_deploy.serving.server import bind, is_loopback, run_server
+
+    if not 0 <= args.port <= 65535:
+        raise M2ptError(f"--port {args.port}: expected 0 to 65535")
+    providers = resolve_providers(args.providers)
+    if args.threads < 0:
+        raise M2ptError(f"--threads {args.threads}: expected 0 or more")
+    models = load_models(args.model, providers=providers, threads=args.threads)
+    config = ServeConfig(
+        max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
+        request_timeout_s=args.request_timeout_s, max_body_bytes=int(args.max_body_mb * (1 << 20)),
+        api_key=_api_key(args.api_key_env),
+    )
+    state = ServerState(models, config)
+    sock = bind(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    for model in models.values():
+        print(f"model {model.name} (version {model.version}) from {model.path} on "
+              f"{', '.join(model.providers)}; max batch {state.batchers[model.name].max_batch}, "
+              f"max delay {config.max_delay_ms:g} ms", flush=True)
+    if not is_loopback(args.host):
+        print(f"warning: listening on {args.host}, reachable from other machines", file=sys.stderr)
+    if config.api_key is None and not is_loopback(args.host):
+        print(f"warning: no API key (set {args.api_key_env}) on a non-loopback address",
+              file=sys.stderr)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"serving on http://{shown}:{port}", flush=True)
+    run_server(state, sock, drain_timeout_s=args.drain_timeout_s, log_level=args.log_level)
+    print("stopped", flush=True)
+    return EXIT_OK
+
+
+def entrypoint() -> None:
+    sys.exit(run_main(main))
+
+
+if __name__ == "__main__":
+    entrypoint()

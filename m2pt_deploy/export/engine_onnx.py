@@ -1,0 +1,52 @@
+"""The ONNX a TensorRT engine is built from: prepared, and carrying its precision."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import onnx
+
+from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.export.calibration import calibration_tiles
+from m2pt_deploy.export.graph import prepare_graph
+from m2pt_deploy.export.precision import to_mixed_precision
+from m2pt_deploy.export.quantize import quantize_qdq
+
+__all__ = ["CALIBRATION_SEED", "VERIFY_SEED", "engine_onnx"]
+
+PRECISION_KEY = "m2pt_deploy.precision"
+
+# Calibration and verification tiles come from different seeds, so verification is held out.
+CALIBRATION_SEED, VERIFY_SEED = 0, 1
+
+
+def engine_onnx(
+    proto: onnx.ModelProto,
+    precision: str,
+    *,
+    input_size: tuple[int, int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    calib_images: int = 256,
+) -> onnx.ModelProto:
+    """Fold and sort an fp32 export, then write ``precision`` into it (mixed precision or Q/DQ)."""
+    proto = prepare_graph(proto)
+    if precision in ("fp16", "bf16"):
+        proto = to_mixed_precision(proto, precision)  # type: ignore[arg-type]
+    elif precision in ("int8", "fp8"):
+        tiles = calibration_tiles(input_size, mean, std, count=calib_images, seed=CALIBRATION_SEED)
+        proto = quantize_qdq(proto, precision, tiles)  # type: ignore[arg-type]
+    elif precision != "fp32":
+        raise M2ptError(f"precision {precision!r}: choose one of fp32, fp16, bf16, int8, fp8")
+    _set_precision(proto, precision)
+    return proto
+
+
+def _set_precision(proto: onnx.ModelProto, precision: str) -> None:
+    """The metadata must name the precision the graph now has, not the export's fp32."""
+    for prop in proto.metadata_props:
+        if prop.key == PRECISION_KEY:
+            prop.value = json.dumps(precision)
+            return
+    proto.metadata_props.add(key=PRECISION_KEY, value=json.dumps(precision))

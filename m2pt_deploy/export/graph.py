@@ -1,0 +1,42 @@
+"""Graph preparation before a TensorRT build, with onnx-graphsurgeon.
+
+Folding constants and dropping dead nodes gives TensorRT's parser less to do and makes
+the reduced-precision rewrite see weights as initializers; a topological order is what
+the rewrite and the parser both assume; fixed I/O names let an engine, its sidecar and
+the runners agree on what to feed without reading the graph.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.export.onnx import INPUT_NAME, OUTPUT_NAME
+
+__all__ = ["prepare_graph"]
+
+
+def prepare_graph(
+    proto: onnx.ModelProto, *, input_name: str = INPUT_NAME, output_name: str = OUTPUT_NAME,
+) -> onnx.ModelProto:
+    """Fold constants, clean up, sort topologically and name the one input and output."""
+    import onnx_graphsurgeon as gs
+
+    graph = gs.import_onnx(proto)
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise M2ptError(
+            f"expected one input and one output, got {len(graph.inputs)} and {len(graph.outputs)}")
+    graph.fold_constants().cleanup().toposort()
+    graph.inputs[0].name = input_name
+    graph.outputs[0].name = output_name
+    out = gs.export_onnx(graph)
+    _copy_model_fields(proto, out)
+    return out
+
+
+def _copy_model_fields(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
+    """graphsurgeon rebuilds the ModelProto; keep what describes the model, not the graph."""
+    dst.producer_name, dst.producer_version = src.producer_name, src.producer_version
+    dst.doc_string = src.doc_string
+    del dst.metadata_props[:]
+    dst.metadata_props.extend(src.metadata_props)

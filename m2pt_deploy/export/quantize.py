@@ -1,0 +1,140 @@
+"""Explicit quantization: Q/DQ nodes written into the ONNX, calibrated on real images.
+
+TensorRT 11 dropped implicit (calibrator-driven) int8; an int8 or fp8 engine is built
+from a graph that already says where to quantize and with which scales. ONNX Runtime's
+static quantizer writes that graph, and because Q/DQ graphs also run on ONNX Runtime's
+CPU provider, the quantized numerics are verified before any engine exists.
+
+Settings follow what TensorRT's explicit-quantization docs ask for: symmetric scales
+(zero point 0), per-channel weights, per-tensor activations, biases left in float, and
+Q/DQ only in front of the weight-carrying MatMul / Gemm / Conv nodes, so attention's
+activation-by-activation MatMuls and the fp32 islands stay in float.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+
+from m2pt_deploy.errors import M2ptError
+
+__all__ = ["QuantPrecision", "quantizable_nodes", "quantize_qdq", "qdq_summary"]
+
+QuantPrecision = Literal["int8", "fp8"]
+_WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
+# float8 Q/DQ operators exist from opset 19 on.
+_FP8_MIN_OPSET = 19
+
+
+def quantizable_nodes(proto: onnx.ModelProto) -> list[str]:
+    """MatMul / Gemm / Conv nodes whose second input is a weight initializer."""
+    weights = {t.name for t in proto.graph.initializer}
+    return [n.name for n in proto.graph.node
+            if n.op_type in _WEIGHT_OPS and len(n.input) > 1 and n.input[1] in weights]
+
+
+def quantize_qdq(
+    proto: onnx.ModelProto,
+    precision: QuantPrecision,
+    calibration: np.ndarray,
+    *,
+    input_name: str | None = None,
+    batch_size: int = 8,
+) -> onnx.ModelProto:
+    """A Q/DQ copy of an fp32 graph, with activation ranges from ``calibration`` (N, C, H, W)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if precision not in ("int8", "fp8"):
+        raise M2ptError(f"precision {precision!r} is not an explicit-quantization precision (int8, fp8)")
+    if calibration.ndim != 4 or len(calibration) == 0:
+        raise M2ptError(f"calibration images must be a non-empty (N, C, H, W) array, got {calibration.shape}")
+    name = input_name or proto.graph.input[0].name
+    nodes = quantizable_nodes(proto)
+    if precision == "fp8":
+        proto = _at_least_opset(proto, _FP8_MIN_OPSET)
+        qtype, method = QuantType.QFLOAT8E4M3FN, CalibrationMethod.Distribution
+    else:
+        # Percentile (99.999th): with MinMax a few outliers set the whole int8 scale.
+        qtype, method = QuantType.QInt8, CalibrationMethod.Percentile
+    with tempfile.TemporaryDirectory(prefix="m2pt-qdq-") as tmp:
+        src, dst = Path(tmp, "fp32.onnx"), Path(tmp, f"{precision}.onnx")
+        onnx.save_model(proto, src)
+        with _quiet():
+            quantize_static(
+                str(src), str(dst), _Reader(name, calibration, batch_size),
+                quant_format=QuantFormat.QDQ, activation_type=qtype, weight_type=qtype,
+                per_channel=precision == "int8", nodes_to_quantize=nodes,
+                op_types_to_quantize=list(_WEIGHT_OPS), calibrate_method=method,
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                               "QuantizeBias": False, "DedicatedQDQPair": False},
+            )
+        out = onnx.load_model(dst)
+    out.producer_name, out.producer_version = proto.producer_name, proto.producer_version
+    del out.metadata_props[:]
+    out.metadata_props.extend(proto.metadata_props)
+    return out
+
+
+def qdq_summary(proto: onnx.ModelProto) -> dict[str, Any]:
+    """How many Q/DQ pairs, and whether every zero point is 0 (TensorRT needs symmetric)."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    q = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+    dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+    zero_points = [inits[n.input[2]] for n in (*q, *dq) if len(n.input) > 2 and n.input[2] in inits]
+    symmetric = all(not np.any(numpy_helper.to_array(z).astype(np.float32)) for z in zero_points)
+    types = sorted({onnx.TensorProto.DataType.Name(z.data_type) for z in zero_points})
+    return {"quantize": len(q), "dequantize": len(dq), "symmetric": symmetric, "types": types}
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The quantizer prints histogram progress and logs a pre-processing hint on the root logger.
+
+    Its pre-processing (ORT-specific fusions) is skipped on purpose: TensorRT parses the
+    plain ONNX ops, not onnxruntime's contrib ops.
+    """
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def _at_least_opset(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    current = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+    if current >= opset:
+        return proto
+    from onnx import version_converter
+
+    return version_converter.convert_version(proto, opset)
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over an in-memory array."""
+
+    def __init__(self, name: str, images: np.ndarray, batch_size: int) -> None:
+        self.name, self.images, self.batch_size = name, images.astype(np.float32), batch_size
+        self._it: Iterator[dict[str, np.ndarray]] = self._batches()
+
+    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
+        for i in range(0, len(self.images), self.batch_size):
+            yield {self.name: self.images[i:i + self.batch_size]}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = self._batches()

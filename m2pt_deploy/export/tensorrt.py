@@ -1,0 +1,350 @@
+"""Verified ONNX → TensorRT engine, through Polygraphy's lazy loaders.
+
+``engine_chain`` assembles ``NetworkFromOnnxPath → CreateConfig → EngineFromNetwork →
+SaveEngine`` without touching TensorRT (Polygraphy imports it when a loader is called),
+so everything up to the build call is exercised on machines without TensorRT or a GPU.
+Where either is missing, ``build_engine_from_onnx`` still leaves the verified ONNX and a
+script with the ``trtexec`` and ``polygraphy convert`` lines that build the same engine.
+
+Two API paths, chosen by the TensorRT major version:
+
+- ``strong-typing`` (TensorRT 11, where weak typing is gone): the network is strongly
+  typed, so the engine computes in the types the ONNX spells out (mixed precision or Q/DQ);
+- ``builder-flags`` (TensorRT 10): the same ONNX, with the precision's builder flag
+  (``FP16``, ``BF16``, ``INT8``, ``FP8``) set and precision constraints preferred.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import onnx
+
+from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.export.engine_info import EngineInfo, write_engine_info
+from m2pt_deploy.export.onnx import BatchSpec, read_metadata
+from m2pt_deploy.export.profiles import ShapeProfile, profile_for
+from m2pt_deploy.fileio import atomic_output, check_output_path, sha256_file
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+__all__ = [
+    "ApiPath",
+    "BuildOptions",
+    "EngineChain",
+    "Platform",
+    "TrtPrecision",
+    "api_path_for",
+    "build_commands",
+    "build_engine_from_onnx",
+    "check_build_options",
+    "check_precision_supported",
+    "commands_path",
+    "detect_platform",
+    "engine_chain",
+]
+
+TrtPrecision = Literal["fp32", "fp16", "bf16", "int8", "fp8"]
+ApiPath = Literal["strong-typing", "builder-flags"]
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8", "fp8")
+# The oldest GPU architecture with fast kernels for each precision.
+_MIN_COMPUTE = {"fp32": (5, 0), "fp16": (5, 3), "bf16": (8, 0), "int8": (6, 1), "fp8": (8, 9)}
+_ARCH_HINT = {"bf16": "Ampere", "int8": "Pascal", "fp8": "Ada or Hopper", "fp16": "Maxwell"}
+MAX_OPT_LEVEL = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class Platform:
+    """What this machine offers a build: TensorRT's version and the GPU, either may be absent."""
+
+    tensorrt_version: str | None
+    gpu_name: str | None
+    compute_capability: tuple[int, int] | None
+
+    def missing(self) -> str | None:
+        if self.tensorrt_version is None:
+            return "TensorRT is not installed (the Python module 'tensorrt' cannot be imported)"
+        if self.gpu_name is None or self.compute_capability is None:
+            return "no CUDA GPU is visible (torch.cuda.is_available() is False)"
+        return None
+
+
+def detect_platform() -> Platform:
+    cc: tuple[int, int] | None = None
+    name: str | None = None
+    import torch
+
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        cc = tuple(torch.cuda.get_device_capability(0))  # type: ignore[assignment]
+    return Platform(_tensorrt_version(), name, cc)
+
+
+def _tensorrt_version() -> str | None:
+    try:
+        import tensorrt
+    except (ImportError, OSError):  # OSError: the wheel is there, libnvinfer is not
+        return None
+    # A stubs-only install is an importable namespace package without a version.
+    version = getattr(tensorrt, "__version__", None)
+    return str(version) if version else None
+
+
+def api_path_for(tensorrt_version: str) -> ApiPath:
+    try:
+        major = int(tensorrt_version.split(".")[0])
+    except ValueError:
+        raise M2ptError(f"cannot read TensorRT version {tensorrt_version!r}") from None
+    if major >= 11:
+        return "strong-typing"
+    if major == 10:
+        return "builder-flags"
+    raise M2ptError(f"TensorRT {tensorrt_version} is too old; m2pt-deploy builds with TensorRT 10 or 11")
+
+
+def check_precision_supported(precision: str, platform: Platform) -> None:
+    """Refuse a precision the GPU has no kernels for (fp8 before Ada/Hopper, bf16 before Ampere)."""
+    cc = platform.compute_capability
+    need = _MIN_COMPUTE[precision]
+    if cc is not None and tuple(cc) < need:
+        raise M2ptError(
+            f"--precision {precision} needs compute capability {need[0]}.{need[1]} or newer "
+            f"({_ARCH_HINT[precision]}); {platform.gpu_name} is {cc[0]}.{cc[1]}")
+
+
+def check_build_options(precision: str, workspace_gb: float | None,
+                        timing_cache: str | os.PathLike[str] | None, opt_level: int | None) -> None:
+    """Refuse bad build options before any export work starts."""
+    if precision not in PRECISIONS:
+        raise M2ptError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if workspace_gb is not None and not workspace_gb > 0:
+        raise M2ptError(f"--workspace {workspace_gb}: must be a positive number of GiB")
+    if opt_level is not None and not 0 <= opt_level <= MAX_OPT_LEVEL:
+        raise M2ptError(f"--opt-level {opt_level}: TensorRT's builder optimization level is "
+                        f"0 to {MAX_OPT_LEVEL}")
+    if timing_cache is not None and Path(timing_cache).is_dir():
+        raise M2ptError("--timing-cache is a directory; give a file", timing_cache)
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildOptions:
+    precision: TrtPrecision
+    profile: ShapeProfile
+    workspace_gb: float | None = None
+    timing_cache: Path | None = None
+    opt_level: int | None = None
+
+    def __post_init__(self) -> None:
+        check_build_options(self.precision, self.workspace_gb, self.timing_cache, self.opt_level)
+
+    @property
+    def workspace_bytes(self) -> int | None:
+        return None if self.workspace_gb is None else int(self.workspace_gb * 2**30)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineChain:
+    """The Polygraphy loaders of one build; calling ``save`` runs the whole chain."""
+
+    network: Any
+    config: Any
+    engine: Any
+    save: Any
+    api_path: ApiPath
+
+
+class _ConfigExtras:
+    """Builder-config settings that need TensorRT's own enums and classes, applied lazily."""
+
+    def __init__(self, workspace_bytes: int | None, progress: Callable[[str], None] | None) -> None:
+        self.workspace_bytes = workspace_bytes
+        self.progress = progress
+        self.monitor: Any = None  # kept alive: TensorRT holds only a borrowed pointer
+
+    def __call__(self, builder: trt.Builder, network: trt.INetworkDefinition,
+                 config: trt.IBuilderConfig) -> None:
+        import tensorrt as trt
+
+        if self.workspace_bytes is not None:
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace_bytes)
+        if self.progress is not None:
+            self.monitor = make_progress_monitor(self.progress)
+            config.progress_monitor = self.monitor
+
+
+def make_progress_monitor(write: Callable[[str], None]) -> trt.IProgressMonitor:
+    """A ``trt.IProgressMonitor`` that reports each top-level build phase as it advances."""
+    import tensorrt as trt
+
+    class _Monitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self.steps: dict[str, int] = {}
+            self.parents: dict[str, str | None] = {}
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            self.steps[phase_name], self.parents[phase_name] = num_steps, parent_phase
+            if parent_phase is None:
+                write(f"[TensorRT] {phase_name} ({num_steps} steps)")
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            total = self.steps.get(phase_name, 0)
+            # About ten lines per phase, however many steps it has.
+            if self.parents.get(phase_name) is None and (step + 1) % max(1, total // 10) == 0:
+                write(f"[TensorRT] {phase_name}: {step + 1}/{total}")
+            return True
+
+        def phase_finish(self, phase_name: str) -> None:
+            self.steps.pop(phase_name, None)
+
+    return _Monitor()
+
+
+def engine_chain(
+    onnx_path: str | os.PathLike[str],
+    engine_path: str | os.PathLike[str],
+    options: BuildOptions,
+    *,
+    api_path: ApiPath,
+    progress: Callable[[str], None] | None = None,
+) -> EngineChain:
+    """Assemble the loaders; nothing here imports TensorRT."""
+    from polygraphy.backend.trt import (
+        CreateConfig,
+        EngineFromNetwork,
+        NetworkFromOnnxPath,
+        PostprocessConfig,
+        SaveEngine,
+    )
+
+    flags = options.precision if api_path == "builder-flags" else "fp32"
+    cache = None if options.timing_cache is None else str(options.timing_cache)
+    network = NetworkFromOnnxPath(os.fspath(onnx_path), strongly_typed=api_path == "strong-typing")
+    config = CreateConfig(
+        profiles=[options.profile.to_polygraphy()],
+        fp16=flags == "fp16", bf16=flags == "bf16", int8=flags == "int8", fp8=flags == "fp8",
+        precision_constraints="prefer" if flags != "fp32" else None,
+        load_timing_cache=cache if cache and Path(cache).is_file() else None,
+        builder_optimization_level=options.opt_level,
+    )
+    config = PostprocessConfig(config, _ConfigExtras(options.workspace_bytes, progress))
+    engine = EngineFromNetwork(network, config, save_timing_cache=cache)
+    return EngineChain(network, config, engine, SaveEngine(engine, os.fspath(engine_path)), api_path)
+
+
+def commands_path(engine_path: str | os.PathLike[str]) -> Path:
+    path = Path(engine_path)
+    return path.with_name(path.name + ".build.sh")
+
+
+def build_commands(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLike[str],
+                   options: BuildOptions) -> str:
+    """A shell script with the trtexec and polygraphy lines for both API paths."""
+    onnx_arg, engine_arg = shlex.quote(os.fspath(onnx_path)), shlex.quote(os.fspath(engine_path))
+    precision = options.precision
+    common_trt = [f"--onnx={onnx_arg}", f"--saveEngine={engine_arg}", *options.profile.trtexec_args()]
+    common_pg = ["polygraphy", "convert", onnx_arg, "--convert-to", "trt", "-o", engine_arg,
+                 *options.profile.polygraphy_args()]
+    if options.workspace_bytes is not None:
+        mib = options.workspace_bytes // 2**20
+        common_trt.append(f"--memPoolSize=workspace:{mib}M")
+        common_pg += ["--pool-limit", f"workspace:{mib}M"]
+    if options.timing_cache is not None:
+        cache = shlex.quote(os.fspath(options.timing_cache))
+        common_trt.append(f"--timingCacheFile={cache}")
+        common_pg += ["--load-timing-cache", cache, "--save-timing-cache", cache]
+    if options.opt_level is not None:
+        common_trt.append(f"--builderOptimizationLevel={options.opt_level}")
+        common_pg += ["--builder-optimization-level", str(options.opt_level)]
+    flag10 = [] if precision == "fp32" else [f"--{precision}"]
+    lines = [
+        "#!/bin/sh",
+        f"# Builds {os.fspath(engine_path)} ({precision}) from the verified ONNX where TensorRT is",
+        "# installed:  sh THIS_FILE [trtexec|polygraphy]   (TRT_MAJOR=10 for TensorRT 10 flags).",
+        "# TensorRT 11 networks are strongly typed: the precision is the one written in the ONNX.",
+        "# Only m2pt-export writes the engine's sidecar (.json); it needs the tensorrt module.",
+        "set -e",
+        'case "${1:-trtexec}${TRT_MAJOR:-11}" in',
+        "  trtexec10) " + " ".join(["trtexec", *common_trt, *flag10]) + " ;;",
+        "  polygraphy10) " + " ".join([*common_pg, *flag10]) + " ;;",
+        "  trtexec*) " + " ".join(["trtexec", *common_trt, "--stronglyTyped"]) + " ;;",
+        "  polygraphy*) " + " ".join([*common_pg, "--strongly-typed"]) + " ;;",
+        '  *) echo "usage: sh $0 [trtexec|polygraphy]" >&2; exit 2 ;;',
+        "esac",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def build_engine_from_onnx(
+    onnx_path: str | os.PathLike[str],
+    engine_path: str | os.PathLike[str],
+    *,
+    precision: TrtPrecision,
+    batch: BatchSpec,
+    workspace_gb: float | None = None,
+    timing_cache: str | os.PathLike[str] | None = None,
+    opt_level: int | None = None,
+    force: bool = False,
+    platform: Platform | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Build and serialize the engine, then its sidecar; return the engine's path.
+
+    Always writes ``<engine>.build.sh`` first. Without TensorRT or a GPU, raises
+    :class:`M2ptError` with one line naming what is missing and where the ONNX and the
+    script are.
+
+    Args:
+        onnx_path: the verified ONNX, already at ``precision`` (mixed precision or Q/DQ).
+        precision: what the ONNX encodes; on TensorRT 10 it also picks the builder flag.
+        batch: the optimization profile's batch range.
+    """
+    onnx_file = Path(onnx_path)
+    if not onnx_file.is_file():
+        raise M2ptError("ONNX file not found", onnx_file)
+    proto = onnx.load_model(onnx_file, load_external_data=False)
+    options = BuildOptions(precision, profile_for(proto, batch), workspace_gb,
+                           None if timing_cache is None else Path(timing_cache), opt_level)
+    out = check_output_path(engine_path, force=force)
+    script = commands_path(out)
+    with atomic_output(script, force=True) as tmp:
+        tmp.write_text(build_commands(onnx_file, out, options))
+        tmp.chmod(0o755)
+    platform = platform or detect_platform()
+    missing = platform.missing()
+    if missing is not None:
+        raise M2ptError(f"{missing}; the verified ONNX is {onnx_file} and {script} has the trtexec "
+                        "and polygraphy commands that build this engine where TensorRT is installed")
+    assert platform.tensorrt_version and platform.gpu_name and platform.compute_capability
+    api = api_path_for(platform.tensorrt_version)
+    check_precision_supported(precision, platform)
+    report = progress or _stderr
+    report(f"building {out.name}: TensorRT {platform.tensorrt_version} ({api}), {precision}, "
+           f"batch {batch}, on {platform.gpu_name}")
+    from polygraphy.exception import PolygraphyException
+
+    with atomic_output(out, force=force) as tmp:
+        try:
+            engine_chain(onnx_file, tmp, options, api_path=api, progress=report).save()
+        except PolygraphyException as e:
+            raise M2ptError(f"TensorRT could not build the engine: {str(e).splitlines()[0]}",
+                            onnx_file) from e
+    info = EngineInfo(
+        tensorrt_version=platform.tensorrt_version, api_path=api, gpu_name=platform.gpu_name,
+        compute_capability=platform.compute_capability, precision=precision,
+        profile=options.profile, onnx_sha256=sha256_file(onnx_file),
+        engine_sha256=sha256_file(out), model=read_metadata(proto),
+    )
+    write_engine_info(out, info, force=True)
+    return out
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

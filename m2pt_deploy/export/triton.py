@@ -1,0 +1,269 @@
+"""Exported ONNX (and optionally a TensorRT engine) → one model in a Triton model repository.
+
+Layout: ``REPO/<name>/config.pbtxt``, ``REPO/<name>/<version>/model.onnx`` and, when an
+engine is given, ``model.plan`` beside it. The model folder is built under a hidden temporary
+name inside ``REPO`` and renamed into place, so Triton (or ``m2pt-serve``) polling the
+repository never sees a half-written model, and other models in ``REPO`` are left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import onnx
+
+from m2pt_deploy.errors import M2ptError
+
+__all__ = ["TritonModelConfig", "check_model_folder", "render_config", "write_triton_repository"]
+
+Platform = Literal["onnxruntime_onnx", "tensorrt_plan"]
+InstanceKind = Literal["KIND_CPU", "KIND_GPU", "KIND_AUTO"]
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_TYPES: dict[int, str] = {
+    onnx.TensorProto.BOOL: "TYPE_BOOL", onnx.TensorProto.UINT8: "TYPE_UINT8",
+    onnx.TensorProto.UINT16: "TYPE_UINT16", onnx.TensorProto.UINT32: "TYPE_UINT32",
+    onnx.TensorProto.UINT64: "TYPE_UINT64", onnx.TensorProto.INT8: "TYPE_INT8",
+    onnx.TensorProto.INT16: "TYPE_INT16", onnx.TensorProto.INT32: "TYPE_INT32",
+    onnx.TensorProto.INT64: "TYPE_INT64", onnx.TensorProto.FLOAT16: "TYPE_FP16",
+    onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.DOUBLE: "TYPE_FP64",
+    onnx.TensorProto.BFLOAT16: "TYPE_BF16", onnx.TensorProto.STRING: "TYPE_STRING",
+}
+
+
+class TritonModelConfig:
+    """What goes into ``config.pbtxt``; :func:`render_config` writes it in protobuf text format."""
+
+    def __init__(
+        self,
+        name: str,
+        inputs: Sequence[tuple[str, str, Sequence[int]]],
+        outputs: Sequence[tuple[str, str, Sequence[int]]],
+        *,
+        platform: Platform = "onnxruntime_onnx",
+        max_batch: int = 8,
+        max_queue_delay_us: int = 2000,
+        preferred_batch_sizes: Sequence[int] = (),
+        instance_count: int = 1,
+        instance_kind: InstanceKind = "KIND_CPU",
+        tensorrt_precision: Literal["FP32", "FP16"] | None = None,
+        label_output: str | None = None,
+    ) -> None:
+        self.name, self.inputs, self.outputs, self.platform = name, inputs, outputs, platform
+        self.max_batch, self.max_queue_delay_us = max_batch, max_queue_delay_us
+        self.preferred_batch_sizes = tuple(preferred_batch_sizes)
+        self.instance_count, self.instance_kind = instance_count, instance_kind
+        self.tensorrt_precision, self.label_output = tensorrt_precision, label_output
+
+
+def _tensor_block(tensors: Sequence[tuple[str, str, Sequence[int]]], label_output: str | None) -> str:
+    entries = []
+    for name, data_type, dims in tensors:
+        lines = [f'    name: "{name}"', f"    data_type: {data_type}",
+                 f"    dims: [ {', '.join(str(d) for d in dims)} ]"]
+        if name == label_output:
+            lines.append('    label_filename: "labels.txt"')
+        entries.append("  {\n" + "\n".join(lines) + "\n  }")
+    return "[\n" + ",\n".join(entries) + "\n]"
+
+
+def render_config(config: TritonModelConfig) -> str:
+    parts = [f'name: "{config.name}"', f'platform: "{config.platform}"',
+             f"max_batch_size: {config.max_batch}",
+             f"input {_tensor_block(config.inputs, None)}",
+             f"output {_tensor_block(config.outputs, config.label_output)}"]
+    if config.max_batch > 0:
+        preferred = ""
+        if config.preferred_batch_sizes:
+            sizes = ", ".join(str(s) for s in config.preferred_batch_sizes)
+            preferred = f"  preferred_batch_size: [ {sizes} ]\n"
+        parts.append("dynamic_batching {\n" + preferred
+                     + f"  max_queue_delay_microseconds: {config.max_queue_delay_us}\n}}")
+    parts.append(f"instance_group [\n  {{\n    count: {config.instance_count}\n"
+                 f"    kind: {config.instance_kind}\n  }}\n]")
+    if config.tensorrt_precision is not None:
+        # ONNX Runtime builds TensorRT engines for the supported subgraphs at load time.
+        parts.append(
+            "optimization {\n  execution_accelerators {\n    gpu_execution_accelerator : [\n"
+            '      {\n        name : "tensorrt"\n'
+            f'        parameters {{ key: "precision_mode" value: "{config.tensorrt_precision}" }}\n'
+            '        parameters { key: "max_workspace_size_bytes" value: "1073741824" }\n'
+            "      }\n    ]\n  }\n}"
+        )
+    return "\n".join(parts) + "\n"
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> list[int | None]:
+    return [d.dim_value if d.HasField("dim_value") else None
+            for d in value_info.type.tensor_type.shape.dim]
+
+
+def _tensors(values: Sequence[onnx.ValueInfoProto], max_batch: int) -> list[tuple[str, str, list[int]]]:
+    out = []
+    for v in values:
+        data_type = _TYPES.get(v.type.tensor_type.elem_type)
+        if data_type is None:
+            raise M2ptError(f"tensor '{v.name}' has an element type Triton cannot describe")
+        dims = _dims(v)
+        if max_batch > 0:
+            if not dims or dims[0] is not None:
+                raise M2ptError(f"tensor '{v.name}' has a fixed batch dimension {dims[:1]}; "
+                                "export with a dynamic batch (--batch MIN:OPT:MAX) or use "
+                                "max_batch 0")
+            dims = dims[1:]
+        out.append((v.name, data_type, [-1 if d is None else d for d in dims]))
+    return out
+
+
+def _load(model: str | os.PathLike[str] | onnx.ModelProto) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    path = Path(model)
+    if not path.is_file():
+        raise M2ptError("no such ONNX file", path)
+    try:
+        return onnx.load_model(path, load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends: not an ONNX file
+        raise M2ptError(f"not a readable ONNX model ({type(e).__name__})", path) from None
+
+
+def _external_files(proto: onnx.ModelProto, source: Path) -> list[str]:
+    """Weight files the graph names beside itself (``save_onnx`` writes them past 2 GiB)."""
+    names = sorted({entry.value for tensor in proto.graph.initializer
+                    for entry in tensor.external_data if entry.key == "location"})
+    for name in names:
+        if Path(name).name != name or name in (".", ".."):
+            raise M2ptError(f"external weights at {name!r}: only a file beside the model is "
+                            "supported", source)
+        if not (source.parent / name).is_file():
+            raise M2ptError(f"external weights file {name} is missing", source)
+    return names
+
+
+def _write_model(model: str | os.PathLike[str] | onnx.ModelProto, proto: onnx.ModelProto,
+                 dest: Path) -> None:
+    if isinstance(model, onnx.ModelProto):
+        from m2pt_deploy.export.onnx import save_onnx
+
+        save_onnx(proto, dest)
+        return
+    source = Path(model)
+    shutil.copyfile(source, dest)
+    # the graph finds its weights by file name, so they keep theirs beside model.onnx
+    for name in _external_files(proto, source):
+        shutil.copyfile(source.parent / name, dest.parent / name)
+
+
+def _labels(proto: onnx.ModelProto) -> list[str] | None:
+    from m2pt_deploy.export.onnx import read_metadata
+
+    labels = read_metadata(proto).get("m2pt_deploy.labels")
+    return [str(x) for x in labels] if isinstance(labels, list) else None
+
+
+def _check_args(max_batch: int, instance_count: int, version: int, platform: Platform,
+                engine: Path | None, instance_kind: InstanceKind,
+                tensorrt_precision: str | None) -> None:
+    if max_batch < 0 or instance_count < 1 or version < 1:
+        raise M2ptError(f"max batch {max_batch}, instance count {instance_count}, version "
+                        f"{version}: need >= 0, >= 1 and >= 1")
+    if platform == "tensorrt_plan" and engine is None:
+        raise M2ptError("platform tensorrt_plan needs a TensorRT engine (model.plan)")
+    if engine is not None and not engine.is_file():
+        raise M2ptError("no such TensorRT engine file", engine)
+    if tensorrt_precision is not None and (platform != "onnxruntime_onnx" or instance_kind == "KIND_CPU"):
+        raise M2ptError("the TensorRT accelerator needs the onnxruntime platform on KIND_GPU or "
+                        f"KIND_AUTO instances, got {platform} on {instance_kind}")
+
+
+def check_model_folder(repo_dir: str | os.PathLike[str], name: str, *, force: bool = False) -> Path:
+    """Refuse a bad name, an unusable repository or an existing model before any work."""
+    if not _NAME.match(name):
+        raise M2ptError(f"model name {name!r}: use letters, digits, '_', '.' or '-'")
+    repo = Path(repo_dir)
+    if repo.exists() and not repo.is_dir():
+        raise M2ptError("model repository path is a file, not a folder", repo)
+    parent = repo.parent if str(repo.parent) else Path(".")
+    if not parent.is_dir():
+        raise M2ptError("the folder holding the model repository does not exist", parent)
+    target = repo / name
+    if target.exists() and not force:
+        raise M2ptError("model folder exists; pass --force to replace it", target)
+    return target
+
+
+def _make_readable(folder: Path) -> None:
+    """Temporary files and folders are private (0600/0700); Triton often runs as another user."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (folder, *folder.rglob("*")):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def _install(tmp: Path, target: Path, force: bool) -> None:
+    if not target.exists():
+        os.replace(tmp, target)
+        return
+    if not force:
+        raise M2ptError("model folder exists; pass --force to replace it", target)
+    trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+    os.replace(target, trash / target.name)
+    os.replace(tmp, target)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def write_triton_repository(
+    model: str | os.PathLike[str] | onnx.ModelProto,
+    repo_dir: str | os.PathLike[str],
+    *,
+    name: str,
+    max_batch: int = 8,
+    max_queue_delay_us: int = 2000,
+    preferred_batch_sizes: Sequence[int] = (),
+    instance_count: int = 1,
+    instance_kind: InstanceKind = "KIND_CPU",
+    platform: Platform = "onnxruntime_onnx",
+    tensorrt_precision: Literal["FP32", "FP16"] | None = None,
+    engine: str | os.PathLike[str] | None = None,
+    version: int = 1,
+    force: bool = False,
+) -> Path:
+    """Write ``repo_dir/<name>/`` for Triton's onnxruntime (or tensorrt) backend; return that folder."""
+    engine_path = None if engine is None else Path(engine)
+    target = check_model_folder(repo_dir, name, force=force)
+    _check_args(max_batch, instance_count, version, platform, engine_path, instance_kind,
+                tensorrt_precision)
+    repo = target.parent
+    proto = _load(model)
+    labels = _labels(proto)
+    initializers = {t.name for t in proto.graph.initializer}
+    outputs = _tensors(proto.graph.output, max_batch)
+    config = TritonModelConfig(
+        name, _tensors([v for v in proto.graph.input if v.name not in initializers], max_batch),
+        outputs, platform=platform, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
+        preferred_batch_sizes=preferred_batch_sizes, instance_count=instance_count,
+        instance_kind=instance_kind, tensorrt_precision=tensorrt_precision,
+        label_output=outputs[0][0] if labels else None,
+    )
+    repo.mkdir(exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
+    try:
+        (tmp / str(version)).mkdir()
+        _write_model(model, proto, tmp / str(version) / "model.onnx")
+        if engine_path is not None:
+            shutil.copyfile(engine_path, tmp / str(version) / "model.plan")
+        (tmp / "config.pbtxt").write_text(render_config(config))
+        if labels:
+            (tmp / "labels.txt").write_text("".join(f"{label}\n" for label in labels))
+        _make_readable(tmp)
+        _install(tmp, target, force)
+    except OSError as e:
+        raise M2ptError(f"could not write the model folder: {e.strerror or e}", target) from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,70 @@
+"""What every request passes before a handler: the API key and the body-size limit."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from typing import Any
+
+from m2pt_deploy.serving.protocol import ProtocolError
+
+__all__ = ["OPEN_PATHS", "ApiKeyGuard", "error_response", "read_body"]
+
+OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+
+
+def error_response(message: str, status: int, headers: Mapping[str, str] | None = None) -> Any:
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def read_body(request: Any, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity":
+        # decompressing would let a small body expand past the limit; send tensors uncompressed
+        raise ProtocolError(f"Content-Encoding {encoding!r} is not supported; send the body "
+                            "uncompressed", status=415)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ProtocolError(f"body of {declared} bytes exceeds the limit of {limit}", status=413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        # Past the limit, read on (discarding) up to the limit again: closing on unread data
+        # makes the kernel send RST, and the client would lose the 413 with it.
+        if size > 2 * limit:
+            break
+        if size <= limit:
+            chunks.append(chunk)
+    if size > limit:
+        raise ProtocolError(f"body exceeds the limit of {limit} bytes", status=413)
+    return b"".join(chunks)
+
+
+class ApiKeyGuard:
+    """ASGI middleware: every path but the health probes needs the key, compared in constant time.
+
+    The key may come as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
+    """
+
+    def __init__(self, app: Any, key: str) -> None:
+        self.app = app
+        self.key = key.encode()
+
+    def _given(self, scope: Mapping[str, Any]) -> bytes:
+        headers = dict(scope.get("headers", ()))
+        if b"x-api-key" in headers:
+            return headers[b"x-api-key"]
+        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+        return token.strip() if scheme.lower() == b"bearer" else b""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS and not hmac.compare_digest(
+            self._given(scope), self.key
+        ):
+            response = error_response("missing or wrong API key", 401, {"WWW-Authenticate": "Bearer"})
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -1,0 +1,284 @@
+"""KServe v2 inference protocol as Triton speaks it: JSON tensors and the binary data extension.
+
+Pure functions over bytes and numpy arrays, no web framework: the app hands a request body
+in and gets arrays (or a :class:`ProtocolError` carrying the HTTP status) back.
+
+Binary extension: the body is ``<JSON header><raw tensor bytes...>``; the header length is in
+the ``Inference-Header-Content-Length`` HTTP header, and each binary input says its size in
+``parameters.binary_data_size``, in input order. Responses use the same layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "DATATYPES",
+    "HEADER_LENGTH",
+    "InferRequest",
+    "ProtocolError",
+    "RequestedOutput",
+    "TensorSpec",
+    "encode_infer_response",
+    "parse_infer_request",
+    "validate_request",
+]
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+# Little-endian explicitly: the wire format is little-endian whatever the host is.
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype("?"),
+    "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"), "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
+}
+_NAMES = {dtype: name for name, dtype in DATATYPES.items()}
+
+
+class ProtocolError(Exception):
+    """A request the server refuses; ``status`` is the HTTP code to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output; ``-1`` marks a dynamic dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool
+
+
+@dataclasses.dataclass
+class InferRequest:
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    outputs: list[RequestedOutput] | None
+    binary_output: bool
+    timeout_us: int | None
+
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    if header_length is None:
+        return body, b""
+    try:
+        n = int(header_length)
+    except ValueError:
+        raise ProtocolError(f"{HEADER_LENGTH} {header_length!r} is not a whole number") from None
+    if not 0 < n <= len(body):
+        raise ProtocolError(f"{HEADER_LENGTH} {n} does not fit a body of {len(body)} bytes")
+    return body[:n], body[n:]
+
+
+def _parse_json(header: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(header)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ProtocolError(f"request is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError(f"request must be a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def _field(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = obj.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ProtocolError(f"{where}: '{key}' must be a {expected}, got {json.dumps(value)[:80]}")
+    return value
+
+
+def _parameters(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
+    params = obj.get("parameters", {})
+    if not isinstance(params, dict):
+        raise ProtocolError(f"{where}: 'parameters' must be an object")
+    return params
+
+
+def _shape(raw: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(raw, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw
+    ):
+        raise ProtocolError(f"{where}: 'shape' must be a list of non-negative integers")
+    return tuple(raw)
+
+
+def _decode_json_data(data: Any, dtype: np.dtype, shape: tuple[int, ...], where: str) -> np.ndarray:
+    if not isinstance(data, list):
+        raise ProtocolError(f"{where}: 'data' must be a list")
+    try:
+        array = np.asarray(data, dtype=dtype).reshape(-1)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise ProtocolError(f"{where}: 'data' does not hold {_NAMES[dtype]} values: {e}") from None
+    expected = math.prod(shape)
+    if array.size != expected:
+        raise ProtocolError(f"{where}: 'data' has {array.size} elements, shape {list(shape)} "
+                            f"needs {expected}")
+    return array.reshape(shape)
+
+
+def _parse_input(raw: Any, index: int, binary: memoryview, offset: int) -> tuple[str, np.ndarray, int]:
+    where = f"input {index}"
+    if not isinstance(raw, dict):
+        raise ProtocolError(f"{where}: must be an object")
+    name = _field(raw, "name", str, where)
+    where = f"input '{name}'"
+    datatype = _field(raw, "datatype", str, where)
+    if datatype not in DATATYPES:
+        raise ProtocolError(f"{where}: datatype {datatype!r} is not supported "
+                            f"(supported: {', '.join(DATATYPES)})")
+    dtype = DATATYPES[datatype]
+    shape = _shape(raw.get("shape"), where)
+    size = _parameters(raw, where).get("binary_data_size")
+    if size is None:
+        return name, _decode_json_data(raw.get("data"), dtype, shape, where), offset
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ProtocolError(f"{where}: binary_data_size must be a non-negative integer")
+    expected = math.prod(shape) * dtype.itemsize
+    if size != expected:
+        raise ProtocolError(f"{where}: binary_data_size {size} but shape {list(shape)} of "
+                            f"{datatype} needs {expected} bytes")
+    if offset + size > len(binary):
+        raise ProtocolError(f"{where}: binary data ends after {len(binary) - offset} of its "
+                            f"{size} bytes")
+    array = np.frombuffer(binary[offset:offset + size], dtype=dtype).reshape(shape)
+    return name, array, offset + size
+
+
+def _parse_outputs(raw: Any) -> list[RequestedOutput] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise ProtocolError("'outputs' must be a list")
+    outputs = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise ProtocolError(f"output {i}: must be an object")
+        name = _field(item, "name", str, f"output {i}")
+        params = _parameters(item, f"output '{name}'")
+        if "classification" in params:
+            raise ProtocolError(f"output '{name}': the classification extension is not "
+                                "supported; use POST /v2/models/{name}/classify")
+        outputs.append(RequestedOutput(name, bool(params.get("binary_data", False))))
+    return outputs
+
+
+def parse_infer_request(body: bytes, header_length: str | None = None) -> InferRequest:
+    """Decode a JSON or binary-extension infer request into arrays; every defect is a 400."""
+    header, binary = _split_body(body, header_length)
+    doc = _parse_json(header)
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise ProtocolError("'inputs' must be a non-empty list")
+    inputs: dict[str, np.ndarray] = {}
+    view, offset = memoryview(binary), 0
+    for i, raw in enumerate(raw_inputs):
+        name, array, offset = _parse_input(raw, i, view, offset)
+        if name in inputs:
+            raise ProtocolError(f"input '{name}' is given twice")
+        inputs[name] = array
+    if offset != len(binary):
+        raise ProtocolError(f"body has {len(binary) - offset} bytes of binary data that no "
+                            "input declares")
+    params = _parameters(doc, "request")
+    request_id = doc.get("id")
+    timeout = params.get("timeout")
+    return InferRequest(
+        id=None if request_id is None else str(request_id),
+        inputs=inputs,
+        outputs=_parse_outputs(doc.get("outputs")),
+        binary_output=bool(params.get("binary_data_output", False)),
+        timeout_us=timeout if isinstance(timeout, int) and timeout > 0 else None,
+    )
+
+
+def validate_request(
+    request: InferRequest, specs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
+) -> dict[str, np.ndarray]:
+    """Check names, datatypes and shapes against the model; return the feed in model order."""
+    known_outputs = [o.name for o in outputs]
+    for out in request.outputs or ():
+        if out.name not in known_outputs:
+            raise ProtocolError(f"unknown output '{out.name}'; the model gives "
+                                f"{', '.join(repr(n) for n in known_outputs)}")
+    inputs = request.inputs
+    known = {s.name for s in specs}
+    for name in inputs:
+        if name not in known:
+            raise ProtocolError(f"unknown input '{name}'; the model takes "
+                                f"{', '.join(repr(s.name) for s in specs)}")
+    feed = {}
+    for spec in specs:
+        if spec.name not in inputs:
+            raise ProtocolError(f"missing input '{spec.name}'")
+        array = inputs[spec.name]
+        got = _NAMES[array.dtype]
+        if got != spec.datatype:
+            raise ProtocolError(f"input '{spec.name}': datatype {got}, the model takes {spec.datatype}")
+        if len(array.shape) != len(spec.shape) or any(
+            want not in (-1, have) for want, have in zip(spec.shape, array.shape, strict=True)
+        ):
+            raise ProtocolError(f"input '{spec.name}': shape {list(array.shape)}, the model takes "
+                                f"{list(spec.shape)} (-1: any)")
+        if array.size == 0:
+            raise ProtocolError(f"input '{spec.name}': shape {list(array.shape)} holds no elements")
+        feed[spec.name] = array
+    return feed
+
+
+def _output_entry(name: str, array: np.ndarray, binary: bool) -> tuple[dict[str, Any], bytes]:
+    array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    entry: dict[str, Any] = {"name": name, "datatype": _NAMES[array.dtype], "shape": list(array.shape)}
+    if binary:
+        data = array.tobytes()
+        entry["parameters"] = {"binary_data_size": len(data)}
+        return entry, data
+    entry["data"] = array.reshape(-1).tolist()
+    return entry, b""
+
+
+def encode_infer_response(
+    model_name: str,
+    model_version: str,
+    request: InferRequest,
+    outputs: Mapping[str, np.ndarray],
+) -> tuple[bytes, dict[str, str]]:
+    """Body and extra headers for the response; binary outputs follow the JSON header."""
+    wanted = request.outputs
+    if wanted is None:
+        wanted = [RequestedOutput(name, request.binary_output) for name in outputs]
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": []}
+    if request.id is not None:
+        doc["id"] = request.id
+    chunks = []
+    for out in wanted:
+        entry, data = _output_entry(out.name, outputs[out.name], out.binary)
+        doc["outputs"].append(entry)
+        chunks.append(data)
+    header = json.dumps(doc, separators=(",", ":")).encode()
+    if not any(out.binary for out in wanted):
+        return header, {"Content-Type": "application/json"}
+    return header + b"".join(chunks), {"Content-Type": "application/octet-stream",
+                                       HEADER_LENGTH: str(len(header))}

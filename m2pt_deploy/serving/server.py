@@ -1,0 +1,84 @@
+"""Run the app under uvicorn on a socket we bind ourselves.
+
+Binding first turns "port in use" into a one-line user error and makes ``--port 0`` work
+(the caller learns the real port). On SIGTERM/SIGINT the server stops accepting, readiness
+turns 503, in-flight requests finish (up to ``drain_timeout_s``), then the batchers drain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.serving.app import ServerState, create_app
+
+__all__ = ["bind", "is_loopback", "run_server"]
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # asyncio turns on TCP_NODELAY only for sockets whose proto is IPPROTO_TCP; with proto 0,
+    # Nagle holds each response body behind its headers for a delayed ACK (~40 ms a request).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise M2ptError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_server(
+    state: ServerState,
+    sock: socket.socket,
+    *,
+    drain_timeout_s: float = 30.0,
+    log_level: str = "warning",
+    started: Callable[[Any], None] | None = None,
+) -> None:
+    """Serve until a signal; blocks. ``started(server)`` runs once the loop is up."""
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            state.draining = True
+            super().handle_exit(sig, frame)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn re-raises the signal after shutdown; a completed drain should exit 0.
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            handled = (signal.SIGINT, signal.SIGTERM)
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if started is not None:
+                started(self)
+
+    config = uvicorn.Config(create_app(state), log_level=log_level, lifespan="on",
+                            timeout_graceful_shutdown=max(1, round(drain_timeout_s)), access_log=False)
+    _Server(config).run(sockets=[sock])

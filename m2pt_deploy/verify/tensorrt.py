@@ -1,0 +1,163 @@
+"""Reduced-precision ONNX and TensorRT engines against the unmerged torch model.
+
+The same Polygraphy comparison as ONNX Runtime's (:func:`compare_runners` with the
+unmerged model's :class:`TorchRunner` as reference), with TensorRT's tolerances: fp32
+within 1e-3 on logits (TensorRT reorders reductions); fp16 / bf16 by cosine and top-1
+agreement on real images; int8 / fp8 by top-1 agreement, since their logits move by design.
+Before a ``TrtRunner`` is built, the engine's sidecar must say it runs on this TensorRT
+and this GPU, and every batch must fit the engine's profile.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from polygraphy.backend.base import BaseRunner
+
+from m2pt_deploy.build import build_unmerged, build_vanilla
+from m2pt_deploy.checkpoint import Checkpoint
+from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.export.engine_info import EngineInfo, check_compatible, read_engine_info
+from m2pt_deploy.export.engine_onnx import engine_onnx
+from m2pt_deploy.export.onnx import INPUT_NAME, BatchSpec, export_model, save_onnx
+from m2pt_deploy.export.precision import emulate_in_fp32
+from m2pt_deploy.export.tensorrt import Platform, build_engine_from_onnx, detect_platform
+from m2pt_deploy.verify.latency import LatencyComparison, compare_latency
+from m2pt_deploy.verify.numerics import compare_runners
+from m2pt_deploy.verify.result import CheckResult
+from m2pt_deploy.verify.runners import TorchRunner
+from m2pt_deploy.verify.tolerance import TOLERANCES, Tolerance
+from m2pt_deploy.vit import ModelSpec
+
+__all__ = [
+    "ENGINE_TOLERANCES",
+    "batch_feeds",
+    "engine_runner",
+    "engine_tolerance",
+    "latency_vs_vanilla",
+    "onnx_precision_runner",
+    "vanilla_engine_onnx",
+    "verify_engine",
+    "verify_onnx_precision",
+]
+
+ENGINE_TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance("tensorrt fp32", max_abs=1e-3, min_top1=0.0),
+    "fp16": TOLERANCES["fp16"],
+    "bf16": Tolerance("bf16", min_cosine=0.999, min_top1=0.99),
+    "int8": TOLERANCES["int8"],
+    "fp8": Tolerance("fp8", min_top1=0.98),
+}
+
+
+def engine_tolerance(precision: str) -> Tolerance:
+    try:
+        return ENGINE_TOLERANCES[precision]
+    except KeyError:
+        raise M2ptError(f"no tolerance for precision {precision!r}; known: "
+                        f"{', '.join(ENGINE_TOLERANCES)}") from None
+
+
+def batch_feeds(images: np.ndarray, batch: int) -> list[dict[str, np.ndarray]]:
+    if images.ndim != 4 or len(images) == 0:
+        raise M2ptError(f"images must be a non-empty [N, C, H, W] array, got shape {images.shape}")
+    x = np.ascontiguousarray(images, dtype=np.float32)
+    return [{INPUT_NAME: x[i:i + batch]} for i in range(0, len(x), batch)]
+
+
+def _reference(ckpt: Checkpoint) -> TorchRunner:
+    return TorchRunner(lambda: build_unmerged(ckpt), (None, *ckpt.spec.input_size), name="torch-unmerged")
+
+
+def onnx_precision_runner(onnx_path: str | os.PathLike[str], *, name: str | None = None) -> BaseRunner:
+    """ONNX Runtime on CPU; a graph holding bf16 runs through :func:`emulate_in_fp32`."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    proto = onnx.load_model(os.fspath(onnx_path))
+    if _has_bf16(proto):
+        proto = emulate_in_fp32(proto)
+    session = SessionFromOnnx(proto.SerializeToString(), providers=["cpu"])
+    return OnnxrtRunner(session, name=name or f"onnxrt:{Path(onnx_path).name}")
+
+
+def verify_onnx_precision(ckpt: Checkpoint, onnx_path: str | os.PathLike[str], images: np.ndarray,
+                          *, precision: str, batch: int = 16) -> CheckResult:
+    """The ONNX an engine will be built from, judged with that engine's tolerance, before the build."""
+    runners = [_reference(ckpt), onnx_precision_runner(onnx_path)]
+    note = "bf16 emulated in fp32 (ONNX Runtime has no CPU bf16 kernels)" if precision == "bf16" else ""
+    (result,) = compare_runners(runners, batch_feeds(images, batch), engine_tolerance(precision),
+                                check=f"{precision} onnx", note=note)
+    return result
+
+
+def _has_bf16(proto: onnx.ModelProto) -> bool:
+    bf16 = onnx.TensorProto.BFLOAT16
+    return any(t.data_type == bf16 for t in proto.graph.initializer) or any(
+        a.name == "to" and a.i == bf16 for n in proto.graph.node for a in n.attribute)
+
+
+def engine_runner(engine_path: str | os.PathLike[str], *, platform: Platform | None = None,
+                  name: str | None = None) -> tuple[BaseRunner, EngineInfo]:
+    """A Polygraphy ``TrtRunner``, once the sidecar says the engine runs here."""
+    path = Path(engine_path)
+    info = read_engine_info(path)
+    platform = platform or detect_platform()
+    missing = platform.missing()
+    if missing is not None:
+        raise M2ptError(f"cannot run the engine: {missing}", path)
+    assert platform.tensorrt_version and platform.gpu_name and platform.compute_capability
+    check_compatible(info, tensorrt_version=platform.tensorrt_version, gpu_name=platform.gpu_name,
+                     compute_capability=platform.compute_capability, source=path)
+    from polygraphy.backend.common import BytesFromPath
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    return TrtRunner(EngineFromBytes(BytesFromPath(os.fspath(path))), name=name or f"tensorrt:{path.name}"), info
+
+
+def verify_engine(ckpt: Checkpoint, engine_path: str | os.PathLike[str], images: np.ndarray, *,
+                  batch: int | None = None, platform: Platform | None = None) -> CheckResult:
+    """TensorRT vs the unmerged torch model, with the tolerance of the engine's precision.
+
+    ``batch`` defaults to the profile's OPT; a batch outside the profile is refused first.
+    """
+    info = read_engine_info(engine_path)
+    step = batch or min(info.profile.opt[0], len(images))
+    info.profile.check_batch(step, source=os.fspath(engine_path))
+    feeds = batch_feeds(images, step)
+    runner, _ = engine_runner(engine_path, platform=platform)
+    (result,) = compare_runners([_reference(ckpt), runner], feeds, engine_tolerance(info.precision),
+                                check=f"tensorrt {info.precision}")
+    return result
+
+
+def vanilla_engine_onnx(spec: ModelSpec, precision: str, batch: BatchSpec, *,
+                        calib_images: int = 256) -> onnx.ModelProto:
+    """A never-pathway-trained ViT of the same architecture, prepared exactly like the merged export.
+
+    Merging adds no operations, so an engine built from this is the latency baseline.
+    """
+    proto = export_model(build_vanilla(spec, exportable=True), spec, batch=batch)
+    return engine_onnx(proto, precision, input_size=spec.input_size, mean=spec.mean, std=spec.std,
+                       calib_images=calib_images)
+
+
+def latency_vs_vanilla(ckpt: Checkpoint, engine_path: str | os.PathLike[str], images: np.ndarray,
+                       workdir: str | os.PathLike[str], *, rounds: int = 50,
+                       warmup: int = 5) -> LatencyComparison:
+    """Build the vanilla baseline at the merged engine's precision and profile; time both, interleaved."""
+    info = read_engine_info(engine_path)
+    profile = info.profile
+    batch = BatchSpec(profile.min[0], profile.opt[0], profile.max[0])
+    feed = batch_feeds(images[:batch.opt], batch.opt)[0]
+    profile.check_batch(len(feed[INPUT_NAME]), source=os.fspath(engine_path))
+    onnx_path = Path(workdir) / f"vanilla.{info.precision}.onnx"
+    save_onnx(vanilla_engine_onnx(ckpt.spec, info.precision, batch), onnx_path, force=True)
+    baseline = build_engine_from_onnx(onnx_path, Path(workdir) / "vanilla.engine",
+                                      precision=info.precision,  # type: ignore[arg-type]
+                                      batch=batch, force=True)
+    merged_runner, _ = engine_runner(engine_path, name="tensorrt-merged")
+    vanilla_runner, _ = engine_runner(baseline, name="tensorrt-vanilla")
+    return compare_latency("tensorrt", merged_runner, vanilla_runner, feed, rounds=rounds, warmup=warmup)
