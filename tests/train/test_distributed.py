@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import safetensors.torch
 
 from m2pt_deploy.train import TrainConfig, train
@@ -66,10 +67,8 @@ def test_a_one_process_run_resumes_on_two(config: TrainConfig, tmp_path: Path) -
             raise _Stop
 
     split = with_(base, out_dir=str(tmp_path / "split"))
-    try:
+    with pytest.raises(_Stop):
         train(split, progress=False, on_step=stop)
-    except _Stop:
-        pass
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
