@@ -1,0 +1,122 @@
+"""m2pt-train: fine-tune a target ViT with pathways from auxiliary ViTs of other modalities."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from m2pt_deploy.cli.common import EXIT_OK, run_main
+from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.pathway import DEFAULT_LAYERS
+from m2pt_deploy.train.config import TrainConfig
+
+__all__ = ["build_parser", "entrypoint", "main"]
+
+_EPILOG = """\
+examples:
+  m2pt-train vit_b_imagenet.pth --aux audio=audioset_vit.pth --data flowers/ --num-classes 102 --out runs/flowers
+  m2pt-train target.safetensors --aux audio=aux.pth --data spectrograms.npz --mode probe --out runs/probe
+  torchrun --nproc_per_node 4 -m m2pt_deploy.cli.train target.pth --aux aux.pth --data data/ --out runs/ddp
+  m2pt-train --resume runs/flowers/resume.safetensors
+
+The run folder gets last.safetensors and best.safetensors (feed either to m2pt-merge or
+m2pt-export), resume.safetensors, metrics.jsonl and curves.png.
+"""
+
+
+def _aux(text: str) -> tuple[str, str | None]:
+    modality, sep, path = text.partition("=")
+    return (path, modality) if sep and modality and "/" not in modality else (text, None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="m2pt-train", description=__doc__, epilog=_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("target", nargs="?", help="target ViT checkpoint (timm, MAE fine-tuned, or ours)")
+    p.add_argument("--aux", action="append", default=[], type=_aux, metavar="[MODALITY=]CKPT",
+                   help="auxiliary ViT of another modality, e.g. audio=audioset.pth (repeatable; "
+                        "none: plain fine-tuning)")
+    p.add_argument("--out", metavar="DIR", help="run folder for checkpoints, metrics and plot")
+    p.add_argument("--resume", metavar="FILE", help="continue a run from its resume.safetensors "
+                   "(its stored settings are used; other options are ignored)")
+    p.add_argument("--force", action="store_true", help="start over in a folder that holds a run")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+    d = p.add_argument_group("data")
+    d.add_argument("--data", metavar="PATH", help="image folder (one sub-folder per class; train/ + val/ "
+                   "inside are used as the split) or .npz with arrays x [N,C,H,W] and y [N]")
+    d.add_argument("--val-data", metavar="PATH", help="separate validation folder or .npz")
+    d.add_argument("--val-split", type=float, default=0.1, help="held-out fraction without --val-data (0.1)")
+    d.add_argument("--num-classes", type=int, help="classes of the new head (default: the target's head)")
+    d.add_argument("--workers", type=int, default=0, help="data loader processes (0)")
+
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=int, default=10)
+    o.add_argument("--batch-size", type=int, default=64, help="global batch per optimizer step (64)")
+    o.add_argument("--accum-steps", type=int, default=1, help="gradient accumulation steps (1)")
+    o.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (5e-4)")
+    o.add_argument("--lambda-lr", type=float, help="learning rate of λ (default: --lr)")
+    o.add_argument("--min-lr", type=float, default=1e-6, help="cosine schedule floor (1e-6)")
+    o.add_argument("--warmup-epochs", type=float, default=1.0)
+    o.add_argument("--weight-decay", type=float, default=0.05, help="off for biases, norms and λ (0.05)")
+    o.add_argument("--layer-decay", type=float, default=1.0, help="layer-wise lr decay, e.g. 0.65 (1: off)")
+    o.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value")
+    o.add_argument("--label-smoothing", type=float, default=0.0)
+    o.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate at the last block")
+    o.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto: bf16 autocast on GPU, fp32 on CPU")
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+    w = p.add_argument_group("pathways")
+    w.add_argument("--mode", choices=("full", "probe"), default="full",
+                   help="full fine-tune, or λ + head only (linear-probe style, BatchNorm head)")
+    w.add_argument("--train-aux", action="store_true", help="train the auxiliary weights too (default: frozen)")
+    w.add_argument("--lambda-kind", choices=("scalar", "channel"), default="scalar")
+    w.add_argument("--layers", nargs="+", default=list(DEFAULT_LAYERS), metavar="LAYER",
+                   help=f"linear layers in each block that get pathways ({' '.join(DEFAULT_LAYERS)})")
+    return p
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+
+    missing = [flag for flag, value in (("TARGET", args.target), ("--data", args.data), ("--out", args.out))
+               if value is None]
+    if missing:
+        raise M2ptError(f"missing {', '.join(missing)} (or pass --resume FILE)")
+    return TrainConfig(
+        target=args.target, data=args.data, out_dir=args.out, aux=tuple(args.aux),
+        val_data=args.val_data, val_split=args.val_split, num_classes=args.num_classes,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lambda_lr=args.lambda_lr,
+        min_lr=args.min_lr, weight_decay=args.weight_decay, layer_decay=args.layer_decay,
+        warmup_epochs=args.warmup_epochs, clip_grad=args.clip_grad, accum_steps=args.accum_steps,
+        label_smoothing=args.label_smoothing, drop_path=args.drop_path, precision=args.precision,
+        mode=args.mode, train_aux=args.train_aux, lambda_kind=args.lambda_kind, layers=tuple(args.layers),
+        seed=args.seed, workers=args.workers, device=args.device,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from m2pt_deploy.train import train
+
+    args = build_parser().parse_args(argv)
+    if args.resume:
+        result = train(resume=args.resume, device=args.device, progress=not args.quiet)
+    else:
+        result = train(_config(args), force=args.force, progress=not args.quiet)
+    if os.environ.get("RANK", "0") != "0":
+        return EXIT_OK  # under torchrun, rank 0 reports
+    last = result.history[-1]
+    print(f"trained {last['epoch']} epochs: val acc {last['val_acc']:.4f} (best {result.best_val_acc:.4f})")
+    print(f"checkpoints: {result.last}  {result.best}")
+    return EXIT_OK
+
+
+def entrypoint() -> None:
+    sys.exit(run_main(main))
+
+
+if __name__ == "__main__":
+    entrypoint()
