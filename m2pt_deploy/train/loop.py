@@ -226,7 +226,8 @@ def _train_epoch(run: _Run, model: nn.Module, optimizer: torch.optim.Optimizer, 
     totals = torch.zeros(3, dtype=torch.float64)
     t0 = time.perf_counter()
     bar = tqdm(batches(loader), total=len(loader), desc=f"epoch {run.epoch + 1}/{c.epochs}",
-               disable=not (progress and d.is_main), leave=False, dynamic_ncols=True)
+               # None: tqdm turns itself off when stderr is no terminal (CI logs get epoch lines only)
+               disable=None if (progress and d.is_main) else True, leave=False, dynamic_ncols=True)
     for x, y in bar:
         set_lr(optimizer, lr_factor(run.step, **schedule))
         x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
