@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
 import signal
 import subprocess
@@ -25,8 +23,9 @@ from typing import Any
 from m2pt_deploy.cli.common import EXIT_CHECK_FAILED, EXIT_OK, add_output_args, run_main
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.fileio import atomic_output, check_output_path
+from m2pt_deploy.verify.machine import machine_info
 
-__all__ = ["build_parser", "entrypoint", "machine", "main"]
+__all__ = ["build_parser", "entrypoint", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,16 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="requests per server before measuring (default: 10)")
     add_output_args(parser, default_help="no file; the table is printed either way")
     return parser
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    with_name = Path("/proc/cpuinfo")
-    if with_name.is_file():
-        match = re.search(r"^model name\s*:\s*(.+)$", with_name.read_text(), re.MULTILINE)
-        cpu = match.group(1).strip() if match else cpu
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version()}
 
 
 def _peak_rss_mb(pid: int) -> float | None:
@@ -193,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for server in servers.values():
             server.stop()
     report = {
-        "machine": machine(), "model": info,
+        "machine": machine_info(), "model": info,
         "settings": {"requests_per_level": args.requests, "seconds_per_level": args.duration_s,
                      "rounds": args.rounds, "threads": args.threads,
                      "max_batch": args.max_batch, "max_delay_ms": args.max_delay_ms,

@@ -15,7 +15,7 @@ def test_bench_reports_every_level_and_mode(tiny_onnx, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert code == EXIT_OK
     report = json.loads(out.read_text())
-    assert report["machine"]["cores"] >= 1 and report["machine"]["cpu"]
+    assert report["machine"]["usable_cpus"] >= 1 and report["machine"]["cpu"]
     assert report["model"]["name"] == "vit" and report["model"]["input_shape"] == [1, 3, 32, 32]
     assert [level["clients"] for level in report["levels"]] == [1, 3]
     for level in report["levels"]:
