@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import onnx
 
@@ -113,7 +114,7 @@ def export_onnx(args: argparse.Namespace) -> int:
     batch = parse_batch(args.batch) if args.batch else DYNAMIC_BATCH
     input_size = tuple(args.input_size) if args.input_size else None
     ckpt = load_checkpoint(args.checkpoint, arch=args.arch, input_size=input_size)
-    precision = "fp32" if args.precision == "int8" else args.precision
+    precision: Literal["fp32", "fp16"] = "fp16" if args.precision == "fp16" else "fp32"
     loader = OnnxFromCheckpoint(ckpt, opset=args.opset, precision=precision, batch=batch)
     shown = "dynamic batch" if batch == DYNAMIC_BATCH else f"batch {batch}"
     with step(f"merging and exporting {ckpt.spec.arch} to ONNX (opset {args.opset}, {precision}, {shown})"):

@@ -23,6 +23,7 @@ __all__ = ["CALIBRATION_SEED", "VERIFY_SEED", "cpu_int8_onnx", "photo_tiles"]
 
 # Calibration and verification tiles come from different seeds: verification is held out.
 CALIBRATION_SEED, VERIFY_SEED = 0, 1
+_CALIBRATION_BATCH = 8
 
 
 def photo_tiles(input_size: tuple[int, int, int], mean: Sequence[float], std: Sequence[float], *,
@@ -32,6 +33,9 @@ def photo_tiles(input_size: tuple[int, int, int], mean: Sequence[float], std: Se
 
 def cpu_int8_onnx(proto: onnx.ModelProto, calibration: np.ndarray, *, optimize: bool = True) -> onnx.ModelProto:
     """A Q/DQ int8 copy of an fp32 export; ``optimize``: ONNX Runtime's offline fusions applied."""
-    quantized = quantize_qdq(prepare_graph(proto), "int8", calibration)
+    # Percentile calibration stacks per-batch histograms and fails on a short last batch.
+    batch = min(_CALIBRATION_BATCH, len(calibration))
+    whole = calibration[: len(calibration) - len(calibration) % batch]
+    quantized = quantize_qdq(prepare_graph(proto), "int8", whole, batch_size=batch)
     set_metadata(quantized, "m2pt_deploy.precision", "int8")
     return optimize_onnx(quantized, fuse=False) if optimize else quantized
