@@ -38,4 +38,4 @@ def cpu_int8_onnx(proto: onnx.ModelProto, calibration: np.ndarray, *, optimize: 
     whole = calibration[: len(calibration) - len(calibration) % batch]
     quantized = quantize_qdq(prepare_graph(proto), "int8", whole, batch_size=batch)
     set_metadata(quantized, "m2pt_deploy.precision", "int8")
-    return optimize_onnx(quantized, fuse=False) if optimize else quantized
+    return optimize_onnx(quantized, attention=None) if optimize else quantized

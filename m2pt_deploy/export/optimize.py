@@ -32,7 +32,7 @@ import tempfile
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -56,6 +56,7 @@ __all__ = [
 
 OPTIMIZED_KEY = "m2pt_deploy.optimized"
 _MS = "com.microsoft"
+AttentionKind = Literal["Attention", "MultiHeadAttention"]
 # Ops that sit between the QKV projection and the output projection in timm's export.
 _ATTENTION_BODY = frozenset({
     "Reshape", "Transpose", "Slice", "Split", "Squeeze", "Gather", "Unsqueeze",
@@ -64,7 +65,7 @@ _ATTENTION_BODY = frozenset({
 _MAX_BODY_NODES = 40
 
 
-def fuse_attention(proto: onnx.ModelProto, *, kind: str = "Attention") -> tuple[onnx.ModelProto, int]:
+def fuse_attention(proto: onnx.ModelProto, *, kind: AttentionKind = "Attention") -> tuple[onnx.ModelProto, int]:
     """Replace each timm attention subgraph with ``com.microsoft.Attention``; returns the count.
 
     A subgraph is found from its QKV reshape, ``[*, N, 3, heads, head_dim]`` fed by a
@@ -198,8 +199,10 @@ def transformer_fusions(proto: onnx.ModelProto) -> onnx.ModelProto:
     from onnxruntime.transformers.optimizer import optimize_model
 
     heads, hidden = _heads_and_hidden(proto)
+    work = onnx.ModelProto()
+    work.CopyFrom(proto)  # the optimizer rewrites the proto it is given
     with _quiet():
-        model = optimize_model(proto, model_type="vit", num_heads=heads, hidden_size=hidden, opt_level=0)
+        model = optimize_model(work, model_type="vit", num_heads=heads, hidden_size=hidden, opt_level=0)
     out = model.model
     _copy_model_fields(proto, out)
     return out
@@ -231,23 +234,26 @@ def fused_op_counts(proto: onnx.ModelProto) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def optimize_onnx(proto: onnx.ModelProto, *, fuse: bool = True, attention: str = "Attention") -> onnx.ModelProto:
+def optimize_onnx(proto: onnx.ModelProto, *, attention: AttentionKind | None = "Attention",
+                  layers: bool = True) -> onnx.ModelProto:
     """The fast-path copy of a plain fp32 (or Q/DQ) export, marked with what was done.
 
-    ``fuse=False`` skips steps 1 and 2 (for Q/DQ graphs, whose MatMuls must stay visible
-    to ONNX Runtime's quantized-op fusions).
+    ``attention=None`` skips step 1 (for Q/DQ graphs: the QKV MatMul must stay visible to
+    ONNX Runtime's quantized-op fusions); ``layers=False`` skips step 2.
     """
     import onnxruntime as ort
 
     if is_optimized(proto):
         raise M2ptError("the model is already optimized; optimize the plain export instead")
     fused = 0
-    if fuse:
+    if attention is not None:
         proto, fused = fuse_attention(proto, kind=attention)
+    if layers:
         proto = transformer_fusions(proto)
     out = ort_optimize(proto)
     record = {"runtime": "onnxruntime", "version": ort.__version__, "level": "extended",
-              "attention_fused": fused, "fused_ops": fused_op_counts(out)}
+              "attention": attention if fused else None, "attention_fused": fused,
+              "fused_ops": fused_op_counts(out)}
     set_metadata(out, OPTIMIZED_KEY, record)
     return out
 

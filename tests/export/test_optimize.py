@@ -155,3 +155,11 @@ def test_int8_cpu_model_runs_integer_matmuls(good_proto) -> None:
     assert ops & {"QLinearMatMul", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QGemm"}, ops
     assert is_optimized(proto)
     assert json.loads(next(p.value for p in proto.metadata_props if p.key == "m2pt_deploy.precision")) == "int8"
+
+
+@pytest.mark.parametrize("attention", ["Attention", None])
+def test_the_callers_graph_is_left_untouched(good_proto, attention) -> None:
+    before = good_proto.SerializeToString()
+    out = optimize_onnx(good_proto, attention=attention)
+    assert good_proto.SerializeToString() == before
+    assert {p.key for p in good_proto.metadata_props} < {p.key for p in out.metadata_props}
