@@ -30,6 +30,7 @@ from m2pt_deploy.export.onnx import (
 )
 from m2pt_deploy.export.tensorrt import PRECISIONS
 from m2pt_deploy.fileio import atomic_output, check_output_path
+from m2pt_deploy.vit import ModelSpec
 
 __all__ = ["build_parser", "entrypoint", "main"]
 
@@ -111,6 +112,8 @@ def export_onnx(args: argparse.Namespace) -> int:
     if args.precision == "int8" and args.calib_images < 1:
         raise M2ptError(f"--calib-images {args.calib_images}: need at least 1")
     out = check_output_path(args.output or _default_output(args.checkpoint, ".onnx"), force=args.force)
+    if args.report:
+        check_output_path(args.report, force=args.force)
     batch = parse_batch(args.batch) if args.batch else DYNAMIC_BATCH
     input_size = tuple(args.input_size) if args.input_size else None
     ckpt = load_checkpoint(args.checkpoint, arch=args.arch, input_size=input_size)
@@ -119,47 +122,53 @@ def export_onnx(args: argparse.Namespace) -> int:
     shown = "dynamic batch" if batch == DYNAMIC_BATCH else f"batch {batch}"
     with step(f"merging and exporting {ckpt.spec.arch} to ONNX (opset {args.opset}, {precision}, {shown})"):
         proto = loader()
+    # Each step rebinds ``proto``, so the previous graph is freed before verification.
     if args.precision == "int8":
-        return _export_int8(args, ckpt, proto, out)
-    if args.optimize:
-        from m2pt_deploy.export.optimize import optimize_onnx, save_optimized
+        proto = _quantize(args, ckpt.spec, proto)
+    elif args.optimize:
+        from m2pt_deploy.export.optimize import optimize_onnx
 
         with step("fusing attention, LayerNorm and GELU; optimizing with ONNX Runtime"):
-            save_optimized(optimize_onnx(proto), out, force=args.force)
-    else:
-        save_onnx(proto, out, force=args.force)
+            proto = optimize_onnx(proto)
+    _save(proto, out, force=args.force)
+    del proto
     print(f"wrote {out}")
     if args.no_verify:
         return EXIT_OK
+    if args.precision == "int8":
+        return _verify_int8(ckpt, out, report=args.report, force=args.force)
     return verify_export(ckpt, out, report=args.report, force=args.force)
 
 
-def _export_int8(args: argparse.Namespace, ckpt: Checkpoint, proto: onnx.ModelProto, out: Path) -> int:
-    from m2pt_deploy.export.cpu_int8 import VERIFY_SEED, cpu_int8_onnx, photo_tiles
-    from m2pt_deploy.export.optimize import save_optimized
+def _save(proto: onnx.ModelProto, out: Path, *, force: bool) -> None:
+    from m2pt_deploy.export.optimize import is_optimized, save_optimized
 
-    spec = ckpt.spec
-    if args.report:
-        check_output_path(args.report, force=args.force)
+    if is_optimized(proto):
+        save_optimized(proto, out, force=force)
+    else:
+        save_onnx(proto, out, force=force)
+
+
+def _quantize(args: argparse.Namespace, spec: ModelSpec, proto: onnx.ModelProto) -> onnx.ModelProto:
+    from m2pt_deploy.export.cpu_int8 import cpu_int8_onnx, photo_tiles
+
     tiles = photo_tiles(spec.input_size, spec.mean, spec.std, count=args.calib_images)
     with step(f"quantizing to int8 (Q/DQ, {len(tiles)} calibration tiles)"
               + (", optimizing with ONNX Runtime" if args.optimize else "")):
-        quantized = cpu_int8_onnx(proto, tiles, optimize=args.optimize)
-        if args.optimize:
-            save_optimized(quantized, out, force=args.force)
-        else:
-            save_onnx(quantized, out, force=args.force)
-    print(f"wrote {out}")
-    if args.no_verify:
-        return EXIT_OK
+        return cpu_int8_onnx(proto, tiles, optimize=args.optimize)
+
+
+def _verify_int8(ckpt: Checkpoint, out: Path, *, report: str | None, force: bool) -> int:
+    from m2pt_deploy.export.cpu_int8 import VERIFY_SEED, photo_tiles
     from m2pt_deploy.verify.cpu_int8 import verify_int8_cpu
 
+    spec = ckpt.spec
     images = photo_tiles(spec.input_size, spec.mean, spec.std, count=VERIFY_IMAGES, seed=VERIFY_SEED)
     with step("verifying the int8 model in ONNX Runtime against the unmerged fp32 model"):
         result = verify_int8_cpu(ckpt, out, images)
     print(result)
-    if args.report:
-        with atomic_output(args.report, force=args.force) as tmp:
+    if report:
+        with atomic_output(report, force=force) as tmp:
             tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     if not result:
         print(f"verification FAILED; the export is kept at {out} for inspection", file=sys.stderr)
