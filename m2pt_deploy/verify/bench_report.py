@@ -127,7 +127,8 @@ def _export_lines(data: dict[str, Any]) -> Iterator[str]:
         yield f"- {runtime} graphs, merged vs vanilla: {'; '.join(diffs[:3]) if diffs else 'structurally identical'}."
     if data.get("int8_agreement"):
         a = data["int8_agreement"]
-        yield f"- int8 vs fp32 (torch merged) on {a['images']} {a['source']}: {a['line']}."
+        cosine = f", min cosine of logits {a['cosine']:.4f}" if a.get("cosine") is not None else ""
+        yield f"- int8 vs fp32 (torch merged) on {a['images']} {a['source']}: {a['line']}{cosine}."
     if data.get("accuracy"):
         a = data["accuracy"]
         yield (f"- Accuracy on {a['images']} held-out {a['dataset']} images ({a['model']}): fp32 "

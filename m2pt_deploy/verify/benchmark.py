@@ -164,21 +164,25 @@ def _graph_differences(paths: dict[str, dict[str, Path]]) -> dict[str, list[str]
     return out
 
 
-def _variants(models: _Models, options: BenchOptions, compiled: dict[str, nn.Module]) -> list[Variant]:
+def _variants(models: _Models, options: BenchOptions) -> list[Variant]:
     shape = (None, *models.spec.input_size)
     out = [Variant(EAGER, name, TorchRunner(m, shape, name=f"eager-{name}"), _param_bytes(m))
            for name, m in models.torch.items()]
     if options.compile:
-        for name, m in models.torch.items():
-            def build(m: nn.Module = m, name: str = name) -> nn.Module:
-                if name not in compiled:
-                    compiled[name] = torch.compile(m, dynamic=False)  # type: ignore[assignment]
-                return compiled[name]
-            out.append(Variant(COMPILED, name, TorchRunner(build, shape, name=f"compiled-{name}"), _param_bytes(m)))
+        # Static shapes: each batch size compiles once, in its warm-up (shown as start-up).
+        out += [Variant(COMPILED, name, TorchRunner(_compiler(m), shape, name=f"compiled-{name}"), _param_bytes(m))
+                for name, m in models.torch.items()]
     for runtime, files in models.onnx.items():
         for name, path in files.items():
             out.append(Variant(runtime, name, cpu_runner(path, name=f"{runtime}-{name}", spinning=False)))
     return out
+
+
+def _compiler(model: nn.Module) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        return torch.compile(model, dynamic=False)  # type: ignore[return-value]
+
+    return build
 
 
 def _comparisons(batch: int, times: dict[str, list[float]]) -> list[LatencyComparison]:
@@ -242,14 +246,13 @@ def run_benchmark(spec: ModelSpec, options: BenchOptions | None = None, *,
         startup = _startup(models.onnx)
         graph_diffs = _graph_differences(models.onnx)
         agreement = _int8_agreement(models, options) if options.int8 else None
-        compiled: dict[str, nn.Module] = {}
+        feeds = {b: {INPUT_NAME: seeded_inputs(spec.input_size, b, seed=options.seed)} for b in options.batches}
+        variants = _variants(models, options)
+        say(f"{len(variants)} variants, batches {list(options.batches)}, {options.rounds} interleaved rounds each")
+        times, started = run_variants(variants, feeds, rounds=options.rounds, warmup=options.warmup, log=say)
         for batch in options.batches:
-            feed = {INPUT_NAME: seeded_inputs(spec.input_size, batch, seed=options.seed)}
-            variants = _variants(models, options, compiled)
-            say(f"batch {batch}: {len(variants)} variants, {options.rounds} interleaved rounds")
-            times, started = run_variants(variants, feed, rounds=options.rounds, warmup=options.warmup, log=say)
-            rows += rows_for_batch(variants, batch, times, started, eager_runtime=EAGER)
-            comparisons += _comparisons(batch, times)
+            rows += rows_for_batch(variants, batch, times[batch], started, eager_runtime=EAGER)
+            comparisons += _comparisons(batch, times[batch])
     machine = machine_info()
     machine.update(physical_cores=physical_cores(), load_average_before=load_before, load_average_after=_load(),
                    fp32_matmul_peak_gflops=peak)

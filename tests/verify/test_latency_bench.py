@@ -20,6 +20,7 @@ from m2pt_deploy.verify.throughput import Variant, reset_peak_rss, rows_for_batc
 from tests.verify.fixtures import TINY
 
 FEED = {"x": np.zeros((2, 1), np.float32)}
+FEED4 = {"x": np.zeros((4, 1), np.float32)}
 
 
 class Fake(BaseRunner):
@@ -44,27 +45,46 @@ class Fake(BaseRunner):
         self.buffer = None
 
 
+class Logged(Fake):
+    def __init__(self, name: str, log: list[str]) -> None:
+        super().__init__(name, 0.01)
+        self.log = log
+
+    def infer_impl(self, feed_dict):
+        self.log.append(self.name)
+        return super().infer_impl(feed_dict)
+
+
 def test_a_variant_that_fails_to_start_is_a_row_saying_why() -> None:
     variants = [Variant("torch eager", "merged", Fake("a", 0.02)),
                 Variant("torch.compile", "merged", Fake("b", 0.01, fail=True)),
                 Variant("ONNX Runtime", "merged", Fake("c", 0.01))]
-    times, started = run_variants(variants, FEED, rounds=3, warmup=1)
-    rows = rows_for_batch(variants, 2, times, started, eager_runtime="torch eager")
-    by_runtime = {r.runtime: r for r in rows}
-    failed = by_runtime["torch.compile"]
-    assert failed.images_per_s is None and failed.error == "RuntimeError: Inductor gave up"
-    ok = by_runtime["ONNX Runtime"]
-    assert ok.images_per_s == pytest.approx(200.0) and ok.median_ms == pytest.approx(10.0)
-    assert ok.vs_eager == pytest.approx(2.0)  # per-round eager time / its time
-    assert len(times["torch eager / merged"]) == 3 and "torch.compile / merged" not in times
+    times, started = run_variants(variants, {2: FEED, 4: FEED4}, rounds=3, warmup=1)
+    for batch in (2, 4):
+        rows = rows_for_batch(variants, batch, times[batch], started, eager_runtime="torch eager")
+        by_runtime = {r.runtime: r for r in rows}
+        failed = by_runtime["torch.compile"]
+        assert failed.images_per_s is None and failed.error == "RuntimeError: Inductor gave up"
+        ok = by_runtime["ONNX Runtime"]
+        assert ok.images_per_s == pytest.approx(batch / 0.01) and ok.median_ms == pytest.approx(10.0)
+        assert ok.vs_eager == pytest.approx(2.0)  # per-round eager time / its time
+        assert len(times[batch]["torch eager / merged"]) == 3 and "torch.compile / merged" not in times[batch]
+
+
+def test_rounds_rotate_over_the_variants_after_warmup() -> None:
+    log: list[str] = []
+    variants = [Variant("r", name, Logged(name, log)) for name in "abc"]
+    run_variants(variants, {2: FEED}, rounds=3, warmup=1)
+    assert log[:3] == ["a", "b", "c"]
+    assert log[3:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
 
 
 @pytest.mark.skipif(not reset_peak_rss(), reason="this kernel does not let a process reset its peak RSS")
 def test_peak_memory_is_counted_per_variant() -> None:
     variants = [Variant("r", "small", Fake("s", 0.01, grow_mb=1)),
                 Variant("r", "large", Fake("l", 0.01, grow_mb=64), resident_bytes=10 * 2**20)]
-    _, started = run_variants(variants, FEED, rounds=1, warmup=1)
-    small, large = started["r / small"][0], started["r / large"][0]
+    _, started = run_variants(variants, {2: FEED}, rounds=1, warmup=1)
+    small, large = started[("r / small", 2)][0], started[("r / large", 2)][0]
     assert small is not None and large is not None
     assert large >= 64 + 10 - 4 > small
 
