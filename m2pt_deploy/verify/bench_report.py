@@ -155,6 +155,8 @@ def write_chart(data: dict[str, Any], path: Path) -> None:
             values = [(_find(data, rt, model, b) or {}).get("images_per_s") or 0.0 for rt in _ORDER]
             ax.bar([i + (j - 1) * 0.27 for i in range(len(_ORDER))], values, width=0.27, label=model)
         ax.set_xticks(range(len(_ORDER)), [rt.replace("ONNX Runtime", "ORT") for rt in _ORDER], rotation=20)
+        ceiling = data["machine"]["fp32_matmul_peak_gflops"] / data["settings"]["gflop_per_image"]
+        ax.axhline(ceiling, color="gray", linestyle="--", linewidth=1, label="fp32 matmul peak")
         ax.set_title(f"{data['spec']['arch']}, batch {b}")
         ax.set_ylabel("images/s (median)")
         ax.legend()
