@@ -1,9 +1,14 @@
-"""m2pt-bench: latency of the merged model against a vanilla ViT and the unmerged model.
+"""m2pt-bench: every runtime side by side, on one machine, in one interleaved run.
 
-ONNX Runtime on CPU: merged vs vanilla (expected ratio 1.00 within noise). torch eager on
-CPU: the unmerged pathway model vs the merged one (the cost merging removes). Runs are
-interleaved round by round; medians and the median per-round ratio are reported with the
-machine named. Random weights and a random-λ pathway: nothing is downloaded.
+Rows: torch eager and torch.compile (vanilla, merged and unmerged models), ONNX Runtime
+on the plain export, on the optimized export (m2pt-export --optimize) and on the int8
+export (vanilla and merged), at each batch size: images/s, median and p95 latency, the
+memory each variant adds, start-up, and the per-round ratio to torch eager. Beside them:
+the machine's fp32 matmul peak measured in the same run, merged/vanilla and
+unmerged/merged latency ratios, m2pt-export's wall time and peak RSS, session start-up,
+int8's top-1 agreement with fp32, and its accuracy delta on real labelled images (the
+demo's digits ViT, trained here). Writes bench.json, bench.md and bench.png. Random
+weights with a random-λ pathway: nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -65,17 +70,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="batch sizes (default: 1 8)",
     )
     run.add_argument(
-        "--rounds", type=_positive, default=30, help="interleaved rounds (default: 30)"
+        "--rounds", type=_positive, default=10, help="interleaved rounds (default: 10)"
     )
-    run.add_argument("--warmup", type=int, default=3, help="warm-up runs per variant (default: 3)")
+    run.add_argument("--warmup", type=int, default=2, help="warm-up runs per variant (default: 2)")
     run.add_argument(
         "--seed", type=int, default=0, help="seed of weights, λ and inputs (default: 0)"
     )
+    parts = parser.add_argument_group("what to run")
+    parts.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
+    parts.add_argument("--no-int8", action="store_true", help="leave out the int8 rows and checks")
+    parts.add_argument("--no-export-cost", action="store_true",
+                       help="do not time m2pt-export as its own process")
+    parts.add_argument("--calib-images", type=_positive, default=64, metavar="N",
+                       help="photo tiles calibrating the int8 models (default: 64)")
+    parts.add_argument("--accuracy-epochs", type=int, default=20, metavar="N",
+                       help="epochs of the digits ViT whose fp32 vs int8 accuracy is reported; "
+                       "0 skips it (default: 20)")
     parser.add_argument(
         "--out",
         required=True,
         metavar="DIR",
-        help="folder for bench.json and bench.md (created; those two files are replaced)",
+        help="folder for bench.json, bench.md and bench.png (created; those files are replaced)",
     )
     return parser
 
@@ -89,21 +104,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.warmup < 0:
         raise M2ptError(f"--warmup must be 0 or more, got {args.warmup}")
 
-    from m2pt_deploy.verify.latency import run_benchmark, spec_for_arch
+    if args.accuracy_epochs < 0:
+        raise M2ptError(f"--accuracy-epochs must be 0 or more, got {args.accuracy_epochs}")
+
+    from m2pt_deploy.verify.bench_report import markdown, write_report
+    from m2pt_deploy.verify.benchmark import BenchOptions, run_benchmark
+    from m2pt_deploy.verify.latency import spec_for_arch
 
     spec = spec_for_arch(args.arch, kwargs)
-    report = run_benchmark(
-        spec,
-        batches=args.batches,
-        rounds=args.rounds,
-        warmup=args.warmup,
-        seed=args.seed,
-        log=lambda line: print(f"m2pt-bench: {line}", file=sys.stderr, flush=True),
+    options = BenchOptions(
+        batches=tuple(args.batches), rounds=args.rounds, warmup=args.warmup, seed=args.seed,
+        compile=not args.no_compile, int8=not args.no_int8, export_cost=not args.no_export_cost,
+        calib_images=args.calib_images,
     )
-    json_path, md_path = report.write(args.out)
-    print(report.markdown())
-    print(f"wrote {json_path} and {md_path}")
+    data = run_benchmark(spec, options, log=_log)
+    data["accuracy"] = _accuracy(args.accuracy_epochs, args.seed) if args.accuracy_epochs and not args.no_int8 else None
+    json_path, md_path, png_path = write_report(data, out)
+    print(markdown(data))
+    print(f"wrote {json_path}, {md_path} and {png_path}")
     return EXIT_OK
+
+
+def _log(line: str) -> None:
+    print(f"m2pt-bench: {line}", file=sys.stderr, flush=True)
+
+
+def _accuracy(epochs: int, seed: int) -> dict[str, Any]:
+    import tempfile
+
+    from m2pt_deploy.int8_accuracy import digits_int8_accuracy
+
+    _log(f"training the digits ViT for {epochs} epochs: fp32 vs int8 accuracy on its held-out split")
+    with tempfile.TemporaryDirectory(prefix="m2pt-bench-digits-") as tmp:
+        return digits_int8_accuracy(Path(tmp), epochs=epochs, seed=seed)
 
 
 def entrypoint() -> None:

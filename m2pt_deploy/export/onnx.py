@@ -229,6 +229,8 @@ class OnnxFromCheckpoint:
         ckpt = self.load()
         unmerged = build_unmerged(ckpt)
         merged = merge_model(unmerged, ckpt.spec, exportable=True)
-        proto = export_model(merged, ckpt.spec, opset=self.opset, batch=self.batch,
-                             metadata=self.metadata(ckpt, unmerged))
+        metadata = self.metadata(ckpt, unmerged)
+        # The pathway model holds target and aux weights: free them before the exporter's copies.
+        del unmerged
+        proto = export_model(merged, ckpt.spec, opset=self.opset, batch=self.batch, metadata=metadata)
         return convert_fp16(proto) if self.precision == "fp16" else proto

@@ -35,6 +35,7 @@ from m2pt_deploy.export.onnx import (
     export_model,
     read_metadata,
 )
+from m2pt_deploy.export.optimize import is_optimized, optimize_onnx
 from m2pt_deploy.verify.result import StructureResult
 from m2pt_deploy.vit import ModelSpec
 
@@ -59,6 +60,8 @@ class ExportSettings:
     opset: int
     batch: BatchSpec
     precision: str
+    # ONNX Runtime's CPU fast path (export/optimize.py) was applied.
+    optimized: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +177,7 @@ def export_settings(proto: onnx.ModelProto) -> ExportSettings:
     if precision is None:
         fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
         precision = "fp16" if fp16 else "fp32"
-    return ExportSettings(opset, batch, str(precision))
+    return ExportSettings(opset, batch, str(precision), optimized=is_optimized(proto))
 
 
 # A tensor's role in the reference: drawn at random, kept as it is (constant), or equal to
@@ -234,6 +237,8 @@ def _reference_signature(
     proto = export_model(model, spec, opset=settings.opset, batch=settings.batch)
     if settings.precision == "fp16":
         proto = convert_fp16(proto)
+    if settings.optimized:
+        proto = optimize_onnx(proto)
     return graph_signature(proto)
 
 
@@ -261,11 +266,12 @@ def check_structure(
     """``proto`` against a vanilla ``spec`` export; ``like`` as in :func:`reference_signature`."""
     settings = export_settings(proto)
     batch = "dynamic" if settings.batch.dynamic else f"fixed {settings.batch.min}"
+    optimized = ", ONNX Runtime-optimized" if settings.optimized else ""
     reference = reference_signature(spec, settings, like=like)
     candidate = graph_signature(proto)
     return StructureResult(
         reference=f"vanilla {spec.arch} "
-        f"(opset {settings.opset}, {batch} batch, {settings.precision})",
+        f"(opset {settings.opset}, {batch} batch, {settings.precision}{optimized})",
         summary=candidate.summary(),
         differences=tuple(structure_differences(candidate, reference)),
     )

@@ -1,9 +1,7 @@
-"""The benchmark's bookkeeping and a tiny smoke run: structure and finiteness, never timings."""
+"""The pairwise latency bookkeeping and m2pt-bench's option errors: never timings."""
 
 from __future__ import annotations
 
-import json
-import math
 from collections import OrderedDict
 
 import numpy as np
@@ -14,7 +12,6 @@ from polygraphy.common import TensorMetadata
 from m2pt_deploy.cli.bench import main
 from m2pt_deploy.cli.common import run_main
 from m2pt_deploy.verify.latency import compare_latency, interleaved_times
-from tests.verify.fixtures import TINY
 
 
 class FakeRunner(BaseRunner):
@@ -63,51 +60,6 @@ def test_ratio_is_the_median_of_per_round_ratios():
     assert result.batch == 2 and result.rounds == 4
 
 
-TINY_KWARGS = json.dumps(TINY.model_kwargs)
-
-
-def test_tiny_bench_writes_json_and_markdown(tmp_path, capsys):
-    out = tmp_path / "bench"
-    code = run_main(
-        main,
-        [
-            "--arch",
-            TINY.arch,
-            "--model-kwargs",
-            TINY_KWARGS,
-            "--batches",
-            "1",
-            "2",
-            "--rounds",
-            "2",
-            "--warmup",
-            "0",
-            "--out",
-            str(out),
-        ],
-    )
-    stdout = capsys.readouterr().out
-    assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md"]
-    data = json.loads((out / "bench.json").read_text())
-    assert data["machine"]["cpu"] and data["machine"]["usable_cpus"] >= 1
-    assert data["spec"]["input_size"] == [3, 32, 32]
-    pairs = [(r["runtime"], r["batch"], r["candidate"], r["baseline"]) for r in data["results"]]
-    assert pairs == [
-        ("ONNX Runtime CPU", 1, "merged", "vanilla"),
-        ("torch eager CPU", 1, "unmerged", "merged"),
-        ("ONNX Runtime CPU", 2, "merged", "vanilla"),
-        ("torch eager CPU", 2, "unmerged", "merged"),
-    ]
-    for r in data["results"]:
-        for key in ("candidate_ms", "baseline_ms", "ratio", "ratio_p25", "ratio_p75"):
-            assert math.isfinite(r[key]) and r[key] > 0, (key, r)
-    md = (out / "bench.md").read_text()
-    assert md.startswith(f"Machine: {data['machine']['cpu']}")
-    assert md.count("\n| ") == 1 + len(data["results"])
-    assert md in stdout
-
-
 @pytest.mark.parametrize(
     ("argv", "fragment"),
     [
@@ -115,6 +67,7 @@ def test_tiny_bench_writes_json_and_markdown(tmp_path, capsys):
         (["--model-kwargs", "[1]"], "must be a JSON object, got list"),
         (["--arch", "no_such_vit_xyz"], "unknown timm architecture 'no_such_vit_xyz'"),
         (["--warmup", "-1"], "--warmup must be 0 or more"),
+        (["--accuracy-epochs", "-1"], "--accuracy-epochs must be 0 or more"),
     ],
 )
 def test_bad_options_are_one_line_errors(tmp_path, capsys, argv, fragment):

@@ -1,0 +1,50 @@
+"""The int8 CPU model against the fp32 model it was quantized from.
+
+Reference: the unmerged torch model (bit-identical to the merged fp32 one); candidate: the
+int8 ONNX run the way a server runs it (:func:`cpu_session`). int8 logits move by design,
+so the judge is top-1 agreement, at least 99%, on held-out real images.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from polygraphy.backend.base import BaseRunner
+
+from m2pt_deploy.build import build_unmerged
+from m2pt_deploy.checkpoint import Checkpoint
+from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.export.onnx import INPUT_NAME
+from m2pt_deploy.export.optimize import cpu_session
+from m2pt_deploy.verify.numerics import compare_runners
+from m2pt_deploy.verify.result import CheckResult
+from m2pt_deploy.verify.runners import TorchRunner
+from m2pt_deploy.verify.tolerance import Tolerance
+
+__all__ = ["INT8_CPU", "cpu_runner", "verify_int8_cpu"]
+
+INT8_CPU = Tolerance("int8 cpu", min_top1=0.99)
+
+
+def cpu_runner(onnx_path: str | os.PathLike[str], *, name: str | None = None, spinning: bool = True,
+               threads: int | None = None) -> BaseRunner:
+    """Polygraphy's ONNX Runtime runner over :func:`cpu_session` (an optimized file is not re-optimized)."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner
+
+    path = Path(onnx_path)
+    return OnnxrtRunner(lambda: cpu_session(path, spinning=spinning, threads=threads),
+                        name=name or f"onnxrt-cpu:{path.name}")
+
+
+def verify_int8_cpu(ckpt: Checkpoint, onnx_path: str | os.PathLike[str], images: np.ndarray, *,
+                    batch: int = 16) -> CheckResult:
+    if images.ndim != 4 or len(images) == 0:
+        raise M2ptError(f"images must be a non-empty [N, C, H, W] array, got shape {images.shape}")
+    x = np.ascontiguousarray(images, dtype=np.float32)
+    feeds = [{INPUT_NAME: x[i:i + batch]} for i in range(0, len(x), batch)]
+    reference = TorchRunner(lambda: build_unmerged(ckpt), (None, *ckpt.spec.input_size), name="torch-unmerged")
+    (result,) = compare_runners([reference, cpu_runner(onnx_path)], feeds, INT8_CPU, check="int8 onnx (cpu)",
+                                note=f"{len(x)} held-out photo tiles")
+    return result

@@ -1,0 +1,47 @@
+"""What ``m2pt-export`` costs: wall time and the peak RSS of that one process.
+
+The command runs as a child process and is reaped with ``os.wait4``, whose resource usage
+is that child's alone (``RUSAGE_CHILDREN`` would mix in every earlier child, compiler
+workers included).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["CommandCost", "run_measured"]
+
+_EXPORT = "from m2pt_deploy.cli.export import entrypoint; entrypoint()"
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandCost:
+    command: str
+    returncode: int
+    wall_s: float
+    peak_rss_mb: float
+    stderr_tail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def run_measured(args: Sequence[str], *, label: str | None = None, code: str = _EXPORT) -> CommandCost:
+    """Run ``m2pt-export ARGS`` (``code`` picks another entry point) in a child Python."""
+    argv = [sys.executable, "-c", f"import sys; sys.argv[0] = 'm2pt-export'; {code}", *args]
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    # ru_maxrss is in KiB on Linux.
+    return CommandCost(label or " ".join(args), proc.returncode, wall, usage.ru_maxrss / 1024,
+                       "\n".join(err.strip().splitlines()[-3:]))
