@@ -44,6 +44,6 @@ def test_quantized_precision_is_refused_for_plain_onnx(m2pt_ckpt, tmp_path, caps
     out = tmp_path / "out"
     out.mkdir()
     code, _, err = export(["--format", "onnx", str(m2pt_ckpt), "-o", str(out / "m.onnx"),
-                           "--precision", "int8"], capsys)
-    assert_user_error(code, err, "--precision int8 is only for --format trt")
+                           "--precision", "fp8"], capsys)
+    assert_user_error(code, err, "--precision fp8 is only for --format trt")
     assert list(out.iterdir()) == []
