@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ONNX Runtime execution providers in priority order: cpu, cuda, "
                              "tensorrt or full names (default cpu; cuda/tensorrt need onnxruntime-gpu)")
     parser.add_argument("--threads", type=int, default=0, metavar="N",
-                        help="ONNX Runtime intra-op threads per model; 0 lets it choose (default 0). "
+                        help="ONNX Runtime intra-op threads per model; 0 means one per physical core (default 0). "
                              "On a CPU shared with other work, 1 often beats spinning threads")
     parser.add_argument("--log-level", default="warning",
                         choices=["critical", "error", "warning", "info", "debug"])

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-delay-ms", type=float, default=5.0, metavar="T",
                         help="max delay of the batching server (default: 5)")
     parser.add_argument("--threads", type=int, default=0, metavar="N",
-                        help="m2pt-serve --threads for both servers (default: 0, ONNX Runtime's choice)")
+                        help="m2pt-serve --threads for both servers (default: 0, one per physical core)")
     parser.add_argument("--rounds", type=int, default=3, metavar="N",
                         help="alternating off/on rounds per level, sharing its budget (default: 3)")
     parser.add_argument("--warmup", type=int, default=10, metavar="N",

@@ -33,9 +33,6 @@ def photo_tiles(input_size: tuple[int, int, int], mean: Sequence[float], std: Se
 
 def cpu_int8_onnx(proto: onnx.ModelProto, calibration: np.ndarray, *, optimize: bool = True) -> onnx.ModelProto:
     """A Q/DQ int8 copy of an fp32 export; ``optimize``: ONNX Runtime's offline fusions applied."""
-    # Percentile calibration stacks per-batch histograms and fails on a short last batch.
-    batch = min(_CALIBRATION_BATCH, len(calibration))
-    whole = calibration[: len(calibration) - len(calibration) % batch]
-    quantized = quantize_qdq(prepare_graph(proto), "int8", whole, batch_size=batch)
+    quantized = quantize_qdq(prepare_graph(proto), "int8", calibration, batch_size=_CALIBRATION_BATCH)
     set_metadata(quantized, "m2pt_deploy.precision", "int8")
     return optimize_onnx(quantized, attention=None) if optimize else quantized

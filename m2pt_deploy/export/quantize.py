@@ -57,6 +57,10 @@ def quantize_qdq(
     if calibration.ndim != 4 or len(calibration) == 0:
         raise M2ptError(f"calibration images must be a non-empty (N, C, H, W) array, got {calibration.shape}")
     name = input_name or proto.graph.input[0].name
+    # Percentile calibration stacks per-batch histograms and fails on a short last batch:
+    # calibrate on whole batches only.
+    batch_size = min(batch_size, len(calibration))
+    calibration = calibration[: len(calibration) - len(calibration) % batch_size]
     nodes = quantizable_nodes(proto)
     if precision == "fp8":
         proto = _at_least_opset(proto, _FP8_MIN_OPSET)

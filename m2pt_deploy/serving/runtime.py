@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.export.optimize import cpu_session_options
 from m2pt_deploy.serving.protocol import TensorSpec
 
 __all__ = [
@@ -91,9 +92,9 @@ class OrtModel:
         import onnxruntime as ort
 
         self.name, self.version, self.path = name, version, Path(path)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
         try:
+            # Threads per physical core; no second optimization pass for a file --optimize wrote.
+            options = cpu_session_options(path, threads=threads or None)
             self.session = ort.InferenceSession(os.fspath(path), options, providers=list(providers))
         except Exception as e:  # onnxruntime raises its own untyped errors for bad files
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

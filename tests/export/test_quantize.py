@@ -75,3 +75,9 @@ def test_calibration_tiles_are_real_deterministic_and_normalised() -> None:
 def test_calibration_channel_mismatch_is_refused() -> None:
     with pytest.raises(M2ptError, match="mean/std have 3/3 values for 1 input channels"):
         calibration_tiles((1, 8, 8), TINY.mean, TINY.std, count=1)
+
+
+def test_calibration_count_need_not_be_a_multiple_of_the_batch(fp32_graph, calib) -> None:  # noqa: F811
+    """Percentile calibration used to crash on a short last batch (e.g. --calib-images 100)."""
+    model = quantize_qdq(fp32_graph, "int8", calib[:11], batch_size=8)
+    assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)

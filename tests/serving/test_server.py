@@ -350,3 +350,18 @@ def test_sigterm_lets_in_flight_requests_finish(serve_process, tiny_onnx, refere
     assert server.stop() == 0
     with pytest.raises(OSError):
         http("GET", f"{server.url}/v2/health/live", timeout=2)
+
+
+def test_optimized_export_is_not_optimized_again_at_load(tiny_onnx, tmp_path) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    from m2pt_deploy.export.optimize import optimize_onnx, save_optimized
+    from m2pt_deploy.serving.runtime import OrtModel
+
+    optimized = save_optimized(optimize_onnx(onnx.load(tiny_onnx)), tmp_path / "fast.onnx")
+    level = ort.GraphOptimizationLevel
+    fast = OrtModel("fast", optimized, providers=["CPUExecutionProvider"])
+    plain = OrtModel("plain", tiny_onnx, providers=["CPUExecutionProvider"])
+    assert fast.session.get_session_options().graph_optimization_level == level.ORT_DISABLE_ALL
+    assert plain.session.get_session_options().graph_optimization_level == level.ORT_ENABLE_ALL
