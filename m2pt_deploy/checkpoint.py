@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from m2pt_deploy import __version__
-from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.errors import M2ptError, first_line
 from m2pt_deploy.fileio import atomic_output, sha256_file
 from m2pt_deploy.pathway import LambdaKind
 from m2pt_deploy.vit import ModelSpec, check_arch, infer_spec
@@ -93,7 +93,7 @@ def _load_torch_file(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "global" not in str(e).lower():
-            raise M2ptError(f"not a readable PyTorch checkpoint ({_first_line(e)})", path) from e
+            raise M2ptError(f"not a readable PyTorch checkpoint ({first_line(e)})", path) from e
         raise M2ptError(
             "refusing to load: the pickle needs code to run (only tensors and plain containers "
             "are loaded, weights_only=True); re-save it as a state dict or .safetensors",
@@ -103,11 +103,8 @@ def _load_torch_file(path: Path) -> Any:
         raise M2ptError("truncated or corrupt checkpoint", path) from e
     except Exception as e:
         # A damaged pickle stream fails inside the unpickler with any exception type.
-        raise M2ptError(f"not a readable PyTorch checkpoint ({_first_line(e)})", path) from e
+        raise M2ptError(f"not a readable PyTorch checkpoint ({first_line(e)})", path) from e
 
-
-def _first_line(e: BaseException) -> str:
-    return next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
 
 
 def _load_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["M2ptError"]
+__all__ = ["M2ptError", "first_line"]
 
 
 class M2ptError(Exception):
@@ -21,3 +21,9 @@ class M2ptError(Exception):
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
+
+
+def first_line(e: BaseException) -> str:
+    """The first non-blank line of an exception's message (its type name if there is none),
+    for wrapping a library's multi-line error into our one-line ``M2ptError``."""
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from m2pt_deploy.cli.common import EXIT_CHECK_FAILED, EXIT_OK, add_model_args, run_main
-from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.errors import M2ptError, first_line
 from m2pt_deploy.fileio import check_output_path
 
 __all__ = ["build_parser", "entrypoint", "main"]
@@ -89,7 +89,7 @@ def _load_inputs(path: str) -> np.ndarray:
         # Never unpickle: an object array in a .npy file would run code.
         return np.load(p, allow_pickle=False)
     except ValueError as e:
-        raise M2ptError(f"not a plain numeric .npy array ({str(e).splitlines()[0]})", p) from e
+        raise M2ptError(f"not a plain numeric .npy array ({first_line(e)})", p) from e
     except (OSError, EOFError) as e:
         raise M2ptError(f"not a readable .npy file ({e})", p) from e
 

@@ -23,7 +23,7 @@ from torch import nn
 from m2pt_deploy import __version__
 from m2pt_deploy.build import build_unmerged
 from m2pt_deploy.checkpoint import Checkpoint, load_checkpoint
-from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.errors import M2ptError, first_line
 from m2pt_deploy.fileio import atomic_output
 from m2pt_deploy.merge import merge_model
 from m2pt_deploy.pathway import pathway_layers
@@ -142,7 +142,7 @@ def save_onnx(proto: onnx.ModelProto, path: str | os.PathLike[str], *, force: bo
     try:
         onnx.checker.check_model(proto, full_check=proto.ByteSize() < _PROTOBUF_LIMIT)
     except onnx.checker.ValidationError as e:
-        raise M2ptError(f"exported graph failed onnx.checker: {str(e).splitlines()[0]}", path) from e
+        raise M2ptError(f"exported graph failed onnx.checker: {first_line(e)}", path) from e
     out = Path(path)
     external = proto.ByteSize() >= _PROTOBUF_LIMIT
     if not external:

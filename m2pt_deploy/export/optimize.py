@@ -37,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 
-from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.errors import M2ptError, first_line
 from m2pt_deploy.fileio import atomic_output
 
 __all__ = [
@@ -222,7 +222,7 @@ def ort_optimize(proto: onnx.ModelProto) -> onnx.ModelProto:
         try:
             ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own untyped exceptions
-            raise M2ptError(f"ONNX Runtime could not optimize the graph: {str(e).splitlines()[0]}") from e
+            raise M2ptError(f"ONNX Runtime could not optimize the graph: {first_line(e)}") from e
         out = onnx.load_model(dst)
     _copy_model_fields(proto, out)
     return out

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import onnx
 
-from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.errors import M2ptError, first_line
 from m2pt_deploy.export.engine_info import EngineInfo, write_engine_info
 from m2pt_deploy.export.onnx import BatchSpec, read_metadata
 from m2pt_deploy.export.profiles import ShapeProfile, profile_for
@@ -334,7 +334,7 @@ def build_engine_from_onnx(
         try:
             engine_chain(onnx_file, tmp, options, api_path=api, progress=report).save()
         except PolygraphyException as e:
-            raise M2ptError(f"TensorRT could not build the engine: {str(e).splitlines()[0]}",
+            raise M2ptError(f"TensorRT could not build the engine: {first_line(e)}",
                             onnx_file) from e
     info = EngineInfo(
         tensorrt_version=platform.tensorrt_version, api_path=api, gpu_name=platform.gpu_name,

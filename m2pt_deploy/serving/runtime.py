@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.errors import M2ptError, first_line
 from m2pt_deploy.export.optimize import cpu_session_options
 from m2pt_deploy.serving.protocol import TensorSpec
 
@@ -97,7 +97,7 @@ class OrtModel:
             options = cpu_session_options(path, threads=threads or None)
             self.session = ort.InferenceSession(os.fspath(path), options, providers=list(providers))
         except Exception as e:  # onnxruntime raises its own untyped errors for bad files
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise M2ptError(f"ONNX Runtime cannot load this model: {first}", path) from None
         self.providers = self.session.get_providers()
         self.inputs = tuple(_spec(n) for n in self.session.get_inputs())

@@ -19,7 +19,7 @@ from polygraphy.backend.base import BaseRunner
 
 from m2pt_deploy.build import build_unmerged
 from m2pt_deploy.checkpoint import Checkpoint, load_checkpoint
-from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.errors import M2ptError, first_line
 from m2pt_deploy.export.onnx import read_metadata
 from m2pt_deploy.merge import merge_model
 from m2pt_deploy.verify.numerics import check_merge, compare_runners
@@ -41,7 +41,7 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     try:
         proto = onnx.load(p)
     except (DecodeError, OSError, ValueError, RuntimeError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = first_line(e)
         raise M2ptError(f"not a readable ONNX model ({reason})", p) from e
     if not proto.graph.node:
         raise M2ptError("not an ONNX model: it has no graph (empty or truncated file?)", p)
@@ -49,7 +49,7 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
         # By path: the checker refuses in-memory models past protobuf's 2 GiB limit.
         onnx.checker.check_model(os.fspath(p))
     except (onnx.checker.ValidationError, ValueError) as e:
-        raise M2ptError(f"invalid ONNX model: {str(e).splitlines()[0]}", p) from e
+        raise M2ptError(f"invalid ONNX model: {first_line(e)}", p) from e
     return proto
 
 
