@@ -22,7 +22,7 @@ from torch import nn
 
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.onnx import INPUT_NAME, OUTPUT_NAME
-from m2pt_deploy.verify.machine import usable_cpus
+from m2pt_deploy.export.optimize import cpu_session
 
 __all__ = [
     "SessionFromOnnxNoSpin",
@@ -83,15 +83,8 @@ class SessionFromOnnxNoSpin:
         self.threads = threads
 
     def __call__(self) -> Any:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads or usable_cpus()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        return ort.InferenceSession(
-            self.onnx_path, sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        # The serving options (an --optimize file is not optimized twice), threads asleep when idle.
+        return cpu_session(self.onnx_path, threads=self.threads, spinning=False)
 
 
 def onnxrt_runner(
