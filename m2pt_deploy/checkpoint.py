@@ -7,12 +7,11 @@ for each pathway layer and auxiliary model ``k`` (see ``pathway.pathway_state_di
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
-import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -21,22 +20,28 @@ import torch
 from torch import Tensor
 
 from m2pt_deploy import __version__
-from m2pt_deploy.errors import M2ptError, first_line
+from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.fileio import atomic_output, sha256_file
 from m2pt_deploy.pathway import LambdaKind
-from m2pt_deploy.vit import ModelSpec, check_arch, infer_spec
+from m2pt_deploy.torchfile import load_torch_file
+from m2pt_deploy.training_args import check_against_args, hints_from_args
+from m2pt_deploy.vit import ModelSpec, arch_width, check_arch, check_spec, infer_spec
 
 __all__ = [
     "METADATA_KEY",
     "Checkpoint",
     "PathwayInfo",
     "load_checkpoint",
+    "read_checkpoint_file",
     "read_state_dict",
     "save_checkpoint",
 ]
 
 METADATA_KEY = "m2pt_deploy"
-_WRAPPER_KEYS = ("model", "module", "state_dict", "base_model")
+# Where the reference writers put the weights (see shared M2PT_REFERENCE.md's table).
+_WRAPPER_KEYS = ("model", "module", "state_dict", "base_model", "model_state_dict")
+_EMA_KEY = "model_ema"
+_PREFIXES = ("module.", "_orig_mod.", "backbone.", "encoder.", "MAE_encoder.")
 _AUX_SUFFIX = re.compile(r"^(?P<layer>.+)\.(?P<kind>aux_weight|cross_modal_scale)\.(?P<k>\d+)$")
 # The reference code's names for a single pathway: the main variant, then its
 # point-cloud segmentation variant.
@@ -81,30 +86,13 @@ class Checkpoint:
     spec: ModelSpec
     pathway: PathwayInfo | None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: What was read from the file's training ``args`` or assumed, for reports.
+    notes: tuple[str, ...] = ()
 
     @property
     def has_probe_head(self) -> bool:
         """The reference linear-probe head: ``Sequential(BatchNorm1d(affine=False), Linear)``."""
         return "head.0.running_mean" in self.state_dict
-
-
-def _load_torch_file(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "global" not in str(e).lower():
-            raise M2ptError(f"not a readable PyTorch checkpoint ({first_line(e)})", path) from e
-        raise M2ptError(
-            "refusing to load: the pickle needs code to run (only tensors and plain containers "
-            "are loaded, weights_only=True); re-save it as a state dict or .safetensors",
-            path,
-        ) from e
-    except (EOFError, zipfile.BadZipFile) as e:
-        raise M2ptError("truncated or corrupt checkpoint", path) from e
-    except Exception as e:
-        # A damaged pickle stream fails inside the unpickler with any exception type.
-        raise M2ptError(f"not a readable PyTorch checkpoint ({first_line(e)})", path) from e
-
 
 
 def _load_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -118,8 +106,14 @@ def _load_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
         raise M2ptError(f"truncated or corrupt safetensors file ({e})", path) from e
 
 
-def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
-    # Training checkpoints nest the weights under one of a few names, sometimes twice.
+def _unwrap(obj: Any, path: Path, *, ema: bool = False) -> dict[str, Tensor]:
+    """The state dict inside a training checkpoint, with wrapper prefixes stripped."""
+    if ema:
+        if not isinstance(obj, Mapping) or not isinstance(obj.get(_EMA_KEY), Mapping):
+            raise M2ptError(f"--ema: the checkpoint has no {_EMA_KEY!r} weights", path)
+        obj = obj[_EMA_KEY]
+    # Training checkpoints nest the weights under one of a few names, sometimes twice;
+    # "model" wins over "model_ema" (the EMA weights are taken only when asked for).
     for _ in range(3):
         if not isinstance(obj, Mapping):
             break
@@ -132,14 +126,35 @@ def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
     tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, Tensor)}
     if not tensors:
         raise M2ptError("not a checkpoint: no tensors in its state dict", path)
-    # DistributedDataParallel saves every key under "module.".
-    if all(k.startswith("module.") for k in tensors):
-        tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
+    return _strip_prefixes(tensors)
+
+
+def _strip_prefixes(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    # DDP ("module."), torch.compile ("_orig_mod."), and the reference loaders' model
+    # wrappers; a prefix is stripped only when every key has it, because "encoder." is
+    # also a real submodule of Point-MAE (its mini-PointNet).
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _PREFIXES:
+            if all(k.startswith(prefix) for k in tensors):
+                tensors = {k.removeprefix(prefix): v for k, v in tensors.items()}
+                stripped = True
     return tensors
 
 
-def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Tensors and safetensors metadata (empty for .pth) of a checkpoint file, unwrapped."""
+def _training_args(obj: Any) -> dict[str, Any]:
+    """The ``args`` the reference training scripts save beside the weights, as a plain dict."""
+    args = obj.get("args") if isinstance(obj, Mapping) else None
+    if isinstance(args, argparse.Namespace):
+        args = vars(args)
+    return dict(args) if isinstance(args, Mapping) else {}
+
+
+def read_checkpoint_file(
+    path: str | os.PathLike[str], *, ema: bool = False
+) -> tuple[dict[str, Tensor], dict[str, str], dict[str, Any]]:
+    """Tensors, safetensors metadata (empty for .pth) and training ``args`` (empty if none)."""
     p = Path(path)
     if not p.exists():
         raise M2ptError("no such file", p)
@@ -152,9 +167,18 @@ def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], di
     if len(head) < 8:
         raise M2ptError("truncated or empty file", p)
     if p.suffix == ".safetensors":
+        if ema:
+            raise M2ptError("--ema is for training checkpoints (.pth) that hold 'model_ema'", p)
         tensors, metadata = _load_safetensors(p)
-        return _unwrap(tensors, p), metadata
-    return _unwrap(_load_torch_file(p), p), {}
+        return _unwrap(tensors, p), metadata, {}
+    obj = load_torch_file(p)
+    return _unwrap(obj, p, ema=ema), {}, _training_args(obj)
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and safetensors metadata (empty for .pth) of a checkpoint file, unwrapped."""
+    tensors, metadata, _ = read_checkpoint_file(path)
+    return tensors, metadata
 
 
 def _canonicalise_reference(sd: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -217,38 +241,39 @@ def load_checkpoint(
     *,
     arch: str | None = None,
     input_size: tuple[int, int, int] | None = None,
+    ema: bool = False,
 ) -> Checkpoint:
-    """Read any supported checkpoint; ``arch`` / ``input_size`` override what it says or implies."""
+    """Read any supported checkpoint; ``arch`` / ``input_size`` override what it says or implies.
+
+    ``ema`` takes the ``model_ema`` weights of a training checkpoint instead of ``model``.
+    Everything the file declares (our config, the training ``args``) is checked against
+    the tensor shapes before anything is built; what was taken from it or assumed is
+    listed in ``Checkpoint.notes``.
+    """
     p = Path(path)
     if arch is not None:
         check_arch(arch)
-    sd, metadata = read_state_dict(p)
+    sd, metadata, args = read_checkpoint_file(p, ema=ema)
     _check_finite(sd, p)
-    if METADATA_KEY in metadata:
-        # Ours: a .safetensors file whose metadata holds the JSON config.
-        config = json.loads(metadata[METADATA_KEY])
-        kind: CheckpointKind = "m2pt"
-        spec = ModelSpec.from_dict(config["spec"])
-        if arch is not None:
-            spec = dataclasses.replace(spec, arch=arch)
-        if input_size is not None:
-            spec = spec.with_input_size(input_size)
-        aux = tuple(config["pathway"]["aux"]) if config.get("pathway") else None
-        extra = {k: v for k, v in config.items() if k not in ("spec", "pathway")}
-    else:
-        if any(k.rpartition(".")[2] in _REFERENCE_NAMES for k in sd):
-            # The M2PT reference code's checkpoint: one pathway per layer.
-            sd = _canonicalise_reference(sd)
-            kind = "reference"
-        else:
-            # A plain timm or MAE fine-tuned ViT (or an auxiliary model).
-            kind = "timm"
-        try:
-            spec = infer_spec(_vanilla_view(sd), arch=arch, input_size=input_size)
-        except M2ptError as e:
-            raise M2ptError(e.message, p) from e
-        aux, extra = None, {}
+    notes: list[str] = ["EMA weights (model_ema)"] if ema else []
     try:
+        if METADATA_KEY in metadata:
+            # Ours: a .safetensors file whose metadata holds the JSON config.
+            kind: CheckpointKind = "m2pt"
+            config = _read_config(metadata[METADATA_KEY])
+            spec = _declared_spec(config, sd, arch, input_size)
+            aux = tuple(config["pathway"]["aux"]) if config.get("pathway") else None
+            extra = {k: v for k, v in config.items() if k not in ("spec", "pathway")}
+        else:
+            if any(k.rpartition(".")[2] in _REFERENCE_NAMES for k in sd):
+                # The M2PT reference code's checkpoint: one pathway per layer.
+                sd = _canonicalise_reference(sd)
+                kind = "reference"
+            else:
+                # A plain timm or MAE fine-tuned ViT (or an auxiliary model).
+                kind = "timm"
+            spec = _inferred_spec(_vanilla_view(sd), args, arch, input_size, notes)
+            aux, extra, config = None, {}, {}
         pathway = _pathway_info(sd, aux)
     except M2ptError as e:
         raise M2ptError(e.message, p) from e
@@ -258,7 +283,51 @@ def load_checkpoint(
             found = pathway.layers if pathway else ()
             raise M2ptError(f"metadata lists pathway layers {declared.layers}, tensors have {found}", p)
         pathway = declared
-    return Checkpoint(p, sha256_file(p), kind, sd, spec, pathway, extra)
+    return Checkpoint(p, sha256_file(p), kind, sd, spec, pathway, extra, tuple(notes))
+
+
+def _read_config(text: str) -> dict[str, Any]:
+    try:
+        config = json.loads(text)
+        ModelSpec.from_dict(config["spec"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise M2ptError(f"the {METADATA_KEY} metadata is not a valid config ({type(e).__name__}: {e})") from e
+    return config
+
+
+def _declared_spec(config: Mapping[str, Any], sd: Mapping[str, Tensor], arch: str | None,
+                   input_size: tuple[int, int, int] | None) -> ModelSpec:
+    spec = ModelSpec.from_dict(config["spec"])
+    view = _vanilla_view(sd)
+    check_spec(spec, view)
+    if arch is not None:
+        width = view["patch_embed.proj.weight"].shape[0]
+        if arch_width(arch) != width:
+            raise M2ptError(f"--arch {arch} is {arch_width(arch)} wide, the checkpoint's weights are {width} wide")
+        spec = dataclasses.replace(spec, arch=arch)
+    if input_size is not None:
+        spec = spec.with_input_size(input_size)
+        check_spec(spec, view)
+    return spec
+
+
+def _inferred_spec(view: Mapping[str, Tensor], args: Mapping[str, Any], arch: str | None,
+                   input_size: tuple[int, int, int] | None, notes: list[str]) -> ModelSpec:
+    patch = view.get("patch_embed.proj.weight")
+    hints = hints_from_args(args, channels=int(patch.shape[1]) if patch is not None and patch.ndim > 1 else 3)
+    if arch is None and hints.model_name is not None:
+        width = int(patch.shape[0]) if patch is not None else 0
+        named = arch_width(hints.model_name)
+        if named != width:
+            raise M2ptError(f"args.model {args['model']!r} is {named} wide, the weights are {width} wide")
+        arch = hints.model_name
+    mean_std = hints.mean_std if input_size is None else None
+    if input_size is None:
+        input_size = hints.input_size
+    notes.extend(hints.notes)
+    spec = infer_spec(view, arch=arch, input_size=input_size, mean_std=mean_std, notes=notes)
+    notes.extend(check_against_args(spec, args))
+    return spec
 
 
 def save_checkpoint(

@@ -11,10 +11,20 @@ from torch import Tensor, nn
 
 from m2pt_deploy.errors import M2ptError
 
-__all__ = ["ModelSpec", "check_arch", "create_vit", "infer_spec"]
+__all__ = ["AUDIO_DATASETS", "ModelSpec", "arch_width", "audio_spec_input", "check_arch", "check_spec",
+           "create_vit", "infer_spec"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# AudioMAE (and M2PT's Audio code): fbank spectrograms of 128 mel bins, time × frequency,
+# normalised as (x - mean) / (2 * std) with per-dataset statistics; audioset is the default.
+AUDIO_DATASETS: dict[str, tuple[int, float, float]] = {  # name: (frames, mean, std)
+    "audioset": (1024, -4.2677393, 4.5689974),
+    "k400": (1024, -4.2677393, 4.5689974),
+    "esc50": (512, -6.6268077, 5.358466),
+    "speechcommands": (128, -6.845978, 5.5654526),
+}
+_AUDIO_MEL_BINS = 16 * 8
 # timm's standard ViT widths and their head counts; other widths assume 64-wide heads.
 _HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
 _ARCH_BY_WIDTH = {192: "vit_tiny", 384: "vit_small", 768: "vit_base", 1024: "vit_large", 1280: "vit_huge"}
@@ -78,9 +88,32 @@ def create_vit(spec: ModelSpec, *, exportable: bool = False) -> nn.Module:
     return model.eval()
 
 
-def _grid(num_patches: int, input_size: tuple[int, int, int] | None, patch: int) -> tuple[int, int]:
+def audio_spec_input(dataset: str = "audioset") -> tuple[tuple[int, int, int], tuple[float], tuple[float]]:
+    """AudioMAE's input (1, frames, 128) and its normalisation (mean, 2 × std) for a dataset."""
+    frames, mean, std = AUDIO_DATASETS[dataset]
+    return (1, frames, _AUDIO_MEL_BINS), (mean,), (2 * std,)
+
+
+def _is_audiomae_grid(chans: int, patch: int, num_patches: int) -> bool:
+    return chans == 1 and patch == 16 and num_patches == 512
+
+
+def _grid(num_patches: int, input_size: tuple[int, int, int] | None, patch: int, chans: int,
+          notes: list[str]) -> tuple[int, int]:
     if input_size is not None:
-        return input_size[1], input_size[2]
+        h, w = input_size[1], input_size[2]
+        if _is_audiomae_grid(chans, patch, num_patches) and (h // patch, w // patch) == (8, 64):
+            raise M2ptError(
+                f"--input-size 1 {h} {w} is AudioMAE's input transposed: it is time x frequency, "
+                "(1, 1024, 128); the same 512 patches would meet a transposed position table"
+            )
+        return h, w
+    if _is_audiomae_grid(chans, patch, num_patches):
+        # NOTE a 512-patch grid is 64 × 8 (AudioMAE) or 8 × 64 (its transpose): both load,
+        # only one is right, and 1-channel 512-patch ViTs are AudioMAE's.
+        notes.append("assumed AudioMAE's input: 1 x 1024 x 128 (time x frequency), normalised as "
+                     "(x + 4.2677) / (2 x 4.5690); pass --input-size to override")
+        return 1024, _AUDIO_MEL_BINS
     side = math.isqrt(num_patches)
     if side * side != num_patches:
         raise M2ptError(
@@ -89,18 +122,31 @@ def _grid(num_patches: int, input_size: tuple[int, int, int] | None, patch: int)
     return side * patch, side * patch
 
 
+def arch_width(arch: str) -> int:
+    """The embedding width of a timm architecture, built on the meta device (no memory, no init cost)."""
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        model = timm.create_model(arch, pretrained=False)
+    return int(model.embed_dim)
+
+
 def infer_spec(
     state_dict: Mapping[str, Tensor],
     *,
     arch: str | None = None,
     input_size: tuple[int, int, int] | None = None,
+    mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    notes: list[str] | None = None,
 ) -> ModelSpec:
     """Read a timm (or MAE fine-tuned) ViT's architecture off its tensor shapes.
 
     Embed dim, channels and patch size come from ``patch_embed.proj.weight``; depth from
     the block indices; the image size from ``pos_embed`` (square unless ``input_size``
-    says otherwise); classes from ``head.weight``; ``fc_norm`` without a final ``norm``
-    means MAE-style global average pooling.
+    says otherwise; a 1-channel 512-patch grid is AudioMAE's 1024 × 128); classes from
+    ``head.weight``; ``fc_norm`` without a final ``norm`` means MAE-style global average
+    pooling. ``arch`` must have the weights' width. Assumptions are appended to ``notes``.
     """
     if "patch_embed.proj.weight" not in state_dict or "pos_embed" not in state_dict:
         sample = ", ".join(list(state_dict)[:3])
@@ -115,7 +161,7 @@ def infer_spec(
     num_patches = state_dict["pos_embed"].shape[1] - num_prefix
     if input_size is not None and input_size[0] != chans:
         raise M2ptError(f"--input-size says {input_size[0]} channels, the checkpoint has {chans}")
-    height, img_w = _grid(num_patches, input_size, patch)
+    height, img_w = _grid(num_patches, input_size, patch, chans, notes if notes is not None else [])
     if (height // patch) * (img_w // patch) != num_patches:
         raise M2ptError(
             f"input {height}x{img_w} with patch {patch} gives {(height // patch) * (img_w // patch)} "
@@ -140,6 +186,35 @@ def infer_spec(
     if arch is None:
         arch = f"{_ARCH_BY_WIDTH.get(width, 'vit_base')}_patch16_224"
     else:
+        named = arch_width(arch)
+        if named != width:
+            raise M2ptError(f"--arch {arch} is {named} wide, the checkpoint's weights are {width} wide")
         del kwargs["num_heads"]  # shapes do not show it; a named architecture does
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if chans == 3 else ((0.5,) * chans, (0.5,) * chans)
+    if mean_std is not None:
+        mean, std = mean_std
+    elif _is_audiomae_grid(chans, patch, num_patches) and (height, img_w) == (1024, _AUDIO_MEL_BINS):
+        _, mean, std = audio_spec_input()
+    else:
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if chans == 3 else ((0.5,) * chans, (0.5,) * chans)
     return ModelSpec(arch=arch, model_kwargs=kwargs, input_size=(chans, height, img_w), mean=mean, std=std)
+
+
+# What a declared spec must agree on with the weights; the rest (mlp ratio, pooling) is checked
+# when the state dict loads into the built model.
+_CHECKED = ("embed_dim", "depth", "in_chans", "patch_size", "num_classes", "class_token")
+
+
+def check_spec(spec: ModelSpec, state_dict: Mapping[str, Tensor]) -> None:
+    """Refuse a declared spec (file metadata, ``args``) that the tensor shapes contradict.
+
+    Runs on shapes only, before any model is built: a config claiming a 65536-pixel input
+    for 32 × 32 weights would otherwise allocate a position table for 16M patches.
+    """
+    inferred = infer_spec(state_dict, input_size=spec.input_size)
+    for key in _CHECKED:
+        declared, actual = spec.model_kwargs.get(key), inferred.model_kwargs[key]
+        if declared is not None and declared != actual:
+            raise M2ptError(f"the config says {key} {declared!r}, the weights have {actual!r}")
+    size = spec.model_kwargs.get("img_size")
+    if size is not None and tuple(size if isinstance(size, (list, tuple)) else (size, size)) != spec.input_size[1:]:
+        raise M2ptError(f"the config's img_size {size!r} disagrees with its input size {spec.input_size}")

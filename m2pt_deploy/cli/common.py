@@ -7,8 +7,12 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from m2pt_deploy.errors import M2ptError
+
+if TYPE_CHECKING:
+    from m2pt_deploy.checkpoint import Checkpoint
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -16,6 +20,7 @@ __all__ = [
     "EXIT_OK",
     "add_model_args",
     "add_output_args",
+    "load_model_checkpoint",
     "run_main",
     "step",
 ]
@@ -38,7 +43,21 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--arch", metavar="NAME",
                        help="timm architecture, e.g. vit_base_patch16_224 (default: inferred from tensor shapes)")
     group.add_argument("--input-size", nargs=3, type=_input_size, metavar=("C", "H", "W"),
-                       help="input channels, height and width, e.g. 1 128 1024 for an audio spectrogram ViT")
+                       help="input channels, height and width (default: from the checkpoint; a 1-channel "
+                       "512-patch ViT is AudioMAE's 1 1024 128, time x frequency)")
+    group.add_argument("--ema", action="store_true",
+                       help="use the EMA weights (model_ema) of a training checkpoint instead of model")
+
+
+def load_model_checkpoint(args: argparse.Namespace, path: str | None = None) -> Checkpoint:
+    """``load_checkpoint`` with the model group's overrides, and its notes on stderr."""
+    from m2pt_deploy.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path or args.checkpoint, arch=args.arch, ema=args.ema,
+                           input_size=tuple(args.input_size) if args.input_size else None)
+    for note in ckpt.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return ckpt
 
 
 def add_output_args(parser: argparse.ArgumentParser, *, default_help: str) -> None:

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from m2pt_deploy.build import build_vanilla, load_strict
-from m2pt_deploy.checkpoint import load_checkpoint, save_checkpoint
-from m2pt_deploy.cli.common import EXIT_OK, add_model_args, add_output_args, run_main, step
+from m2pt_deploy.checkpoint import save_checkpoint
+from m2pt_deploy.cli.common import EXIT_OK, add_model_args, add_output_args, load_model_checkpoint, run_main, step
 from m2pt_deploy.fileio import check_output_path
 from m2pt_deploy.merge import merge_state_dict
 
@@ -42,8 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     src = Path(args.checkpoint)
     out = check_output_path(args.output or src.with_name(f"{src.stem}_merged.safetensors"), force=args.force)
-    input_size = tuple(args.input_size) if args.input_size else None
-    ckpt = load_checkpoint(src, arch=args.arch, input_size=input_size)
+    ckpt = load_model_checkpoint(args)
     with step("merging"):
         merged = merge_state_dict(ckpt.state_dict)
         load_strict(build_vanilla(ckpt.spec), merged, what="merged state dict")

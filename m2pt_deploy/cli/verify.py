@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from m2pt_deploy.cli.common import EXIT_CHECK_FAILED, EXIT_OK, add_model_args, run_main
+from m2pt_deploy.cli.common import EXIT_CHECK_FAILED, EXIT_OK, add_model_args, load_model_checkpoint, run_main
 from m2pt_deploy.errors import M2ptError, first_line
 from m2pt_deploy.fileio import check_output_path
 
@@ -104,15 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return verify_engine_command(args, _load_inputs(args.inputs) if args.inputs else None)
 
-    from m2pt_deploy.checkpoint import load_checkpoint
     from m2pt_deploy.verify import check_inputs, load_onnx, verify_onnx
 
     load_onnx(args.onnx)
-    ckpt = load_checkpoint(
-        args.checkpoint,
-        arch=args.arch,
-        input_size=tuple(args.input_size) if args.input_size else None,
-    )
+    ckpt = load_model_checkpoint(args)
     inputs = None
     if args.inputs:
         try:

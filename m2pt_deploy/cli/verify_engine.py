@@ -8,8 +8,7 @@ import tempfile
 
 import numpy as np
 
-from m2pt_deploy.checkpoint import load_checkpoint
-from m2pt_deploy.cli.common import EXIT_CHECK_FAILED, EXIT_OK, step
+from m2pt_deploy.cli.common import EXIT_CHECK_FAILED, EXIT_OK, load_model_checkpoint, step
 from m2pt_deploy.export.calibration import calibration_tiles
 from m2pt_deploy.export.engine_info import read_engine_info
 from m2pt_deploy.export.engine_onnx import VERIFY_SEED
@@ -26,8 +25,7 @@ REAL_IMAGES = 256
 def verify_engine_command(args: argparse.Namespace, inputs: np.ndarray | None) -> int:
     """Sidecar and file checks first (no TensorRT needed to refuse a bad engine), then the run."""
     info = read_engine_info(args.engine)
-    input_size = tuple(args.input_size) if args.input_size else None
-    ckpt = load_checkpoint(args.checkpoint, arch=args.arch, input_size=input_size)
+    ckpt = load_model_checkpoint(args)
     spec = ckpt.spec
     if inputs is None:
         inputs = calibration_tiles(spec.input_size, spec.mean, spec.std, count=REAL_IMAGES, seed=VERIFY_SEED)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from m2pt_deploy.build import PROBE_BN_EPS, build_vanilla, load_strict
 from m2pt_deploy.checkpoint import Checkpoint, PathwayInfo, load_checkpoint
 from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.merge import merge_state_dict
 from m2pt_deploy.pathway import LambdaKind, add_pathways, pathway_layers
 from m2pt_deploy.vit import ModelSpec
 
@@ -69,14 +70,21 @@ def add_probe_head(model: nn.Module) -> None:
 
 
 def load_aux(sources: Sequence[tuple[str | os.PathLike[str], str | None]]) -> list[AuxModel]:
-    """Each ``(path, modality)``; the modality defaults to what our checkpoint says, else unknown."""
+    """Each ``(path, modality)``; the modality defaults to what our checkpoint says, else unknown.
+
+    An aux that is itself a pathway model (an M2PT training checkpoint) contributes the
+    weights it computes with: its pathways are merged on load, and its info says so.
+    """
     out = []
     for path, modality in sources:
         ckpt = load_checkpoint(path)
-        if ckpt.pathway is not None:
-            raise M2ptError("the auxiliary model has pathways of its own; merge it first (m2pt-merge)", path)
         name = modality or ckpt.extra.get("modality") or "unknown"
-        out.append(AuxModel(ckpt.state_dict, {"modality": name, "sha256": ckpt.sha256, "file": Path(path).name}))
+        info = {"modality": name, "sha256": ckpt.sha256, "file": Path(path).name}
+        state_dict = ckpt.state_dict
+        if ckpt.pathway is not None:
+            state_dict = merge_state_dict(state_dict)
+            info["merged_on_load"] = True
+        out.append(AuxModel(state_dict, info))
     return out
 
 

@@ -187,7 +187,7 @@ def verify_onnx(
         precision=precision,
         inputs=info,
         results=(merge_result, *runtime_results, structure),
-        notes=_provenance(proto, ckpt),
+        notes=(*ckpt.notes, *_provenance(proto, ckpt)),
     )
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,8 +46,15 @@ def test_output_exists_is_refused_without_force(reference_ckpt: Path, tmp_path: 
     assert code == 0 and out.read_bytes() != b"keep me"
 
 
+class _RunsCode:
+    """Unpickling this calls os.getcwd: a stand-in for any code a pickle could run."""
+
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
 def _pickle_with_code(p: Path) -> None:
-    torch.save({"model": {"w": torch.zeros(1)}, "cfg": Path("x")}, p)
+    torch.save({"model": {"w": torch.zeros(1)}, "cfg": _RunsCode()}, p)
 
 
 def _nan(p: Path) -> None:
@@ -65,7 +73,7 @@ def _mismatch(p: Path) -> None:
     (lambda p: None, ["no such file"]),
     (lambda p: p.write_bytes(b"\x00" * 3), ["truncated or empty file"]),
     (lambda p: p.write_bytes(b"definitely not a checkpoint"), ["not a readable PyTorch checkpoint"]),
-    (_pickle_with_code, ["needs code to run", "weights_only=True"]),
+    (_pickle_with_code, ["needs code to run", "getcwd"]),
     (lambda p: torch.save({"conv.weight": torch.zeros(2, 2)}, p), ["not a ViT checkpoint"]),
     (_nan, ["pos_embed contains NaN"]),
     (_mismatch, ["blocks.0.attn.qkv: target weight (192, 64) vs aux #0 weight (64, 64)"]),
