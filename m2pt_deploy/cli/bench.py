@@ -9,6 +9,11 @@ unmerged/merged latency ratios, m2pt-export's wall time and peak RSS, session st
 int8's top-1 agreement with fp32, and its accuracy delta on real labelled images (the
 demo's digits ViT, trained here). Writes bench.json, bench.md and bench.png. Random
 weights with a random-λ pathway: nothing is downloaded.
+
+--device cuda times the vanilla, merged and unmerged torch models on the GPU instead:
+torch eager and torch.compile, fp32 and fp16 / bf16 autocast, each batch size, with
+per-round merged/vanilla and unmerged/merged ratios. Writes bench-cuda.json and
+bench-cuda.md (rewritten after every measured cell, so a run cut short keeps its figures).
 """
 
 from __future__ import annotations
@@ -61,36 +66,41 @@ def build_parser() -> argparse.ArgumentParser:
         help='timm create_model arguments, e.g. \'{"img_size": 32, "depth": 2}\'',
     )
     run = parser.add_argument_group("measurement")
+    run.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                     help="cpu: every runtime on this machine's CPU; cuda: the torch models on the "
+                     "current GPU (default: cpu)")
     run.add_argument(
         "--batches",
         nargs="+",
         type=_positive,
-        default=[1, 8],
         metavar="N",
-        help="batch sizes (default: 1 8)",
+        help="batch sizes (default: 1 8 on cpu, 1 8 64 on cuda)",
     )
     run.add_argument(
-        "--rounds", type=_positive, default=10, help="interleaved rounds (default: 10)"
+        "--rounds", type=_positive, help="interleaved rounds (default: 10 on cpu, 30 on cuda)"
     )
-    run.add_argument("--warmup", type=int, default=2, help="warm-up runs per variant (default: 2)")
+    run.add_argument("--warmup", type=int, help="warm-up runs per variant (default: 2 on cpu, 3 on cuda)")
+    run.add_argument("--dtypes", nargs="+", choices=("fp32", "fp16", "bf16"), default=["fp32", "fp16", "bf16"],
+                     help="cuda only: fp32, and fp16 / bf16 under torch.autocast (default: all three)")
     run.add_argument(
         "--seed", type=int, default=0, help="seed of weights, λ and inputs (default: 0)"
     )
     parts = parser.add_argument_group("what to run")
     parts.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
-    parts.add_argument("--no-int8", action="store_true", help="leave out the int8 rows and checks")
+    parts.add_argument("--no-int8", action="store_true", help="cpu only: leave out the int8 rows and checks")
     parts.add_argument("--no-export-cost", action="store_true",
-                       help="do not time m2pt-export as its own process")
+                       help="cpu only: do not time m2pt-export as its own process")
     parts.add_argument("--calib-images", type=_positive, default=64, metavar="N",
-                       help="photo tiles calibrating the int8 models (default: 64)")
+                       help="cpu only: photo tiles calibrating the int8 models (default: 64)")
     parts.add_argument("--accuracy-epochs", type=int, default=20, metavar="N",
-                       help="epochs of the digits ViT whose fp32 vs int8 accuracy is reported; "
+                       help="cpu only: epochs of the digits ViT whose fp32 vs int8 accuracy is reported; "
                        "0 skips it (default: 20)")
     parser.add_argument(
         "--out",
         required=True,
         metavar="DIR",
-        help="folder for bench.json, bench.md and bench.png (created; those files are replaced)",
+        help="folder for bench.json, bench.md and bench.png, or with --device cuda bench-cuda.json and "
+        "bench-cuda.md (created; those files are replaced)",
     )
     return parser
 
@@ -101,9 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise M2ptError("--out must be a directory, this is a file", out)
-    if args.warmup < 0:
+    if args.warmup is not None and args.warmup < 0:
         raise M2ptError(f"--warmup must be 0 or more, got {args.warmup}")
-
+    if args.device == "cuda":
+        return _cuda(args, kwargs, out)
     if args.accuracy_epochs < 0:
         raise M2ptError(f"--accuracy-epochs must be 0 or more, got {args.accuracy_epochs}")
 
@@ -113,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     spec = spec_for_arch(args.arch, kwargs)
     options = BenchOptions(
-        batches=tuple(args.batches), rounds=args.rounds, warmup=args.warmup, seed=args.seed,
+        batches=tuple(args.batches or (1, 8)), rounds=args.rounds or 10,
+        warmup=2 if args.warmup is None else args.warmup, seed=args.seed,
         compile=not args.no_compile, int8=not args.no_int8, export_cost=not args.no_export_cost,
         calib_images=args.calib_images,
     )
@@ -122,6 +134,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     json_path, md_path, png_path = write_report(data, out)
     print(markdown(data))
     print(f"wrote {json_path}, {md_path} and {png_path}")
+    return EXIT_OK
+
+
+def _cuda(args: argparse.Namespace, kwargs: dict[str, Any], out: Path) -> int:
+    from m2pt_deploy.bench.cuda import CudaBenchOptions, check_cuda, run_cuda_benchmark
+    from m2pt_deploy.bench.cuda_report import markdown, write_report
+    from m2pt_deploy.verify.latency import spec_for_arch
+
+    try:
+        check_cuda()
+    except M2ptError as e:
+        raise M2ptError(f"--device cuda: {e}") from None
+    defaults = CudaBenchOptions()
+    options = CudaBenchOptions(
+        batches=tuple(args.batches or defaults.batches), dtypes=tuple(dict.fromkeys(args.dtypes)),
+        rounds=args.rounds or defaults.rounds, warmup=defaults.warmup if args.warmup is None else args.warmup,
+        seed=args.seed, compile=not args.no_compile,
+    )
+    options.check()
+    spec = spec_for_arch(args.arch, kwargs)
+    data = run_cuda_benchmark(spec, options, log=_log, on_cell=lambda partial: write_report(partial, out))
+    json_path, md_path = write_report(data, out)
+    print(markdown(data))
+    print(f"wrote {json_path} and {md_path}")
     return EXIT_OK
 
 
@@ -141,3 +177,7 @@ def _accuracy(epochs: int, seed: int) -> dict[str, Any]:
 
 def entrypoint() -> None:
     sys.exit(run_main(main))
+
+
+if __name__ == "__main__":
+    entrypoint()
