@@ -19,11 +19,31 @@ examples:
   m2pt-train vit_b_imagenet.pth --aux audio=audioset_vit.pth --data flowers/ --num-classes 102 --out runs/flowers
   m2pt-train target.safetensors --aux audio=aux.pth --data spectrograms.npz --mode probe --out runs/probe
   torchrun --nproc_per_node 4 -m m2pt_deploy.cli.train target.pth --aux aux.pth --data data/ --out runs/ddp
-  m2pt-train --resume runs/flowers/resume.safetensors
+  m2pt-train --resume runs/flowers
+  m2pt-train --resume runs/flowers --epochs 20      # extend a finished 10-epoch run to 20
 
 The run folder gets last.safetensors and best.safetensors (feed either to m2pt-merge or
 m2pt-export), resume.safetensors, metrics.jsonl and curves.png.
+
+Extending a run recomputes the warm-up + cosine schedule for the new total, as timm and MAE
+do: warm-up is not repeated, and the lr continues from the new curve's value at the step
+reached (a finished run jumps back up from --min-lr).
 """
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The epilog as written, and ``(default: X)`` after options whose help does not say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        # None / False / [] mean "off" or "from elsewhere", which the help says in words.
+        off = action.default is None or action.default is False or action.default == []
+        if off or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+# None on the command line means "not given", which --resume needs to tell apart.
+_DEFAULT_EPOCHS: int = TrainConfig.epochs
 
 
 def _aux(text: str) -> tuple[str, str | None]:
@@ -33,14 +53,14 @@ def _aux(text: str) -> tuple[str, str | None]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="m2pt-train", description=__doc__, epilog=_EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=_HelpFormatter)
     p.add_argument("target", nargs="?", help="target ViT checkpoint (timm, MAE fine-tuned, or ours)")
     p.add_argument("--aux", action="append", default=[], type=_aux, metavar="[MODALITY=]CKPT",
                    help="auxiliary ViT of another modality, e.g. audio=audioset.pth (repeatable; "
                         "none: plain fine-tuning)")
     p.add_argument("--out", metavar="DIR", help="run folder for checkpoints, metrics and plot")
-    p.add_argument("--resume", metavar="FILE", help="continue a run from its resume.safetensors "
-                   "(its stored settings are used; other options are ignored)")
+    p.add_argument("--resume", metavar="RUN", help="continue a run: its folder or its resume.safetensors "
+                   "(its stored settings are used; other options are ignored except --epochs and --device)")
     p.add_argument("--force", action="store_true", help="start over in a folder that holds a run")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
@@ -48,50 +68,55 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data", metavar="PATH", help="image folder (one sub-folder per class; train/ + val/ "
                    "inside are used as the split) or .npz with arrays x [N,C,H,W] and y [N]")
     d.add_argument("--val-data", metavar="PATH", help="separate validation folder or .npz")
-    d.add_argument("--val-split", type=float, default=0.1, help="held-out fraction without --val-data (0.1)")
+    d.add_argument("--val-split", type=float, default=0.1, help="held-out fraction without --val-data")
     d.add_argument("--num-classes", type=int, help="classes of the new head (default: the target's head)")
-    d.add_argument("--workers", type=int, default=0, help="data loader processes (0)")
+    d.add_argument("--workers", type=int, default=0, help="data loader processes per rank; 0 loads in the main process")
 
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, default=10)
-    o.add_argument("--batch-size", type=int, default=64, help="global batch per optimizer step (64)")
-    o.add_argument("--accum-steps", type=int, default=1, help="gradient accumulation steps (1)")
-    o.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (5e-4)")
+    o.add_argument("--epochs", type=int, help=f"epochs in all (default: {_DEFAULT_EPOCHS}; with --resume: "
+                   "the run's saved total, or extend the run to this many, recomputing the schedule)")
+    o.add_argument("--batch-size", type=int, default=64, help="global batch per optimizer step")
+    o.add_argument("--accum-steps", type=int, default=1, help="gradient accumulation steps")
+    o.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
     o.add_argument("--lambda-lr", type=float, help="learning rate of λ (default: --lr)")
-    o.add_argument("--min-lr", type=float, default=1e-6, help="cosine schedule floor (1e-6)")
-    o.add_argument("--warmup-epochs", type=float, default=1.0)
-    o.add_argument("--weight-decay", type=float, default=0.05, help="off for biases, norms and λ (0.05)")
-    o.add_argument("--layer-decay", type=float, default=1.0, help="layer-wise lr decay, e.g. 0.65 (1: off)")
+    o.add_argument("--min-lr", type=float, default=1e-6, help="cosine schedule floor")
+    o.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up before the cosine")
+    o.add_argument("--weight-decay", type=float, default=0.05, help="off for biases, norms and λ")
+    o.add_argument("--layer-decay", type=float, default=1.0,
+                   help="layer-wise lr decay, 1 is off; the MAE / M2PT recipe for a pretrained ViT-B uses 0.65")
     o.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value")
-    o.add_argument("--label-smoothing", type=float, default=0.0)
+    o.add_argument("--label-smoothing", type=float, default=0.0, help="of the cross-entropy targets")
     o.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth rate at the last block")
     o.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="auto: bf16 autocast on GPU, fp32 on CPU")
-    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--seed", type=int, default=0,
+                   help="seed of the split, the batch order and every RNG (torch, Python, NumPy; "
+                        "+ rank under torchrun)")
     o.add_argument("--device", help="cpu or cuda (default: cuda when available)")
 
     w = p.add_argument_group("pathways")
     w.add_argument("--mode", choices=("full", "probe"), default="full",
                    help="full fine-tune, or λ + head only (linear-probe style, BatchNorm head)")
     w.add_argument("--train-aux", action="store_true", help="train the auxiliary weights too (default: frozen)")
-    w.add_argument("--lambda-kind", choices=("scalar", "channel"), default="scalar")
+    w.add_argument("--lambda-kind", choices=("scalar", "channel"), default="scalar",
+                   help="one λ per layer and aux, or one per output channel")
     w.add_argument("--layers", nargs="+", default=list(DEFAULT_LAYERS), metavar="LAYER",
-                   help=f"linear layers in each block that get pathways ({' '.join(DEFAULT_LAYERS)})")
+                   help=f"linear layers in each block that get pathways (default: {' '.join(DEFAULT_LAYERS)})")
     return p
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
-
     missing = [flag for flag, value in (("TARGET", args.target), ("--data", args.data), ("--out", args.out))
                if value is None]
     if missing:
-        raise M2ptError(f"missing {', '.join(missing)} (or pass --resume FILE)")
+        raise M2ptError(f"missing {', '.join(missing)} (or pass --resume RUN)")
     return TrainConfig(
         target=args.target, data=args.data, out_dir=args.out, aux=tuple(args.aux),
         val_data=args.val_data, val_split=args.val_split, num_classes=args.num_classes,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lambda_lr=args.lambda_lr,
-        min_lr=args.min_lr, weight_decay=args.weight_decay, layer_decay=args.layer_decay,
-        warmup_epochs=args.warmup_epochs, clip_grad=args.clip_grad, accum_steps=args.accum_steps,
+        epochs=_DEFAULT_EPOCHS if args.epochs is None else args.epochs, batch_size=args.batch_size,
+        lr=args.lr, lambda_lr=args.lambda_lr, min_lr=args.min_lr, weight_decay=args.weight_decay,
+        layer_decay=args.layer_decay, warmup_epochs=args.warmup_epochs, clip_grad=args.clip_grad,
+        accum_steps=args.accum_steps,
         label_smoothing=args.label_smoothing, drop_path=args.drop_path, precision=args.precision,
         mode=args.mode, train_aux=args.train_aux, lambda_kind=args.lambda_kind, layers=tuple(args.layers),
         seed=args.seed, workers=args.workers, device=args.device,
@@ -103,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     if args.resume:
-        result = train(resume=args.resume, device=args.device, progress=not args.quiet)
+        result = train(resume=args.resume, epochs=args.epochs, device=args.device, progress=not args.quiet)
     else:
         result = train(_config(args), force=args.force, progress=not args.quiet)
     if os.environ.get("RANK", "0") != "0":

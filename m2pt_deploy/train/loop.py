@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -74,6 +75,7 @@ def train(
     config: TrainConfig | None = None,
     *,
     resume: str | Path | None = None,
+    epochs: int | None = None,
     device: str | None = None,
     force: bool = False,
     progress: bool = True,
@@ -81,41 +83,97 @@ def train(
 ) -> TrainResult:
     """Fine-tune ``config.target`` with pathways from ``config.aux``, or continue ``resume``.
 
-    Give exactly one of ``config`` and ``resume`` (a run's ``resume.safetensors``, whose stored
-    config is used). ``device`` overrides the config's; ``on_step(step)`` runs after every
-    optimizer step (tests use it to kill a run at a chosen point).
+    Give exactly one of ``config`` and ``resume`` (a run folder or its ``resume.safetensors``,
+    whose stored config is used). ``epochs`` extends a resumed run to that many epochs in all;
+    the warm-up + cosine schedule is then recomputed for the new total (see :func:`_extended`).
+    ``device`` overrides the config's; ``on_step(step)`` runs after every optimizer step (tests
+    use it to kill a run at a chosen point).
+
+    A fresh run that fails before its first epoch is committed removes the run folder if this
+    call created it; a folder that existed before is left as it was.
     """
     if (config is None) == (resume is None):
         raise M2ptError("give a training config or a resume file, not both or neither")
-    state = train_state.read_resume(resume) if resume is not None else None
-    if state is not None:
-        config = TrainConfig.from_dict(state[1]["config"])
+    if epochs is not None and resume is None:
+        raise M2ptError("epochs= extends a resumed run; a new run takes its epochs from the config")
+    resume_file = _resume_file(resume) if resume is not None else None
+    state = train_state.read_resume(resume_file) if resume_file is not None else None
+    if state is not None and resume_file is not None:
+        config = _extended(TrainConfig.from_dict(state[1]["config"]), state[1], epochs, resume_file)
     assert config is not None
     dist = Distributed.from_env(device=device or config.device)
+    created: Path | None = None
     try:
-        if resume is not None and state is not None:
-            run, tensors, info = _resume(Path(resume), config, state, dist), state[0], state[1]
+        if resume_file is not None and state is not None:
+            run, tensors, info = _resume(resume_file, config, state, dist), state[0], state[1]
         else:
-            run, tensors, info = _fresh(config, dist, force=force), None, None
+            created = _prepare_out(Path(config.out_dir), force=force, dist=dist)
+            run, tensors, info = _fresh(config, dist), None, None
         return _fit(run, tensors, info, progress=progress, on_step=on_step)
+    except BaseException:
+        if created is not None and not (Path(config.out_dir) / RESUME).exists():
+            # Nothing committed to a folder this call made: leave no empty run folder behind.
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     finally:
         dist.close()
 
 
-def _prepare_out(out: Path, *, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise M2ptError("output is a file; give a folder", out)
-    if (out / RESUME).exists() and not force:
-        raise M2ptError(f"already holds a run; pass --resume {out / RESUME} to continue it "
-                        "or --force to start over", out)
-    out.mkdir(parents=True, exist_ok=True)
+def _resume_file(resume: str | Path) -> Path:
+    """``resume`` itself, or the resume file in the run folder ``resume``."""
+    path = Path(resume)
+    if not path.is_dir():
+        return path
+    if not (path / RESUME).is_file():
+        raise M2ptError(f"run folder without {RESUME} (looked for {path / RESUME}; it is written at the "
+                        "end of every epoch)", path)
+    return path / RESUME
 
 
-def _fresh(config: TrainConfig, dist: Distributed, *, force: bool) -> _Run:
-    out = Path(config.out_dir)
-    # Every rank checks, so a refusal ends all of them instead of leaving the others waiting.
-    _prepare_out(out, force=force)
-    torch.manual_seed(config.seed)
+def _extended(config: TrainConfig, info: dict[str, Any], epochs: int | None, path: Path) -> TrainConfig:
+    """The saved config, with ``epochs`` as the new total when given.
+
+    The schedule is a function of the step and the total (:func:`~m2pt_deploy.train.optim.lr_factor`),
+    so a new total recomputes it, as timm's scheduler and MAE's ``adjust_learning_rate`` do when
+    a run resumes with a larger ``--epochs``: warm-up is not repeated, and the lr continues from
+    the new cosine's value at the resumed step (for a finished run, a jump up from ``min_lr``).
+    """
+    if epochs is None:
+        return config
+    if epochs < info["epoch"]:
+        raise M2ptError(f"--epochs {epochs} is fewer than the {info['epoch']} epochs this run has "
+                        "already done; give a larger total to extend it", path)
+    return dataclasses.replace(config, epochs=epochs)
+
+
+def _prepare_out(out: Path, *, force: bool, dist: Distributed) -> Path | None:
+    """Check and create the run folder on rank 0 (the only writer); the topmost folder created.
+
+    The check runs before any work, and a refusal there ends every rank, none is left waiting.
+    """
+    created: list[Path | None] = [None]
+
+    def prepare() -> None:
+        if out.exists() and not out.is_dir():
+            raise M2ptError("output is a file; give a folder", out)
+        if (out / RESUME).exists() and not force:
+            raise M2ptError(f"already holds a run; pass --resume {out} to continue it "
+                            "or --force to start over", out)
+        missing = [p for p in (out, *out.parents) if not p.exists()]
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise M2ptError(f"cannot create the run folder ({e.strerror or e})", out) from e
+        created[0] = missing[-1] if missing else None
+
+    dist.on_main(prepare)
+    return created[0]
+
+
+def _fresh(config: TrainConfig, dist: Distributed) -> _Run:
+    # timm's recipe: seed + rank, so that ranks draw different augmentations and drop-path masks
+    # (DDP starts every rank from rank 0's weights, whatever each rank initialised).
+    train_state.seed_all(config.seed + dist.rank)
     target = load_checkpoint(config.target)
     split = load_data(config.data, target.spec, val_data=config.val_data, val_split=config.val_split,
                       seed=config.seed)
@@ -126,7 +184,7 @@ def _fresh(config: TrainConfig, dist: Distributed, *, force: bool) -> _Run:
     auxes = load_aux(config.aux)
     pathway = attach_pathways(model, auxes, layers=config.layers, lambda_kind=config.lambda_kind,
                               train_aux=config.train_aux)
-    return _Run(config, dist, out, model, spec, pathway, split.classes, split.train, split.val)
+    return _Run(config, dist, Path(config.out_dir), model, spec, pathway, split.classes, split.train, split.val)
 
 
 def _resume(path: Path, config: TrainConfig, state: tuple[dict[str, Tensor], dict[str, Any]],
@@ -180,7 +238,7 @@ def _fit(run: _Run, tensors: dict[str, Tensor] | None, info: dict[str, Any] | No
     optimizer = build_optimizer(groups)
     if tensors is not None and info is not None:
         train_state.load_optimizer(optimizer, tensors, info["optimizer"])
-        _restore_rng(tensors, d)
+        _restore_rng(tensors, d, seed=c.seed)
     model: nn.Module = core
     if d.enabled:
         model = DistributedDataParallel(core, device_ids=[d.device] if d.device.type == "cuda" else None)
@@ -276,14 +334,14 @@ def _gathered_rng(d: Distributed) -> dict[str, Tensor]:
             for rank, t in enumerate(d.gather(value))}
 
 
-def _restore_rng(tensors: dict[str, Tensor], d: Distributed) -> None:
+def _restore_rng(tensors: dict[str, Tensor], d: Distributed, *, seed: int) -> None:
     prefix = f"rng.{d.rank}."
     mine = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     if mine:
         train_state.set_rng_state(mine)
     else:
         # A different number of processes than the saved run: no stream to continue.
-        torch.manual_seed(d.rank)
+        train_state.seed_all(seed + d.rank)
 
 
 def _save_epoch(run: _Run, core: nn.Module, optimizer: torch.optim.Optimizer, record: dict[str, Any]) -> None:

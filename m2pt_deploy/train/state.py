@@ -29,11 +29,25 @@ __all__ = [
     "optimizer_state",
     "read_resume",
     "recover",
+    "seed_all",
     "set_rng_state",
 ]
 
 _META_KEY = "m2pt_deploy.train_state"
 _PENDING = ".pending"
+
+
+def seed_all(seed: int) -> None:
+    """Seed every stream :func:`get_rng_state` saves: torch (CPU and CUDA), Python and NumPy.
+
+    timm's transforms draw from Python's ``random`` (RandomResizedCrop) as well as torch, so
+    seeding torch alone leaves image-folder runs unrepeatable. DataLoader workers need nothing
+    more: each seeds its own torch, Python and NumPy streams from a base seed that the loader
+    draws from this process's torch stream.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # CUDA too, on every device
 
 
 def get_rng_state() -> dict[str, Tensor]:

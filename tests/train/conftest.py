@@ -43,6 +43,19 @@ def write_npz(path: Path, *, n: int = 96, classes: int = NUM_CLASSES, size: int 
     return path
 
 
+def write_image_folder(root: Path, *, classes: tuple[str, ...] = ("a", "b"), per_class: int = 6,
+                       size: int = 20, seed: int = 0) -> Path:
+    """Random grey PNGs, one sub-folder per class: enough for the augmentation paths to run."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny models run fastest on one thread, and far faster when the cores are shared.

@@ -97,3 +97,48 @@ def test_missing_data_and_target(tmp_path: Path, capsys: pytest.CaptureFixture[s
     code, _, err = _run([str(tmp_path / "nope.pth"), "--data", str(tmp_path / "nope.npz"), "--out",
                          str(tmp_path / "r")], capsys)
     _assert_bad_input(code, err, "nope.pth", "no such file")
+
+
+def test_failed_run_leaves_no_run_folder(target: Path, npz: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no_aux.pth"
+    code, _, err = _run(_args(target, npz, tmp_path / "runs" / "a", "--aux", str(missing)), capsys)
+    _assert_bad_input(code, err, str(missing))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_failed_run_keeps_a_folder_that_was_there(target: Path, npz: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    code, _, err = _run(_args(target, npz, tmp_path / "run", "--aux", str(tmp_path / "no_aux.pth")), capsys)
+    _assert_bad_input(code, err, "no_aux.pth")
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["notes.txt"]
+    (tmp_path / "empty").mkdir()
+    code, _, err = _run(_args(target, npz, tmp_path / "empty", "--aux", str(tmp_path / "no_aux.pth")), capsys)
+    _assert_bad_input(code, err, "no_aux.pth")
+    assert (tmp_path / "empty").is_dir()
+
+
+def test_resume_takes_the_run_folder(target: Path, npz: Path, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(_args(target, npz, tmp_path / "run"), capsys)[0] == 0
+    code, out, _ = _run(["--resume", str(tmp_path / "run"), "--epochs", "2", "--quiet"], capsys)
+    assert code == 0 and "trained 2 epochs" in out
+    (tmp_path / "empty").mkdir()
+    code, _, err = _run(["--resume", str(tmp_path / "empty")], capsys)
+    _assert_bad_input(code, err, f"error: {tmp_path / 'empty'}: run folder without resume.safetensors",
+                      f"looked for {tmp_path / 'empty' / 'resume.safetensors'}")
+
+
+def test_help_shows_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
+    for needle in ("--epochs EPOCHS epochs in all (default: 10;",
+                   "--warmup-epochs WARMUP_EPOCHS linear warm-up before the cosine (default: 1.0)",
+                   "+ rank under torchrun) (default: 0)", "per output channel (default: scalar)",
+                   "layer-wise lr decay, 1 is off;", "(default: attn.qkv attn.proj mlp.fc1 mlp.fc2)"):
+        assert needle in text, needle
+    assert "(default: None)" not in text and "(default: False)" not in text

@@ -19,7 +19,8 @@ from m2pt_deploy.cli.common import run_main
 from m2pt_deploy.cli.train import main
 from m2pt_deploy.fileio import sha256_file
 from m2pt_deploy.train import TrainConfig, train
-from tests.train.conftest import with_
+from m2pt_deploy.train.optim import lr_factor
+from tests.train.conftest import with_, write_image_folder
 
 KILL_SCRIPT = """
 import json, os, signal, sys
@@ -157,6 +158,88 @@ def test_full_disk_while_saving(config: TrainConfig, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(safetensors.torch, "save_file", real)
     resumed = train(resume=out / "resume.safetensors", progress=False)
     assert resumed.history[-1]["epoch"] == 3
+
+
+def test_full_disk_in_the_first_epoch_leaves_no_run_folder(config: TrainConfig, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str],
+                                                           tmp_path: Path) -> None:
+    def full(tensors, filename, metadata=None):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    out = tmp_path / "runs" / "a"
+    argv = [config.target, "--data", config.data, "--out", str(out), "--epochs", "1", "--batch-size", "16",
+            "--val-split", "0.25", "--quiet"]
+    assert run_main(main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "No space left on device" in err, err
+    assert not (tmp_path / "runs").exists()  # the parent this run created goes too
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_same_seed_gives_the_same_weights_on_an_image_folder(target: Path, tmp_path: Path, workers: int,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Random crops and flips come from Python's random and torch; both follow --seed."""
+    images = write_image_folder(tmp_path / "imgs")
+
+    def run(name: str, seed: int) -> dict[str, torch.Tensor]:
+        argv = [str(target), "--data", str(images), "--out", str(tmp_path / name), "--num-classes", "2",
+                "--epochs", "1", "--batch-size", "3", "--val-split", "0.25", "--seed", str(seed),
+                "--workers", str(workers), "--quiet"]
+        assert run_main(main, argv) == 0, capsys.readouterr().err
+        return _tensors(tmp_path / name / "last.safetensors")
+
+    first, again, other = run("first", 0), run("again", 0), run("other", 1)
+    assert first.keys() == again.keys() == other.keys()
+    for k in first:
+        assert torch.equal(first[k], again[k]), k
+    assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
+def _cli(*argv: str) -> int:
+    return run_main(main, [*argv, "--quiet"])
+
+
+def test_resume_with_epochs_extends_a_finished_run(config: TrainConfig, capsys: pytest.CaptureFixture[str]) -> None:
+    done = train(with_(config, epochs=2), progress=False)
+    steps_per_epoch = done.history[0]["step"]
+    assert _cli("--resume", config.out_dir, "--epochs", "3") == 0
+    assert "trained 3 epochs" in capsys.readouterr().out
+    records = [json.loads(line) for line in (done.out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert records[:2] == done.history
+    # The schedule is recomputed for 3 epochs: epoch 3 ends mid-cosine, not at the old floor.
+    factor = lr_factor(3 * steps_per_epoch - 1, warmup_steps=steps_per_epoch, total_steps=3 * steps_per_epoch,
+                       min_ratio=config.min_lr / config.lr)
+    assert records[2]["lr"] == pytest.approx(config.lr * factor, rel=1e-12)
+    assert records[2]["lr"] > 10 * config.min_lr  # the 2-epoch schedule would be at min_lr here
+    assert load_checkpoint(done.last).extra["training"]["epochs"] == 3
+    # Resuming without --epochs keeps the (new) saved total: nothing left to do.
+    assert _cli("--resume", config.out_dir) == 0
+    assert "trained 3 epochs" in capsys.readouterr().out
+
+
+def test_resume_without_epochs_keeps_the_saved_total(config: TrainConfig, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    def stop(step: int) -> None:
+        if (Path(config.out_dir) / "resume.safetensors").exists():
+            raise _Stop
+
+    with pytest.raises(_Stop):  # in epoch 2 of 3
+        train(config, progress=False, on_step=stop)
+    assert _cli("--resume", str(Path(config.out_dir) / "resume.safetensors")) == 0
+    assert "trained 3 epochs" in capsys.readouterr().out  # the run's 3, not the CLI's default of 10
+
+
+def test_resume_with_fewer_epochs_than_done(config: TrainConfig, capsys: pytest.CaptureFixture[str]) -> None:
+    train(with_(config, epochs=2), progress=False)
+    before = (Path(config.out_dir) / "last.safetensors").read_bytes()
+    assert _cli("--resume", config.out_dir, "--epochs", "1") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err == (f"error: {Path(config.out_dir) / 'resume.safetensors'}: --epochs 1 is fewer than the 2 epochs "
+                   "this run has already done; give a larger total to extend it\n")
+    assert (Path(config.out_dir) / "last.safetensors").read_bytes() == before
 
 
 def test_image_folder_two_aux_channel_lambda_and_bf16(config: TrainConfig, aux: Path, tmp_path: Path) -> None:
