@@ -46,7 +46,7 @@ def _safe_globals() -> list[Any]:
 
 
 SAFE_GLOBALS = _safe_globals()
-_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_GLOBAL = re.compile(r"GLOBAL ([A-Za-z_]\w*(?:\.\w+)+)")
 _ZIP_MAGIC, _PICKLE_MAGIC = b"PK\x03\x04", b"\x80"
 
 

@@ -92,3 +92,24 @@ def reference_ckpt(tmp_path: Path) -> Path:
     path = tmp_path / "reference.pth"
     torch.save({"model": sd, "epoch": 3}, path)
     return path
+
+
+TRAINED_EPOCHS = 30  # the demo's budget
+
+
+@pytest.fixture(scope="session")
+def trained_digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The demo's pathway ViT trained on scikit-learn's digits, and the digits ``.npz``.
+
+    A trained model has confident logits, so int8 agreement measures quantization, not ties.
+    """
+    from m2pt_deploy.demo import DEMO_SPEC, demo_config, write_digits
+    from m2pt_deploy.train import train
+
+    out = tmp_path_factory.mktemp("digits")
+    write_digits(out / "digits.npz")
+    torch.manual_seed(0)
+    save_checkpoint(out / "target_init.safetensors", build_vanilla(DEMO_SPEC).state_dict(), DEMO_SPEC)
+    result = train(demo_config(out, epochs=TRAINED_EPOCHS, seed=0, aux=True), progress=False)
+    return result.best, out / "digits.npz"
+

@@ -7,20 +7,23 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import onnx
 
-from m2pt_deploy.checkpoint import Checkpoint, load_checkpoint
+from m2pt_deploy.checkpoint import Checkpoint
 from m2pt_deploy.cli.common import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
     add_model_args,
     add_output_args,
+    load_model_checkpoint,
     run_main,
     step,
 )
+from m2pt_deploy.cpu import INT8_TARGETS
 from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.export.cpu_int8 import VERIFY_IMAGES
 from m2pt_deploy.export.onnx import (
     DEFAULT_OPSET,
     DYNAMIC_BATCH,
@@ -32,16 +35,18 @@ from m2pt_deploy.export.tensorrt import PRECISIONS
 from m2pt_deploy.fileio import atomic_output, check_output_path
 from m2pt_deploy.vit import ModelSpec
 
+if TYPE_CHECKING:
+    from m2pt_deploy.export.cpu_int8 import Int8Data
+
 __all__ = ["build_parser", "entrypoint", "main"]
 
 FORMATS = ("onnx", "trt", "triton")
 ONNX_PRECISIONS = ("fp32", "fp16", "int8")
-VERIFY_IMAGES = 64
 _EPILOG = """\
 examples:
   m2pt-export --format onnx m2pt_vit.safetensors               # -> m2pt_vit.onnx, verified
   m2pt-export --format onnx ckpt.pth --precision fp16 -o vit_fp16.onnx
-  m2pt-export --format onnx audio_vit.pth --input-size 1 128 1024 --batch 8
+  m2pt-export --format onnx audiomae_ft.pth --batch 8     # AudioMAE: (1, 1024, 128), time x frequency
   m2pt-export --format onnx m2pt_vit.safetensors --optimize -o vit_cpu.onnx  # ONNX Runtime CPU fast path
   m2pt-export --format onnx m2pt_vit.safetensors --precision int8 --optimize -o vit_int8_cpu.onnx
   m2pt-export --format trt m2pt_vit.safetensors --precision fp16 --batch 1:8:32
@@ -80,6 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
                             help="write ONNX Runtime's CPU fast path instead of the portable graph: fused "
                             "attention, SkipLayerNorm and GELU, optimized once and marked so that servers "
                             "load it without re-optimizing; runs on ONNX Runtime only (fp32 or int8)")
+    int8 = parser.add_argument_group("int8 (--format onnx --precision int8)")
+    int8.add_argument("--calib-data", metavar="DIR|FILE.npz",
+                      help="your own inputs to calibrate and verify on: a folder of images, or an .npz whose "
+                      "'x' is [N, C, H, W] raw inputs such as spectrograms (default: photo tiles; RGB only)")
+    int8.add_argument("--verify-images", type=int, default=VERIFY_IMAGES, metavar="N",
+                      help=f"held-out inputs the int8 model is verified on (default: {VERIFY_IMAGES})")
+    int8.add_argument("--int8-target", choices=("auto", *INT8_TARGETS), default="auto",
+                      help="the CPU integer path it will serve on: avx2 and avx512 (no VNNI) get 7-bit weights, "
+                      "which cannot saturate their int16 sums; vnni and amx full 8-bit "
+                      "(default: auto, this machine's)")
     onnx_group.add_argument("--batch", default=None, metavar="N|MIN:OPT:MAX",
                             help="a fixed batch N, or a dynamic range (default: dynamic)")
     add_trt_args(parser)
@@ -100,7 +115,7 @@ def add_trt_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--timing-cache", metavar="FILE", help="load and update this tactic timing cache")
     group.add_argument("--opt-level", type=int, metavar="N", help="builder optimization level 0-5")
     group.add_argument("--calib-images", type=int, default=256, metavar="N",
-                       help="calibration tiles for int8/fp8 (default: 256)")
+                       help="calibration inputs for int8/fp8 (default: 256)")
 
 
 def export_onnx(args: argparse.Namespace) -> int:
@@ -115,16 +130,17 @@ def export_onnx(args: argparse.Namespace) -> int:
     if args.report:
         check_output_path(args.report, force=args.force)
     batch = parse_batch(args.batch) if args.batch else DYNAMIC_BATCH
-    input_size = tuple(args.input_size) if args.input_size else None
-    ckpt = load_checkpoint(args.checkpoint, arch=args.arch, input_size=input_size)
+    ckpt = load_model_checkpoint(args)
+    # Calibration and held-out inputs are read (and refused) before the export's minutes.
+    data = _int8_data(args, ckpt.spec) if args.precision == "int8" else None
     precision: Literal["fp32", "fp16"] = "fp16" if args.precision == "fp16" else "fp32"
     loader = OnnxFromCheckpoint(ckpt, opset=args.opset, precision=precision, batch=batch)
     shown = "dynamic batch" if batch == DYNAMIC_BATCH else f"batch {batch}"
     with step(f"merging and exporting {ckpt.spec.arch} to ONNX (opset {args.opset}, {precision}, {shown})"):
         proto = loader()
     # Each step rebinds ``proto``, so the previous graph is freed before verification.
-    if args.precision == "int8":
-        proto = _quantize(args, ckpt.spec, proto)
+    if data is not None:
+        proto = _quantize(args, proto, data)
     elif args.optimize:
         from m2pt_deploy.export.optimize import optimize_onnx
 
@@ -135,9 +151,16 @@ def export_onnx(args: argparse.Namespace) -> int:
     print(f"wrote {out}")
     if args.no_verify:
         return EXIT_OK
-    if args.precision == "int8":
-        return _verify_int8(ckpt, out, report=args.report, force=args.force)
+    if data is not None:
+        return _verify_int8(ckpt, out, data, report=args.report, force=args.force)
     return verify_export(ckpt, out, report=args.report, force=args.force)
+
+
+def _int8_data(args: argparse.Namespace, spec: ModelSpec) -> Int8Data:
+    from m2pt_deploy.export.cpu_int8 import int8_data
+
+    return int8_data(spec, calib_data=args.calib_data, calib_images=args.calib_images,
+                     verify_images=args.verify_images)
 
 
 def _save(proto: onnx.ModelProto, out: Path, *, force: bool) -> None:
@@ -149,27 +172,26 @@ def _save(proto: onnx.ModelProto, out: Path, *, force: bool) -> None:
         save_onnx(proto, out, force=force)
 
 
-def _quantize(args: argparse.Namespace, spec: ModelSpec, proto: onnx.ModelProto) -> onnx.ModelProto:
-    from m2pt_deploy.export.cpu_int8 import cpu_int8_onnx, photo_tiles
+def _quantize(args: argparse.Namespace, proto: onnx.ModelProto, data: Int8Data) -> onnx.ModelProto:
+    from m2pt_deploy.cpu import int8_target
+    from m2pt_deploy.export.cpu_int8 import cpu_int8_onnx
 
-    tiles = photo_tiles(spec.input_size, spec.mean, spec.std, count=args.calib_images)
-    with step(f"quantizing to int8 (Q/DQ, {len(tiles)} calibration tiles)"
+    target = int8_target() if args.int8_target == "auto" else args.int8_target
+    with step(f"quantizing to int8 for {target} CPUs (Q/DQ, {len(data.calibration)} calibration inputs)"
               + (", optimizing with ONNX Runtime" if args.optimize else "")):
-        return cpu_int8_onnx(proto, tiles, optimize=args.optimize)
+        return cpu_int8_onnx(proto, data.calibration, optimize=args.optimize, target=target)
 
 
-def _verify_int8(ckpt: Checkpoint, out: Path, *, report: str | None, force: bool) -> int:
-    from m2pt_deploy.export.cpu_int8 import VERIFY_SEED, photo_tiles
+def _verify_int8(ckpt: Checkpoint, out: Path, data: Int8Data, *, report: str | None, force: bool) -> int:
     from m2pt_deploy.verify.cpu_int8 import verify_int8_cpu
 
-    spec = ckpt.spec
-    images = photo_tiles(spec.input_size, spec.mean, spec.std, count=VERIFY_IMAGES, seed=VERIFY_SEED)
-    with step("verifying the int8 model in ONNX Runtime against the unmerged fp32 model"):
-        result = verify_int8_cpu(ckpt, out, images)
+    with step(f"verifying the int8 model in ONNX Runtime against the unmerged fp32 model "
+              f"({len(data.held_out)} {data.source})"):
+        result = verify_int8_cpu(ckpt, out, data.held_out, source=data.source)
     print(result)
     if report:
         with atomic_output(report, force=force) as tmp:
-            tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+            tmp.write_text(json.dumps({**result.to_dict(), "notes": list(ckpt.notes)}, indent=2) + "\n")
     if not result:
         print(f"verification FAILED; the export is kept at {out} for inspection", file=sys.stderr)
         return EXIT_CHECK_FAILED

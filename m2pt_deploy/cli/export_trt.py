@@ -7,10 +7,10 @@ import json
 import sys
 from pathlib import Path
 
-from m2pt_deploy.checkpoint import load_checkpoint
-from m2pt_deploy.cli.common import EXIT_CHECK_FAILED, EXIT_OK, step
+from m2pt_deploy.cli.common import EXIT_CHECK_FAILED, EXIT_OK, load_model_checkpoint, step
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.calibration import calibration_tiles
+from m2pt_deploy.export.cpu_int8 import VERIFY_IMAGES
 from m2pt_deploy.export.engine_onnx import VERIFY_SEED, engine_onnx
 from m2pt_deploy.export.onnx import DYNAMIC_BATCH, OnnxFromCheckpoint, parse_batch, save_onnx
 from m2pt_deploy.export.tensorrt import build_engine_from_onnx, check_build_options
@@ -19,7 +19,6 @@ from m2pt_deploy.verify.tensorrt import verify_onnx_precision
 
 __all__ = ["export_trt"]
 
-VERIFY_IMAGES = 64
 
 
 def export_trt(args: argparse.Namespace) -> int:
@@ -33,8 +32,7 @@ def export_trt(args: argparse.Namespace) -> int:
         check_output_path(args.report, force=args.force)
     if args.calib_images < 1:
         raise M2ptError(f"--calib-images {args.calib_images}: need at least 1")
-    input_size = tuple(args.input_size) if args.input_size else None
-    ckpt = load_checkpoint(args.checkpoint, arch=args.arch, input_size=input_size)
+    ckpt = load_model_checkpoint(args)
     with step(f"exporting {ckpt.spec.arch} to {args.precision} ONNX for TensorRT (batch profile {batch})"):
         spec = ckpt.spec
         proto = engine_onnx(OnnxFromCheckpoint(ckpt, opset=args.opset, batch=batch)(), args.precision,

@@ -99,6 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"model {model.name} (version {model.version}) from {model.path} on "
               f"{', '.join(model.providers)}; max batch {state.batchers[model.name].max_batch}, "
               f"max delay {config.max_delay_ms:g} ms", flush=True)
+        warning = model.int8_warning()
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
     if not is_loopback(args.host):
         print(f"warning: listening on {args.host}, reachable from other machines", file=sys.stderr)
     if config.api_key is None and not is_loopback(args.host):

@@ -9,14 +9,16 @@ which random noise gets badly wrong.
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.vit import ModelSpec
 
-__all__ = ["PHOTO_NAMES", "calibration_tiles", "sample_photos"]
+__all__ = ["PHOTO_NAMES", "calibration_tiles", "load_calibration_data", "sample_photos"]
 
 PHOTO_NAMES = ("china.jpg", "flower.jpg")
 
@@ -76,3 +78,72 @@ def _tile(photo: np.ndarray, size: tuple[int, int], channels: int, rng: np.rando
     if channels == 3:
         return pixels.transpose(2, 0, 1)
     return np.repeat(pixels[None], channels, axis=0)
+
+
+_IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+
+def load_calibration_data(path: str | os.PathLike[str], spec: ModelSpec, *, count: int, seed: int = 0) -> np.ndarray:
+    """Up to ``count`` of the user's inputs, preprocessed as training and serving preprocess them.
+
+    ``path``: a folder of images (searched recursively; decoded, resized and centre-cropped
+    with timm's eval transform for the model) or an ``.npz`` whose ``x`` is ``[N, C, H, W]``
+    (or ``[N, H, W]``) raw inputs, e.g. spectrograms, resized and normalised like training's
+    ``.npz`` data. A seeded shuffle picks which ones when there are more than ``count``.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise M2ptError("no such calibration data", p)
+    rng = np.random.default_rng(seed)
+    if p.is_dir():
+        return _images(p, spec, count, rng)
+    if p.suffix != ".npz":
+        raise M2ptError("calibration data must be an image folder or an .npz file", p)
+    return _arrays(p, spec, count, rng)
+
+
+def _images(folder: Path, spec: ModelSpec, count: int, rng: np.random.Generator) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    from m2pt_deploy.train.data import image_transform
+
+    files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in _IMAGE_SUFFIXES and f.is_file())
+    if not files:
+        raise M2ptError("no images (.jpg, .png, ...) in the calibration folder", folder)
+    chosen = [files[i] for i in rng.permutation(len(files))[:count]]
+    transform = image_transform(spec, train=False)
+    mode = "RGB" if spec.input_size[0] == 3 else "L"
+    out = []
+    for f in chosen:
+        try:
+            with Image.open(f) as image:
+                out.append(transform(image.convert(mode)).numpy())
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise M2ptError(f"cannot read calibration image ({type(e).__name__})", f) from e
+    return np.stack(out).astype(np.float32)
+
+
+def _arrays(path: Path, spec: ModelSpec, count: int, rng: np.random.Generator) -> np.ndarray:
+    import torch
+
+    from m2pt_deploy.train.data import array_transform
+
+    try:
+        # allow_pickle=False: an .npz with object arrays is refused, never unpickled.
+        with np.load(path, allow_pickle=False) as f:
+            if "x" not in f.files:
+                raise M2ptError(f"a calibration .npz needs an array 'x', it has {sorted(f.files)}", path)
+            x = f["x"]
+    except (OSError, ValueError, EOFError) as e:
+        raise M2ptError("not a readable .npz file", path) from e
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or len(x) == 0 or not np.issubdtype(x.dtype, np.number):
+        raise M2ptError(f"'x' must be a non-empty numeric [N, C, H, W] array, got {x.dtype} {x.shape}", path)
+    if x.shape[1] != spec.input_size[0]:
+        raise M2ptError(f"'x' has {x.shape[1]} channels, the model takes {spec.input_size[0]}", path)
+    if not np.isfinite(x).all():
+        raise M2ptError("'x' contains NaN or Inf", path)
+    transform = array_transform(spec)
+    rows = x[np.sort(rng.permutation(len(x))[:count])]
+    return np.stack([transform(torch.from_numpy(r.astype(np.float32))).numpy() for r in rows])

@@ -9,21 +9,58 @@ attention's activation-by-activation MatMuls, LayerNorm, Softmax and GELU stay i
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Sequence
 
 import numpy as np
 import onnx
 
-from m2pt_deploy.export.calibration import calibration_tiles
+from m2pt_deploy.cpu import Int8Target
+from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.export.calibration import calibration_tiles, load_calibration_data
 from m2pt_deploy.export.graph import prepare_graph
 from m2pt_deploy.export.optimize import optimize_onnx, set_metadata
 from m2pt_deploy.export.quantize import quantize_qdq
+from m2pt_deploy.vit import ModelSpec
 
-__all__ = ["CALIBRATION_SEED", "VERIFY_SEED", "cpu_int8_onnx", "photo_tiles"]
+__all__ = ["CALIBRATION_SEED", "VERIFY_IMAGES", "VERIFY_SEED", "Int8Data", "cpu_int8_onnx", "int8_data",
+           "photo_tiles"]
 
 # Calibration and verification tiles come from different seeds: verification is held out.
 CALIBRATION_SEED, VERIFY_SEED = 0, 1
+# Enough held-out inputs that an agreement rate means something: one flip is 0.4%.
+VERIFY_IMAGES = 256
 _CALIBRATION_BATCH = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8Data:
+    """Inputs to calibrate on, and held-out inputs to verify on, with where they came from."""
+
+    calibration: np.ndarray
+    held_out: np.ndarray
+    source: str
+
+
+def int8_data(spec: ModelSpec, *, calib_data: str | os.PathLike[str] | None = None, calib_images: int = 256,
+              verify_images: int = VERIFY_IMAGES) -> Int8Data:
+    """The user's own inputs (split: held-out first, calibration after), or photo tiles for RGB models."""
+    if calib_images < 1 or verify_images < 1:
+        raise M2ptError(f"need at least 1 calibration and 1 verification input, got {calib_images} and "
+                        f"{verify_images}")
+    if calib_data is not None:
+        data = load_calibration_data(calib_data, spec, count=calib_images + verify_images)
+        if len(data) <= verify_images:
+            raise M2ptError(f"{len(data)} inputs: int8 needs more than the {verify_images} held out for "
+                            "verification (lower --verify-images, or add inputs)", calib_data)
+        return Int8Data(data[verify_images:], data[:verify_images], f"{os.fspath(calib_data)}")
+    if spec.input_size[0] != 3:
+        raise M2ptError(f"the built-in calibration photos are RGB; a {spec.input_size[0]}-channel model needs "
+                        "--calib-data DIR|FILE.npz with its own inputs (e.g. spectrograms)")
+    calibration = photo_tiles(spec.input_size, spec.mean, spec.std, count=calib_images, seed=CALIBRATION_SEED)
+    held_out = photo_tiles(spec.input_size, spec.mean, spec.std, count=verify_images, seed=VERIFY_SEED)
+    return Int8Data(calibration, held_out, "held-out photo tiles")
 
 
 def photo_tiles(input_size: tuple[int, int, int], mean: Sequence[float], std: Sequence[float], *,
@@ -31,8 +68,13 @@ def photo_tiles(input_size: tuple[int, int, int], mean: Sequence[float], std: Se
     return calibration_tiles(input_size, mean, std, count=count, seed=seed)
 
 
-def cpu_int8_onnx(proto: onnx.ModelProto, calibration: np.ndarray, *, optimize: bool = True) -> onnx.ModelProto:
-    """A Q/DQ int8 copy of an fp32 export; ``optimize``: ONNX Runtime's offline fusions applied."""
-    quantized = quantize_qdq(prepare_graph(proto), "int8", calibration, batch_size=_CALIBRATION_BATCH)
+def cpu_int8_onnx(proto: onnx.ModelProto, calibration: np.ndarray, *, optimize: bool = True,
+                  target: Int8Target | None = None) -> onnx.ModelProto:
+    """A Q/DQ int8 copy of an fp32 export; ``optimize``: ONNX Runtime's offline fusions applied.
+
+    ``target``: the CPU integer path it will serve on (default: this machine's).
+    """
+    quantized = quantize_qdq(prepare_graph(proto), "int8", calibration, batch_size=_CALIBRATION_BATCH,
+                             target=target)
     set_metadata(quantized, "m2pt_deploy.precision", "int8")
     return optimize_onnx(quantized, attention=None) if optimize else quantized

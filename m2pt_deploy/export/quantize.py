@@ -9,12 +9,19 @@ Settings follow what TensorRT's explicit-quantization docs ask for: symmetric sc
 (zero point 0), per-channel weights, per-tensor activations, biases left in float, and
 Q/DQ only in front of the weight-carrying MatMul / Gemm / Conv nodes, so attention's
 activation-by-activation MatMuls and the fp32 islands stay in float.
+
+int8 weights are 7-bit (|w| <= 64) when the CPU the model is for saturates u8 x s8 pairs
+in int16 (AVX2, AVX-512 without VNNI; see ``m2pt_deploy.cpu``), full 8-bit otherwise;
+the choice is written into the model's metadata. Calibration streams: activation
+histograms are merged one batch at a time (``activation_ranges.py``), so memory does not
+grow with the number of calibration images (ViT-B/16 keeps ~50 MB of activations per image).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -24,14 +31,17 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 
+from m2pt_deploy.cpu import Int8Target, int8_target, saturates
 from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.export.activation_ranges import activation_ranges
 
-__all__ = ["QuantPrecision", "quantizable_nodes", "quantize_qdq", "qdq_summary"]
+__all__ = ["INT8_TARGET_KEY", "QuantPrecision", "quantizable_nodes", "quantize_qdq", "qdq_summary"]
 
 QuantPrecision = Literal["int8", "fp8"]
 _WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
 # float8 Q/DQ operators exist from opset 19 on.
 _FP8_MIN_OPSET = 19
+INT8_TARGET_KEY = "m2pt_deploy.int8_target"
 
 
 def quantizable_nodes(proto: onnx.ModelProto) -> list[str]:
@@ -48,8 +58,13 @@ def quantize_qdq(
     *,
     input_name: str | None = None,
     batch_size: int = 8,
+    target: Int8Target | None = None,
 ) -> onnx.ModelProto:
-    """A Q/DQ copy of an fp32 graph, with activation ranges from ``calibration`` (N, C, H, W)."""
+    """A Q/DQ copy of an fp32 graph, with activation ranges from ``calibration`` (N, C, H, W).
+
+    ``target``: the CPU integer path the int8 model is for (default: this machine's);
+    it decides 7-bit or 8-bit weights. TensorRT exports pass ``"vnni"`` (no saturation on GPUs).
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if precision not in ("int8", "fp8"):
@@ -62,29 +77,50 @@ def quantize_qdq(
     batch_size = min(batch_size, len(calibration))
     calibration = calibration[: len(calibration) - len(calibration) % batch_size]
     nodes = quantizable_nodes(proto)
+    reader = _Reader(name, calibration, batch_size)
+    options: dict[str, Any] = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                               "DedicatedQDQPair": False}
     if precision == "fp8":
         proto = _at_least_opset(proto, _FP8_MIN_OPSET)
         qtype, method = QuantType.QFLOAT8E4M3FN, CalibrationMethod.Distribution
+        options["CalibStridedMinMax"] = 1  # one batch per collection: histograms merge as they come
     else:
-        # Percentile (99.999th): with MinMax a few outliers set the whole int8 scale.
-        qtype, method = QuantType.QInt8, CalibrationMethod.Percentile
+        # Percentile (99.999th) ranges, streamed (activation_ranges.py): with MinMax a few
+        # outliers would set the whole int8 scale. ONNX Runtime's own pass then sees one batch
+        # and every range it would use is overridden.
+        qtype, method = QuantType.QInt8, CalibrationMethod.MinMax
+        thresholds = activation_ranges(proto, _activations(proto, nodes), reader.all_batches())
+        options["TensorQuantOverrides"] = {t: [{"rmin": np.float32(-v), "rmax": np.float32(v)}]
+                                           for t, v in thresholds.items()}
+        reader = _Reader(name, calibration[:batch_size], batch_size)
+    target = target or int8_target()
+    reduce_range = precision == "int8" and saturates(target)
     with tempfile.TemporaryDirectory(prefix="m2pt-qdq-") as tmp:
         src, dst = Path(tmp, "fp32.onnx"), Path(tmp, f"{precision}.onnx")
         onnx.save_model(proto, src)
         with _quiet():
             quantize_static(
-                str(src), str(dst), _Reader(name, calibration, batch_size),
+                str(src), str(dst), reader,
                 quant_format=QuantFormat.QDQ, activation_type=qtype, weight_type=qtype,
-                per_channel=precision == "int8", nodes_to_quantize=nodes,
-                op_types_to_quantize=list(_WEIGHT_OPS), calibrate_method=method,
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                               "QuantizeBias": False, "DedicatedQDQPair": False},
+                per_channel=precision == "int8", reduce_range=reduce_range, nodes_to_quantize=nodes,
+                op_types_to_quantize=list(_WEIGHT_OPS), calibrate_method=method, extra_options=options,
             )
         out = onnx.load_model(dst)
     out.producer_name, out.producer_version = proto.producer_name, proto.producer_version
     del out.metadata_props[:]
-    out.metadata_props.extend(proto.metadata_props)
+    out.metadata_props.extend(p for p in proto.metadata_props if p.key != INT8_TARGET_KEY)
+    if precision == "int8":
+        out.metadata_props.add(key=INT8_TARGET_KEY,
+                               value=json.dumps({"target": target, "weight_bits": 7 if reduce_range else 8}))
     return out
+
+
+def _activations(proto: onnx.ModelProto, nodes: list[str]) -> list[str]:
+    """What needs a range: the activation input and the output of each node to quantize
+    (the tensors ONNX Runtime's calibrator would measure for them)."""
+    chosen, weights = set(nodes), {t.name for t in proto.graph.initializer}
+    found = {t for n in proto.graph.node if n.name in chosen for t in (n.input[0], *n.output)}
+    return sorted(found - weights)
 
 
 def qdq_summary(proto: onnx.ModelProto) -> dict[str, Any]:
@@ -127,18 +163,34 @@ def _at_least_opset(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
 
 
 class _Reader:
-    """onnxruntime's CalibrationDataReader protocol over an in-memory array."""
+    """onnxruntime's CalibrationDataReader protocol over an in-memory array, in batches.
+
+    ``__len__`` and ``set_range`` let the quantizer collect one range of batches at a time
+    (its ``CalibStridedMinMax`` option) instead of every activation of every batch at once.
+    """
 
     def __init__(self, name: str, images: np.ndarray, batch_size: int) -> None:
-        self.name, self.images, self.batch_size = name, images.astype(np.float32), batch_size
-        self._it: Iterator[dict[str, np.ndarray]] = self._batches()
+        self.name, self.images, self.batch_size = name, images, batch_size
+        self.ranges: list[tuple[int, int]] = []
+        self.set_range(0, len(self))
 
-    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
-        for i in range(0, len(self.images), self.batch_size):
-            yield {self.name: self.images[i:i + self.batch_size]}
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.batch_size)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.ranges.append((start_index, end_index))
+        self._it: Iterator[dict[str, np.ndarray]] = self._batches(start_index, end_index)
+
+    def _batches(self, start: int, end: int) -> Iterator[dict[str, np.ndarray]]:
+        for i in range(start, min(end, len(self))):
+            rows = self.images[i * self.batch_size:(i + 1) * self.batch_size]
+            yield {self.name: np.ascontiguousarray(rows, dtype=np.float32)}
+
+    def all_batches(self) -> Iterator[dict[str, np.ndarray]]:
+        return self._batches(0, len(self))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._it, None)
 
     def rewind(self) -> None:
-        self._it = self._batches()
+        self.set_range(0, len(self))

@@ -15,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from m2pt_deploy.cpu import INT8_TARGETS, int8_target, weaker_than
 from m2pt_deploy.errors import M2ptError, first_line
 from m2pt_deploy.export.optimize import cpu_session_options
+from m2pt_deploy.export.quantize import INT8_TARGET_KEY
 from m2pt_deploy.serving.protocol import TensorSpec
 
 __all__ = [
@@ -104,6 +106,19 @@ class OrtModel:
         self.outputs = tuple(_spec(n) for n in self.session.get_outputs())
         self.metadata = _decode_metadata(self.session.get_modelmeta().custom_metadata_map)
         self.max_batch = max_batch
+
+    def int8_warning(self) -> str | None:
+        """Why this CPU may serve the model less accurately than it was verified, if it may."""
+        if self.metadata.get("m2pt_deploy.precision") != "int8":
+            return None
+        # Exports before the target was recorded used full 8-bit weights, as a VNNI target does.
+        quantized = (self.metadata.get(INT8_TARGET_KEY) or {}).get("target", "vnni")
+        serving = int8_target()
+        if quantized not in INT8_TARGETS or not weaker_than(serving, quantized):
+            return None
+        return (f"model {self.name} was quantized for {quantized} CPUs (8-bit weights); this CPU's int8 path "
+                f"is {serving}, whose int16 sums can saturate: expect lower accuracy, or re-export with "
+                f"m2pt-export --precision int8 --int8-target {serving}")
 
     @property
     def batchable(self) -> bool:

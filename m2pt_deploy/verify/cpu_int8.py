@@ -15,9 +15,11 @@ from polygraphy.backend.base import BaseRunner
 
 from m2pt_deploy.build import build_unmerged
 from m2pt_deploy.checkpoint import Checkpoint
+from m2pt_deploy.cpu import cpu_model, int8_target
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.onnx import INPUT_NAME
 from m2pt_deploy.export.optimize import cpu_session
+from m2pt_deploy.export.quantize import INT8_TARGET_KEY
 from m2pt_deploy.verify.numerics import compare_runners
 from m2pt_deploy.verify.result import CheckResult
 from m2pt_deploy.verify.runners import TorchRunner
@@ -26,6 +28,17 @@ from m2pt_deploy.verify.tolerance import Tolerance
 __all__ = ["INT8_CPU", "cpu_runner", "verify_int8_cpu"]
 
 INT8_CPU = Tolerance("int8 cpu", min_top1=0.99)
+
+
+def _cpu_note(onnx_path: str | os.PathLike[str]) -> str:
+    import onnx
+
+    from m2pt_deploy.export.onnx import read_metadata
+
+    meta = read_metadata(onnx.load_model(os.fspath(onnx_path), load_external_data=False))
+    quantized = meta.get(INT8_TARGET_KEY) or {}
+    made_for = f"{quantized['target']}, {quantized['weight_bits']}-bit weights" if quantized else "unrecorded target"
+    return f"run on {int8_target()} ({cpu_model()}); quantized for {made_for}"
 
 
 def cpu_runner(onnx_path: str | os.PathLike[str], *, name: str | None = None, spinning: bool = True,
@@ -39,12 +52,17 @@ def cpu_runner(onnx_path: str | os.PathLike[str], *, name: str | None = None, sp
 
 
 def verify_int8_cpu(ckpt: Checkpoint, onnx_path: str | os.PathLike[str], images: np.ndarray, *,
-                    batch: int = 16) -> CheckResult:
+                    batch: int = 16, source: str = "held-out photo tiles") -> CheckResult:
+    """Top-1 agreement of the int8 model, run as a server runs it on this CPU, with the fp32 model.
+
+    The note names this CPU's int8 path and the one the model was quantized for: int8
+    numerics differ between instruction sets, so the verdict holds for CPUs like this one.
+    """
     if images.ndim != 4 or len(images) == 0:
         raise M2ptError(f"images must be a non-empty [N, C, H, W] array, got shape {images.shape}")
     x = np.ascontiguousarray(images, dtype=np.float32)
     feeds = [{INPUT_NAME: x[i:i + batch]} for i in range(0, len(x), batch)]
     reference = TorchRunner(lambda: build_unmerged(ckpt), (None, *ckpt.spec.input_size), name="torch-unmerged")
     (result,) = compare_runners([reference, cpu_runner(onnx_path)], feeds, INT8_CPU, check="int8 onnx (cpu)",
-                                note=f"{len(x)} held-out photo tiles")
+                                note=f"{len(x)} {source}; {_cpu_note(onnx_path)}")
     return result

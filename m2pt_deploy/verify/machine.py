@@ -7,20 +7,14 @@ import platform
 from importlib import metadata
 from typing import Any
 
+from m2pt_deploy.cpu import cpu_flags, cpu_model, int8_target
+
 __all__ = ["machine_info", "machine_line", "usable_cpus"]
 
+# The instruction-set flags that change numerics or speed of what this toolkit runs.
+_ISA_FLAGS = frozenset({"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
+                        "avx512_bf16", "amx_int8", "amx_bf16", "amx_tile"})
 _PACKAGES = ("torch", "timm", "onnx", "onnxruntime", "onnxruntime-gpu", "polygraphy", "numpy")
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def usable_cpus() -> int:
@@ -44,7 +38,9 @@ def machine_info() -> dict[str, Any]:
     import torch
 
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
+        "cpu_flags": sorted(f for f in cpu_flags() if f in _ISA_FLAGS),
+        "int8_target": int8_target(),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": usable_cpus(),
         "torch_threads": torch.get_num_threads(),
@@ -57,8 +53,9 @@ def machine_info() -> dict[str, Any]:
 def machine_line(info: dict[str, Any]) -> str:
     v = info["versions"]
     ort = v.get("onnxruntime") or v.get("onnxruntime-gpu", "?")
+    flags = " ".join(info.get("cpu_flags", [])) or "no AVX2"
     return (
-        f"{info['cpu']}, {info['usable_cpus']} usable of {info['logical_cpus']} logical CPUs, "
+        f"{info['cpu']} ({flags}), {info['usable_cpus']} usable of {info['logical_cpus']} logical CPUs, "
         f"{info['platform']}; Python {info['python']}, torch {v.get('torch', '?')}, "
         f"onnxruntime {ort}, timm {v.get('timm', '?')}"
     )

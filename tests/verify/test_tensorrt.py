@@ -69,8 +69,11 @@ def test_engine_onnx_is_verified_against_the_unmerged_model(m2pt_ckpt: Path, tmp
     result = verify_onnx_precision(ckpt, path, images, precision=precision)
     assert result.stats is not None and result.stats.top1_total == 48 and result.stats.max_abs > 0
     assert result.stats.cosine > 0.99, str(result)
-    assert result.reference == "torch-unmerged" and str(result).startswith(("PASSED", "FAILED"))
-    assert ("emulated" in str(result)) == (precision == "bf16")
+    # Both run emulated in fp32 (bf16: no CPU kernels; int8: exact integer products, as TensorRT
+    # accumulates them, not the CPU's int16-saturating AVX2 kernels), so the verdict is the same
+    # on every x86 CPU. Measured: int8 top-1 48/48, bf16 cosine 0.99988, 48/48.
+    assert result.reference == "torch-unmerged" and result, str(result)
+    assert "emulated in fp32" in str(result)
     assert read_metadata(model)["m2pt_deploy.precision"] == precision
 
 

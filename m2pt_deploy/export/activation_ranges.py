@@ -1,0 +1,80 @@
+"""Activation ranges for int8 calibration, streamed: memory and time stay flat in the image count.
+
+ONNX Runtime's percentile calibrator either keeps every activation of every calibration
+batch before building its histograms (ViT-B/16 with 256 images: over 24 GB) or, fed one
+batch at a time, re-bins each new batch against an ever-growing list of bin edges (the
+slow, non-uniform ``np.histogram`` path: 11 minutes on 2 cores). Here each tensor keeps a
+fixed number of uniform bins over ``[0, top]``; when a batch exceeds ``top``, the range
+doubles and pairs of bins merge, as TensorRT's histogram calibrator does. The threshold
+is the same percentile of ``|x|`` ONNX Runtime computes; the quantizer then takes the
+ranges through its documented ``TensorQuantOverrides`` (``rmin`` / ``rmax``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+__all__ = ["AbsHistogram", "activation_ranges"]
+
+_BINS = 2048
+# ONNX Runtime's default for its percentile method, and what this project used before.
+PERCENTILE = 99.999
+
+
+class AbsHistogram:
+    """A streaming histogram of ``|x|`` with ``bins`` uniform bins over ``[0, top]``."""
+
+    def __init__(self, bins: int = _BINS) -> None:
+        self.bins = bins
+        self.counts = np.zeros(bins, np.int64)
+        self.top = 0.0
+
+    def add(self, x: np.ndarray) -> None:
+        a = np.abs(x.reshape(-1).astype(np.float32, copy=False))
+        largest = float(a.max()) if a.size else 0.0
+        if self.top == 0.0:
+            self.top = largest or 1e-12
+        while largest > self.top:
+            # Double the range: bin pairs merge into the lower half, the upper half starts empty.
+            self.counts = np.concatenate([self.counts.reshape(-1, 2).sum(axis=1), np.zeros(self.bins // 2, np.int64)])
+            self.top *= 2.0
+        self.counts += np.histogram(a, bins=self.bins, range=(0.0, self.top))[0]
+
+    def percentile(self, q: float) -> float:
+        """The upper edge of the bin where the cumulative share of values reaches ``q`` percent."""
+        total = int(self.counts.sum())
+        if total == 0:
+            return 0.0
+        index = int(np.searchsorted(np.cumsum(self.counts) / total, q / 100.0))
+        return (min(index, self.bins - 1) + 1) * self.top / self.bins
+
+
+def _with_outputs(proto: onnx.ModelProto, names: Sequence[str]) -> bytes:
+    extra = onnx.ModelProto()
+    extra.CopyFrom(proto)
+    present = {o.name for o in extra.graph.output}
+    for name in names:
+        if name not in present:
+            extra.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return extra.SerializeToString()
+
+
+def activation_ranges(
+    proto: onnx.ModelProto,
+    tensors: Sequence[str],
+    batches: Iterable[Mapping[str, np.ndarray]],
+    *,
+    percentile: float = PERCENTILE,
+) -> dict[str, float]:
+    """``{tensor: threshold}``, the ``percentile`` of ``|tensor|`` over every batch, one batch in memory."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(_with_outputs(proto, tensors), providers=["CPUExecutionProvider"])
+    histograms = {name: AbsHistogram() for name in tensors}
+    for feed in batches:
+        for name, value in zip(tensors, session.run(list(tensors), dict(feed)), strict=True):
+            histograms[name].add(value)
+    return {name: h.percentile(percentile) for name, h in histograms.items()}

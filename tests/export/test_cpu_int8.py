@@ -1,0 +1,77 @@
+"""int8 for CPU serving, judged on a trained model, on every x86 integer path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from m2pt_deploy.checkpoint import load_checkpoint
+from m2pt_deploy.cpu import INT8_TARGETS, int8_target, saturates
+from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.export.cpu_int8 import cpu_int8_onnx, int8_data
+from m2pt_deploy.export.onnx import OnnxFromCheckpoint
+from m2pt_deploy.export.optimize import save_optimized
+from m2pt_deploy.verify.cpu_int8 import verify_int8_cpu
+from tests.conftest import TINY_AUDIO
+
+
+@pytest.mark.parametrize("target", INT8_TARGETS)
+def test_int8_of_a_trained_model_agrees_with_fp32(trained_digits: tuple[Path, Path], target: str,
+                                                  tmp_path: Path) -> None:
+    if saturates(int8_target()) and not saturates(target):  # type: ignore[arg-type]
+        pytest.skip(f"this CPU's int8 path ({int8_target()}) saturates the 8-bit weights a {target} target "
+                    "gets; that target is asserted on CPUs with VNNI or AMX")
+    best, digits = trained_digits
+    ckpt = load_checkpoint(best)
+    data = int8_data(ckpt.spec, calib_data=digits, calib_images=256, verify_images=512)
+    proto = cpu_int8_onnx(OnnxFromCheckpoint(ckpt)(), data.calibration, target=target)  # type: ignore[arg-type]
+    path = save_optimized(proto, tmp_path / "int8.onnx")
+    result = verify_int8_cpu(ckpt, path, data.held_out, source=data.source)
+    assert result.stats is not None and result.stats.top1_total == 512
+    assert f"quantized for {target}" in str(result)
+    # Measured on an AMD EPYC with AVX-512 VNNI (30 epochs, the demo's budget): 511/512 with
+    # 7-bit weights (avx2, avx512), 510/512 with 8-bit (vnni, amx). 7-bit products cannot
+    # saturate, so an AVX2-only CPU computes the same integers. The bar, 98.5% (505/512),
+    # leaves five flips of headroom below those figures; the product's own bar is 99%.
+    assert result.stats.top1_rate >= 0.985, str(result)
+
+
+def test_user_data_is_split_into_held_out_and_calibration(trained_digits: tuple[Path, Path]) -> None:
+    ckpt = load_checkpoint(trained_digits[0])
+    data = int8_data(ckpt.spec, calib_data=trained_digits[1], calib_images=100, verify_images=300)
+    assert data.held_out.shape == (300, 1, 8, 8) and data.calibration.shape == (100, 1, 8, 8)
+    rows = {r.tobytes() for r in data.held_out}
+    assert not any(r.tobytes() in rows for r in data.calibration)
+    # normalised as training normalises: (x - 0.5) / 0.5 of pixels in [0, 1]
+    assert data.held_out.min() >= -1.0 and data.held_out.max() <= 1.0 and data.held_out.min() < -0.9
+
+
+def test_non_rgb_models_need_their_own_calibration_data() -> None:
+    with pytest.raises(M2ptError, match="a 1-channel model needs --calib-data"):
+        int8_data(TINY_AUDIO)
+
+
+def test_too_few_inputs_for_the_held_out_set(tmp_path: Path) -> None:
+    npz = tmp_path / "few.npz"
+    np.savez(npz, x=np.random.default_rng(0).random((20, 1, 16, 48), dtype=np.float32))
+    with pytest.raises(M2ptError, match=r"few.npz: 20 inputs: int8 needs more than the 256 held out"):
+        int8_data(TINY_AUDIO, calib_data=npz)
+
+
+def test_int8_target_is_recorded_and_checked_by_the_server(trained_digits, tmp_path: Path, monkeypatch) -> None:
+    from m2pt_deploy.serving import runtime
+
+    ckpt = load_checkpoint(trained_digits[0])
+    data = int8_data(ckpt.spec, calib_data=trained_digits[1], calib_images=32, verify_images=16)
+    path = tmp_path / "vnni.onnx"
+    onnx.save_model(cpu_int8_onnx(OnnxFromCheckpoint(ckpt)(), data.calibration, target="vnni", optimize=False),
+                    path)
+    model = runtime.OrtModel("digits", path, providers=["CPUExecutionProvider"])
+    monkeypatch.setattr(runtime, "int8_target", lambda: "avx2")
+    warning = model.int8_warning()
+    assert warning is not None and "quantized for vnni" in warning and "--int8-target avx2" in warning
+    monkeypatch.setattr(runtime, "int8_target", lambda: "amx")
+    assert model.int8_warning() is None
