@@ -4,30 +4,53 @@ A TensorRT plan only runs on the TensorRT version and GPU architecture that buil
 and a plan carries no readable description of itself. So the engine file stays a plain
 plan (anything can load it) and what it is — versions, GPU, precision, profile, the
 source ONNX's hash — lives in ``<engine>.json``.
+
+``m2pt-export`` writes the sidecar after building in Python. An engine built outside
+Python (``<engine>.build.sh``, ``trtexec``, ``polygraphy convert``) gets it from
+``python -m m2pt_deploy.export.engine_info sidecar``, run where the engine was built.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import onnx
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.export.profiles import ShapeProfile
+from m2pt_deploy.export.onnx import BatchSpec, parse_batch, read_metadata
+from m2pt_deploy.export.profiles import ShapeProfile, profile_for
 from m2pt_deploy.fileio import atomic_output, sha256_file
 
 __all__ = [
+    "API_PATHS",
+    "PRECISIONS",
+    "ApiPath",
     "EngineInfo",
+    "Platform",
+    "TrtPrecision",
     "check_compatible",
     "check_engine_file",
+    "describe_engine",
+    "detect_platform",
+    "main",
     "read_engine_info",
     "sidecar_path",
     "write_engine_info",
+    "write_sidecar",
 ]
 
+TrtPrecision = Literal["fp32", "fp16", "bf16", "int8", "fp8"]
+ApiPath = Literal["strong-typing", "builder-flags"]
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8", "fp8")
+API_PATHS: tuple[str, ...] = ("strong-typing", "builder-flags")
 FORMAT_VERSION = 1
 # Leading bytes of files that are often passed where an engine belongs.
 _NOT_ENGINES: tuple[tuple[bytes, str], ...] = (
@@ -85,8 +108,10 @@ def read_engine_info(engine: str | os.PathLike[str]) -> EngineInfo:
     check_engine_file(engine)
     path = sidecar_path(engine)
     if not path.is_file():
-        raise M2ptError(f"no sidecar {path.name} beside the engine; build engines with "
-                        "m2pt-export --format trt", engine)
+        raise M2ptError(f"no sidecar {path.name} beside the engine; build engines with m2pt-export "
+                        "--format trt or the ENGINE.build.sh it writes (both write the sidecar), or write "
+                        "it where the engine was built: python -m m2pt_deploy.export.engine_info sidecar "
+                        "ENGINE --onnx ONNX --batch MIN:OPT:MAX --api-path PATH", engine)
     try:
         info = EngineInfo.from_dict(json.loads(path.read_text()))
     except (ValueError, KeyError, TypeError) as e:
@@ -139,10 +164,173 @@ def check_compatible(
 
 
 def _looks_like_onnx(path: Path) -> bool:
-    import onnx
-
     try:
         proto = onnx.load_model(path, load_external_data=False)
     except Exception:  # noqa: BLE001 - any parse failure just means "not ONNX"
         return False
     return len(proto.graph.node) > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Platform:
+    """What this machine offers a build: TensorRT's version and the GPU, either may be absent."""
+
+    tensorrt_version: str | None
+    gpu_name: str | None
+    compute_capability: tuple[int, int] | None
+
+    def missing(self) -> str | None:
+        if self.tensorrt_version is None:
+            return "TensorRT is not installed (the Python module 'tensorrt' cannot be imported)"
+        if self.gpu_name is None or self.compute_capability is None:
+            return "no CUDA GPU is visible (torch.cuda.is_available() is False)"
+        return None
+
+
+def detect_platform(*, nvidia_smi: bool = False) -> Platform:
+    """TensorRT's version and the first CUDA GPU as torch sees it: what a loaded engine is checked against.
+
+    With ``nvidia_smi``, a GPU torch cannot see (a CPU-only torch beside ``trtexec``) is read
+    from ``nvidia-smi`` instead; used only to describe an engine built outside Python.
+    """
+    cc: tuple[int, int] | None = None
+    name: str | None = None
+    import torch
+
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        cc = tuple(torch.cuda.get_device_capability(0))  # type: ignore[assignment]
+    elif nvidia_smi:
+        name, cc = _nvidia_smi_gpu()
+    return Platform(_tensorrt_version(), name, cc)
+
+
+def _nvidia_smi_gpu() -> tuple[str | None, tuple[int, int] | None]:
+    # NOTE: nvidia-smi numbers GPUs in PCI bus order, CUDA fastest first unless
+    # CUDA_DEVICE_ORDER=PCI_BUS_ID; the two agree except on machines with mixed GPUs.
+    cmd = ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        first = visible.split(",")[0].strip()
+        if not first:
+            return None, None  # every GPU hidden from CUDA
+        cmd += ["-i", first]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
+        name, cap = out.strip().splitlines()[0].rsplit(",", 1)
+        major, minor = cap.strip().split(".")
+        return name.strip(), (int(major), int(minor))
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None, None
+
+
+def _tensorrt_version() -> str | None:
+    try:
+        import tensorrt
+    except (ImportError, OSError):  # OSError: the wheel is there, libnvinfer is not
+        return None
+    # A stubs-only install is an importable namespace package without a version.
+    version = getattr(tensorrt, "__version__", None)
+    return str(version) if version else None
+
+
+def describe_engine(onnx_file: Path, proto: onnx.ModelProto, engine: Path, profile: ShapeProfile,
+                    precision: str, api_path: str, platform: Platform) -> EngineInfo:
+    """The one description of an engine, however it was built: ``platform`` is the building machine."""
+    assert platform.tensorrt_version and platform.gpu_name and platform.compute_capability
+    return EngineInfo(
+        tensorrt_version=platform.tensorrt_version, api_path=api_path, gpu_name=platform.gpu_name,
+        compute_capability=platform.compute_capability, precision=precision, profile=profile,
+        onnx_sha256=sha256_file(onnx_file), engine_sha256=sha256_file(engine), model=read_metadata(proto),
+    )
+
+
+def write_sidecar(
+    onnx_path: str | os.PathLike[str],
+    engine_path: str | os.PathLike[str],
+    *,
+    batch: BatchSpec,
+    api_path: ApiPath,
+    precision: str | None = None,
+    platform: Platform | None = None,
+    force: bool = False,
+) -> Path:
+    """The sidecar of an engine built outside Python (``<engine>.build.sh``, trtexec, polygraphy).
+
+    Must run where the engine was built: the TensorRT version and GPU it records are this
+    machine's. Everything else comes from the ONNX, as when ``m2pt-export`` builds.
+
+    Args:
+        batch: the batch range the engine's optimization profile was built with.
+        api_path: ``strong-typing`` (``--stronglyTyped``) or ``builder-flags`` (``--fp16`` etc.).
+        precision: default: the ONNX's ``m2pt_deploy.precision``; on ``strong-typing`` the two
+            must agree.
+    """
+    engine = Path(engine_path)
+    check_engine_file(engine)
+    if api_path not in API_PATHS:
+        raise M2ptError(f"api path {api_path!r}: choose one of {', '.join(API_PATHS)}")
+    onnx_file = Path(onnx_path)
+    if not onnx_file.is_file():
+        raise M2ptError("ONNX file not found", onnx_file)
+    proto = onnx.load_model(onnx_file, load_external_data=False)
+    precision = _onnx_precision(proto, precision, api_path, onnx_file)
+    profile = profile_for(proto, batch)
+    platform = platform or detect_platform(nvidia_smi=True)
+    if platform.tensorrt_version is None:
+        raise M2ptError(f"cannot record the engine's TensorRT version: {platform.missing()}; run this "
+                        "where the engine was built, with TensorRT's Python module", engine)
+    if platform.gpu_name is None or platform.compute_capability is None:
+        raise M2ptError("cannot record the engine's GPU: torch sees no CUDA device and nvidia-smi "
+                        "lists none; run this on the machine that built the engine", engine)
+    info = describe_engine(onnx_file, proto, engine, profile, precision, api_path, platform)
+    return write_engine_info(engine, info, force=force)
+
+
+def _onnx_precision(proto: onnx.ModelProto, given: str | None, api_path: str, source: Path) -> str:
+    recorded = read_metadata(proto).get("m2pt_deploy.precision")
+    # A strongly typed engine computes in the ONNX's types; builder flags may lower an fp32 ONNX.
+    if given is not None and recorded is not None and given != recorded and api_path == "strong-typing":
+        raise M2ptError(f"--precision {given}, but the ONNX is {recorded} (m2pt_deploy.precision) and a "
+                        "strongly typed engine computes in the ONNX's types", source)
+    precision = given or recorded
+    if precision not in PRECISIONS:
+        raise M2ptError(f"the ONNX names no precision (m2pt_deploy.precision {recorded!r}); pass "
+                        f"--precision, one of {', '.join(PRECISIONS)}", source)
+    return str(precision)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m m2pt_deploy.export.engine_info sidecar ENGINE --onnx ONNX --batch B --api-path P``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m m2pt_deploy.export.engine_info",
+        description="Describe a TensorRT engine built outside m2pt-export (by ENGINE.build.sh, trtexec or "
+        "polygraphy convert) in the sidecar ENGINE.json that m2pt-verify --engine checks.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="sidecar")
+    sidecar = commands.add_parser(
+        "sidecar", help="write ENGINE.json; run it on the machine that built the engine",
+        description="Write ENGINE.json: this machine's TensorRT version and GPU (so run it where the "
+        "engine was built), then the precision, profile, model metadata and hashes of the ONNX.")
+    sidecar.add_argument("engine", metavar="ENGINE", help="the engine (a serialized TensorRT plan)")
+    sidecar.add_argument("--onnx", required=True, metavar="FILE", help="the ONNX it was built from")
+    sidecar.add_argument("--batch", required=True, metavar="MIN:OPT:MAX",
+                         help="the batch range of the engine's optimization profile")
+    sidecar.add_argument("--api-path", required=True, choices=API_PATHS,
+                         help="strong-typing: built with --stronglyTyped / --strongly-typed; builder-flags: "
+                         "with --fp16, --bf16, --int8 or --fp8 (TensorRT 10)")
+    sidecar.add_argument("--precision", choices=PRECISIONS,
+                         help="default: the ONNX's m2pt_deploy.precision metadata")
+    sidecar.add_argument("--force", action="store_true", help="overwrite an existing sidecar")
+    args = parser.parse_args(argv)
+    try:
+        out = write_sidecar(args.onnx, args.engine, batch=parse_batch(args.batch), api_path=args.api_path,
+                            precision=args.precision, force=args.force)
+    except M2ptError as e:  # the CLI's contract (one line, exit 2); m2pt_deploy.cli sits above this layer
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

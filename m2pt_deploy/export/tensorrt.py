@@ -3,8 +3,10 @@
 ``engine_chain`` assembles ``NetworkFromOnnxPath → CreateConfig → EngineFromNetwork →
 SaveEngine`` without touching TensorRT (Polygraphy imports it when a loader is called),
 so everything up to the build call is exercised on machines without TensorRT or a GPU.
-Where either is missing, ``build_engine_from_onnx`` still leaves the verified ONNX and a
-script with the ``trtexec`` and ``polygraphy convert`` lines that build the same engine.
+Where either is missing, ``build_engine_from_onnx`` still leaves the verified ONNX and
+``<engine>.build.sh``: copied with its folder to a machine that has both, it builds the same
+engine with ``trtexec`` or ``polygraphy convert``, then its sidecar
+(``python -m m2pt_deploy.export.engine_info sidecar``), so that ``m2pt-verify --engine`` accepts it.
 
 Two API paths, chosen by the TensorRT major version:
 
@@ -22,15 +24,23 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
 from m2pt_deploy.errors import M2ptError, first_line
-from m2pt_deploy.export.engine_info import EngineInfo, write_engine_info
-from m2pt_deploy.export.onnx import BatchSpec, read_metadata
+from m2pt_deploy.export.engine_info import (
+    PRECISIONS,
+    ApiPath,
+    Platform,
+    TrtPrecision,
+    describe_engine,
+    detect_platform,
+    write_engine_info,
+)
+from m2pt_deploy.export.onnx import BatchSpec
 from m2pt_deploy.export.profiles import ShapeProfile, profile_for
-from m2pt_deploy.fileio import atomic_output, check_output_path, sha256_file
+from m2pt_deploy.fileio import atomic_output, check_output_path
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -51,50 +61,10 @@ __all__ = [
     "engine_chain",
 ]
 
-TrtPrecision = Literal["fp32", "fp16", "bf16", "int8", "fp8"]
-ApiPath = Literal["strong-typing", "builder-flags"]
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8", "fp8")
 # The oldest GPU architecture with fast kernels for each precision.
 _MIN_COMPUTE = {"fp32": (5, 0), "fp16": (5, 3), "bf16": (8, 0), "int8": (6, 1), "fp8": (8, 9)}
 _ARCH_HINT = {"bf16": "Ampere", "int8": "Pascal", "fp8": "Ada or Hopper", "fp16": "Maxwell"}
 MAX_OPT_LEVEL = 5
-
-
-@dataclasses.dataclass(frozen=True)
-class Platform:
-    """What this machine offers a build: TensorRT's version and the GPU, either may be absent."""
-
-    tensorrt_version: str | None
-    gpu_name: str | None
-    compute_capability: tuple[int, int] | None
-
-    def missing(self) -> str | None:
-        if self.tensorrt_version is None:
-            return "TensorRT is not installed (the Python module 'tensorrt' cannot be imported)"
-        if self.gpu_name is None or self.compute_capability is None:
-            return "no CUDA GPU is visible (torch.cuda.is_available() is False)"
-        return None
-
-
-def detect_platform() -> Platform:
-    cc: tuple[int, int] | None = None
-    name: str | None = None
-    import torch
-
-    if torch.cuda.is_available():
-        name = torch.cuda.get_device_name(0)
-        cc = tuple(torch.cuda.get_device_capability(0))  # type: ignore[assignment]
-    return Platform(_tensorrt_version(), name, cc)
-
-
-def _tensorrt_version() -> str | None:
-    try:
-        import tensorrt
-    except (ImportError, OSError):  # OSError: the wheel is there, libnvinfer is not
-        return None
-    # A stubs-only install is an importable namespace package without a version.
-    version = getattr(tensorrt, "__version__", None)
-    return str(version) if version else None
 
 
 def api_path_for(tensorrt_version: str) -> ApiPath:
@@ -244,40 +214,90 @@ def commands_path(engine_path: str | os.PathLike[str]) -> Path:
     return path.with_name(path.name + ".build.sh")
 
 
+def _shell_path(path: str | os.PathLike[str], folder: Path) -> str:
+    """A shell word for ``path``: relative to the script's folder (``"$HERE"/...``) when it lies
+    inside it, so the folder can be copied to another machine; absolute otherwise."""
+    resolved = Path(path).resolve()
+    try:
+        return '"$HERE"/' + shlex.quote(resolved.relative_to(folder.resolve()).as_posix())
+    except ValueError:
+        return shlex.quote(str(resolved))
+
+
 def build_commands(onnx_path: str | os.PathLike[str], engine_path: str | os.PathLike[str],
                    options: BuildOptions) -> str:
-    """A shell script with the trtexec and polygraphy lines for both API paths."""
-    onnx_arg, engine_arg = shlex.quote(os.fspath(onnx_path)), shlex.quote(os.fspath(engine_path))
-    precision = options.precision
-    common_trt = [f"--onnx={onnx_arg}", f"--saveEngine={engine_arg}", *options.profile.trtexec_args()]
-    common_pg = ["polygraphy", "convert", onnx_arg, "--convert-to", "trt", "-o", engine_arg,
-                 *options.profile.polygraphy_args()]
+    """``<engine>.build.sh``: trtexec or polygraphy lines for both API paths, then the sidecar.
+
+    Runs from any working directory, also after its folder is copied elsewhere: every path
+    is resolved against the script's own folder.
+    """
+    engine = Path(engine_path)
+    folder = engine.parent
+    precision, profile = options.precision, options.profile
+    common_trt = ['--onnx="$ONNX"', '--saveEngine="$PARTIAL"', *profile.trtexec_args()]
+    common_pg = ["polygraphy", "convert", '"$ONNX"', "--convert-to", "trt", "-o", '"$PARTIAL"',
+                 *profile.polygraphy_args()]
     if options.workspace_bytes is not None:
         mib = options.workspace_bytes // 2**20
         common_trt.append(f"--memPoolSize=workspace:{mib}M")
         common_pg += ["--pool-limit", f"workspace:{mib}M"]
     if options.timing_cache is not None:
-        cache = shlex.quote(os.fspath(options.timing_cache))
+        cache = _shell_path(options.timing_cache, folder)
         common_trt.append(f"--timingCacheFile={cache}")
         common_pg += ["--load-timing-cache", cache, "--save-timing-cache", cache]
     if options.opt_level is not None:
         common_trt.append(f"--builderOptimizationLevel={options.opt_level}")
         common_pg += ["--builder-optimization-level", str(options.opt_level)]
     flag10 = [] if precision == "fp32" else [f"--{precision}"]
+    batch = f"{profile.min[0]}:{profile.opt[0]}:{profile.max[0]}"
+    name = shlex.quote(engine.name)
     lines = [
-        "#!/bin/sh",
-        f"# Builds {os.fspath(engine_path)} ({precision}) from the verified ONNX where TensorRT is",
-        "# installed:  sh THIS_FILE [trtexec|polygraphy]   (TRT_MAJOR=10 for TensorRT 10 flags).",
+        "#!/usr/bin/env bash",
+        # No file names in comments: a name may hold a newline.
+        f"# Builds ENGINE ({precision}, batch {batch}) from the verified ONNX, then ENGINE.json, the",
+        "# sidecar m2pt-verify --engine checks. Copy this whole folder to a machine with TensorRT",
+        "# and a GPU and run it from any directory (paths are relative to this script):",
+        "#   bash THIS_FILE [trtexec|polygraphy|sidecar]   (TRT_MAJOR=10: TensorRT 10's builder flags)",
+        "# 'sidecar' only writes the sidecar of an engine this script built on this machine.",
         "# TensorRT 11 networks are strongly typed: the precision is the one written in the ONNX.",
-        "# Only m2pt-export writes the engine's sidecar (.json); it needs the tensorrt module.",
-        "set -e",
-        'case "${1:-trtexec}${TRT_MAJOR:-11}" in',
+        "# The sidecar records this machine's TensorRT and GPU; it needs ${PYTHON:-python3} with",
+        "# m2pt-deploy and TensorRT's Python module.",
+        'if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi',
+        "set -euo pipefail",
+        'HERE="$(CDPATH= cd -- "$(dirname -- "$0")" && pwd -P)"',
+        f"ONNX={_shell_path(onnx_path, folder)}",
+        f'ENGINE="$HERE"/{name}',
+        f'PARTIAL="$HERE"/{shlex.quote("." + engine.name + ".partial")}',
+        'PYTHON="${PYTHON:-python3}"',
+        'TOOL="${1:-trtexec}"',
+        'if [ "${TRT_MAJOR:-11}" = 10 ]; then API=builder-flags; else API=strong-typing; fi',
+        'fail() { echo "$(basename "$0"): $*" >&2; exit 2; }',
+        'case "$TOOL" in',
+        "  sidecar|trtexec|polygraphy) ;;",
+        '  *) fail "unknown tool $TOOL; usage: bash $0 [trtexec|polygraphy|sidecar]" ;;',
+        "esac",
+        '[ -f "$ONNX" ] || fail "the ONNX $ONNX is missing; copy the whole folder the export wrote"',
+        '[ "$TOOL" = sidecar ] || command -v "$TOOL" >/dev/null 2>&1 || fail "$TOOL is not on PATH;'
+        ' install TensorRT (trtexec is in its bin folder) or Polygraphy, or name the other tool"',
+        "trap 'rm -f \"$PARTIAL\"' EXIT  # a failed build leaves no partial engine",
+        'case "$TOOL${TRT_MAJOR:-11}" in',
+        "  sidecar*) ;;",
         "  trtexec10) " + " ".join(["trtexec", *common_trt, *flag10]) + " ;;",
         "  polygraphy10) " + " ".join([*common_pg, *flag10]) + " ;;",
         "  trtexec*) " + " ".join(["trtexec", *common_trt, "--stronglyTyped"]) + " ;;",
         "  polygraphy*) " + " ".join([*common_pg, "--strongly-typed"]) + " ;;",
-        '  *) echo "usage: sh $0 [trtexec|polygraphy]" >&2; exit 2 ;;',
         "esac",
+        'if [ "$TOOL" != sidecar ]; then',
+        '  rm -f "$ENGINE.json"  # it describes the engine being replaced',
+        '  mv -f "$PARTIAL" "$ENGINE"',
+        '  echo "built $ENGINE"',
+        "fi",
+        '[ -f "$ENGINE" ] || fail "no engine $ENGINE to describe; build it first: bash $0 trtexec"',
+        '"$PYTHON" -c "import m2pt_deploy" >/dev/null 2>&1 || fail "$ENGINE has no sidecar:'
+        ' $PYTHON cannot import m2pt_deploy; install m2pt-deploy (or set PYTHON), then run: bash $0 sidecar"',
+        '"$PYTHON" -m m2pt_deploy.export.engine_info sidecar "$ENGINE" --onnx "$ONNX" '
+        f'--batch {batch} --precision {precision} --api-path "$API" --force ||',
+        '  fail "$ENGINE has no sidecar (see above); once that is fixed, run: bash $0 sidecar"',
     ]
     return "\n".join(lines) + "\n"
 
@@ -316,12 +336,14 @@ def build_engine_from_onnx(
     script = commands_path(out)
     with atomic_output(script, force=True) as tmp:
         tmp.write_text(build_commands(onnx_file, out, options))
-        tmp.chmod(0o755)
+    mode = script.stat().st_mode
+    script.chmod(mode | (mode & 0o444) >> 2)  # executable by whoever may read it
     platform = platform or detect_platform()
     missing = platform.missing()
     if missing is not None:
-        raise M2ptError(f"{missing}; the verified ONNX is {onnx_file} and {script} has the trtexec "
-                        "and polygraphy commands that build this engine where TensorRT is installed")
+        raise M2ptError(f"{missing}; the verified ONNX is {onnx_file} and {script} builds this engine "
+                        "and its sidecar where TensorRT and a GPU are: copy the folder there and run "
+                        f"bash {script.name}")
     assert platform.tensorrt_version and platform.gpu_name and platform.compute_capability
     api = api_path_for(platform.tensorrt_version)
     check_precision_supported(precision, platform)
@@ -336,13 +358,8 @@ def build_engine_from_onnx(
         except PolygraphyException as e:
             raise M2ptError(f"TensorRT could not build the engine: {first_line(e)}",
                             onnx_file) from e
-    info = EngineInfo(
-        tensorrt_version=platform.tensorrt_version, api_path=api, gpu_name=platform.gpu_name,
-        compute_capability=platform.compute_capability, precision=precision,
-        profile=options.profile, onnx_sha256=sha256_file(onnx_file),
-        engine_sha256=sha256_file(out), model=read_metadata(proto),
-    )
-    write_engine_info(out, info, force=True)
+    write_engine_info(out, describe_engine(onnx_file, proto, out, options.profile, precision, api, platform),
+                      force=True)
     return out
 
 

@@ -17,13 +17,17 @@ def test_cpu_only_export_leaves_verified_onnx_and_build_script(m2pt_ckpt: Path, 
     code, out, err = export(["--format", "trt", str(m2pt_ckpt), "-o", str(engine), "--precision", "fp16",
                              "--batch", "1:2:4", "--workspace", "1", "--opt-level", "2",
                              "--report", str(tmp_path / "check.json")], capsys)
-    assert_user_error(code, err, "TensorRT is not installed", "vit.fp16.onnx", "vit.engine.build.sh")
+    assert_user_error(code, err, "TensorRT is not installed", "vit.fp16.onnx", "vit.engine.build.sh",
+                      "builds this engine and its sidecar where TensorRT and a GPU are: copy the folder "
+                      "there and run bash vit.engine.build.sh")
     assert "PASSED | fp16 onnx | onnxrt:vit.fp16.onnx vs torch-unmerged | logits" in out
     assert (tmp_path / "vit.fp16.onnx").is_file() and not engine.exists()
     report = json.loads((tmp_path / "check.json").read_text())
     assert report["passed"] is True and report["stats"]["top1_total"] == 256
     script = (tmp_path / "vit.engine.build.sh").read_text()
     assert "--builderOptimizationLevel=2" in script and "--maxShapes=pixel_values:4x3x32x32" in script
+    assert 'ONNX="$HERE"/vit.fp16.onnx' in script.splitlines()
+    assert "--batch 1:2:4 --precision fp16" in script
 
 
 @pytest.mark.parametrize("argv, needles", [

@@ -1,14 +1,16 @@
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from m2pt_deploy.cli.common import run_main
 from m2pt_deploy.cli.verify import main
+from m2pt_deploy.export.engine_info import read_engine_info
 from m2pt_deploy.export.tensorrt import detect_platform
-from tests.cli.test_export import assert_user_error
-from tests.export.test_tensorrt import _fake_engine
+from tests.cli.test_export import assert_user_error, export
+from tests.export.test_tensorrt import FAKE_TRT_VERSION, _fake_engine, fake_gpu_machine, run_script, tool_calls
 
 
 def verify(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -49,3 +51,31 @@ def test_onnx_and_engine_are_exclusive(m2pt_ckpt: Path, tmp_path: Path, capsys) 
         run_main(main, [str(m2pt_ckpt), "--onnx", "a.onnx", "--engine", "b.engine"])
     assert exit_info.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(detect_platform().missing() is None, reason="asserts the no-TensorRT fallback and refusal")
+def test_an_engine_built_by_the_build_script_is_accepted(m2pt_ckpt: Path, tmp_path: Path, capsys) -> None:
+    """The hand-off of issue 12: export here, copy the folder, run its script there, verify the engine.
+
+    The "GPU machine" is this one with a fake trtexec, nvidia-smi and tensorrt module, so the
+    engine is a stand-in and verification stops where TensorRT itself is needed.
+    """
+    out = tmp_path / "out"
+    out.mkdir()
+    code, _, err = export(["--format", "trt", str(m2pt_ckpt), "-o", str(out / "vit.engine"), "--precision",
+                           "fp16", "--batch", "1:2:4", "--no-verify"], capsys)
+    assert_user_error(code, err, "copy the folder there and run bash vit.engine.build.sh")
+    gpu_box = tmp_path / "gpu box"
+    shutil.copytree(out, gpu_box)
+    env = fake_gpu_machine(tmp_path / "tools")
+    ran = run_script(gpu_box / "vit.engine.build.sh", env=env, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    engine = gpu_box / "vit.engine"
+    assert len(tool_calls(env)) == 1 and "--stronglyTyped" in tool_calls(env)[0]
+    info = read_engine_info(engine)
+    assert (info.precision, info.profile.opt[0], info.tensorrt_version) == ("fp16", 2, FAKE_TRT_VERSION)
+    code, _, err = verify([str(m2pt_ckpt), "--engine", str(engine), "--no-latency"], capsys)
+    assert code == 2
+    assert [line for line in err.splitlines() if line.startswith("error: ")] == [
+        f"error: {engine}: cannot run the engine: TensorRT is not installed (the Python module 'tensorrt' "
+        "cannot be imported)"]

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,12 +17,14 @@ from m2pt_deploy.export.engine_info import (
     EngineInfo,
     check_compatible,
     check_engine_file,
+    main,
     read_engine_info,
     sidecar_path,
     write_engine_info,
+    write_sidecar,
 )
 from m2pt_deploy.export.graph import prepare_graph
-from m2pt_deploy.export.onnx import BatchSpec, parse_batch
+from m2pt_deploy.export.onnx import BatchSpec, parse_batch, read_metadata
 from m2pt_deploy.export.profiles import ShapeProfile, profile_for
 from m2pt_deploy.export.tensorrt import (
     BuildOptions,
@@ -172,8 +176,10 @@ def test_without_tensorrt_the_build_leaves_onnx_and_commands(onnx_file, tmp_path
     lines = {line.split(")", 1)[0].strip(): line for line in script.splitlines() if line.startswith("  ")}
     assert "--stronglyTyped" in lines["trtexec*"] and "--fp16" not in lines["trtexec*"]
     assert "--fp16" in lines["trtexec10"] and "--fp16" in lines["polygraphy10"]
+    # The ONNX is named relative to the script's folder, so the folder can travel (issue 12).
+    assert f'ONNX="$HERE"/{onnx_file.name}' in script.splitlines()
     for key in ("trtexec10", "trtexec*"):
-        assert f"--onnx={onnx_file}" in lines[key] and "--maxShapes=pixel_values:32x3x32x32" in lines[key]
+        assert '--onnx="$ONNX"' in lines[key] and "--maxShapes=pixel_values:32x3x32x32" in lines[key]
         assert "--memPoolSize=workspace:1024M" in lines[key] and "--builderOptimizationLevel=4" in lines[key]
     assert "--strongly-typed" in lines["polygraphy*"] and "'pixel_values:[8,3,32,32]'" in lines["polygraphy*"]
     assert subprocess.run(["sh", "-n", str(commands_path(engine))]).returncode == 0
@@ -239,6 +245,213 @@ def test_files_that_are_not_engines_are_refused(onnx_file, tmp_path) -> None:
     save_file({"w": torch.zeros(2)}, st)
     with pytest.raises(M2ptError, match="is a safetensors file"):
         check_engine_file(st)
+
+
+# A stand-in GPU machine for the build script: fake trtexec and nvidia-smi on PATH, a fake
+# `tensorrt` module on PYTHONPATH. They record their arguments; nothing is built.
+FAKE_TRTEXEC = r"""#!/usr/bin/env bash
+printf '%s\0' CALL trtexec "$@" >> "$FAKE_LOG"
+onnx="" out=""
+for arg in "$@"; do
+  case "$arg" in --onnx=*) onnx="${arg#--onnx=}" ;; --saveEngine=*) out="${arg#--saveEngine=}" ;; esac
+done
+[ -f "$onnx" ] || { echo "fake trtexec: no ONNX at $onnx" >&2; exit 1; }
+printf 'fake TensorRT plan\n' > "$out"
+[ -z "${FAKE_FAIL:-}" ] || { echo "fake trtexec: build failed" >&2; exit 1; }
+"""
+FAKE_POLYGRAPHY = r"""#!/usr/bin/env bash
+printf '%s\0' CALL polygraphy "$@" >> "$FAKE_LOG"
+[ "$1 $3 $4 $5" = "convert --convert-to trt -o" ] || { echo "fake polygraphy: unexpected $*" >&2; exit 1; }
+[ -f "$2" ] || { echo "fake polygraphy: no ONNX at $2" >&2; exit 1; }
+printf 'fake TensorRT plan\n' > "$6"
+"""
+FAKE_NVIDIA_SMI = r"""#!/usr/bin/env bash
+printf '%s\0' "$@" > "$FAKE_SMI_LOG"
+echo "NVIDIA H100 80GB HBM3, 9.0"
+"""
+FAKE_TRT_VERSION = "10.13.0.35"
+# A GPU UUID no machine has: torch sees no CUDA device anywhere, so the GPU comes from nvidia-smi.
+HIDDEN_GPU = "GPU-00000000-0000-0000-0000-000000000000"
+
+
+def fake_gpu_machine(root: Path) -> dict[str, str]:
+    """The environment that runs a build script against the fake tools under ``root``."""
+    bin_dir, py_dir = root / "bin", root / "py" / "tensorrt"
+    bin_dir.mkdir(parents=True)
+    py_dir.mkdir(parents=True)
+    for name, text in (("trtexec", FAKE_TRTEXEC), ("polygraphy", FAKE_POLYGRAPHY),
+                       ("nvidia-smi", FAKE_NVIDIA_SMI)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    (py_dir / "__init__.py").write_text(f"__version__ = {FAKE_TRT_VERSION!r}\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("TRT_MAJOR", "PYTHON")}
+    return env | {
+        "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}", "PYTHON": sys.executable,
+        "PYTHONPATH": f"{root / 'py'}{os.pathsep}{ROOT}", "CUDA_VISIBLE_DEVICES": HIDDEN_GPU,
+        "FAKE_LOG": str(root / "trtexec.log"), "FAKE_SMI_LOG": str(root / "nvidia-smi.log"),
+    }
+
+
+def tool_calls(env: dict[str, str]) -> list[list[str]]:
+    """Each run of the fake trtexec or polygraphy: the tool's name, then its arguments."""
+    log = Path(env["FAKE_LOG"])
+    words = log.read_text().split("\0")[:-1] if log.exists() else []
+    calls: list[list[str]] = []
+    for word in words:
+        calls.append([]) if word == "CALL" else calls[-1].append(word)
+    return calls
+
+
+def run_script(script: Path, *args: str, env: dict[str, str], cwd: Path,
+               shell: tuple[str, ...] = ("bash",)) -> subprocess.CompletedProcess[str]:
+    cwd.mkdir(parents=True, exist_ok=True)
+    return subprocess.run([*shell, str(script), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def hand_off(onnx_file: Path, folder: Path, *, engine_name: str = "m.engine", precision: str = "fp32",
+             batch: str = "1:8:32") -> Path:
+    """What m2pt-export leaves where TensorRT is missing: the ONNX and its build script in one folder."""
+    folder.mkdir(parents=True)
+    onnx_copy = folder / onnx_file.name
+    shutil.copy(onnx_file, onnx_copy)
+    with pytest.raises(M2ptError, match="TensorRT is not installed"):
+        build_engine_from_onnx(onnx_copy, folder / engine_name, precision=precision,  # type: ignore[arg-type]
+                               batch=parse_batch(batch), platform=NO_TRT)
+    return folder
+
+
+def test_build_script_runs_from_anywhere_after_its_folder_is_copied(onnx_file, tmp_path) -> None:
+    export = hand_off(onnx_file, tmp_path / "export")
+    assert os.access(commands_path(export / "m.engine"), os.X_OK)
+    copied = tmp_path / "gpu machine" / "the export"
+    shutil.copytree(export, copied)
+    shutil.rmtree(export)  # nothing may still point at the folder the export ran in
+    env = fake_gpu_machine(tmp_path / "tools")
+    out = run_script(copied / "m.engine.build.sh", env=env, cwd=tmp_path / "somewhere else", shell=())
+    assert out.returncode == 0, out.stderr
+    engine = copied / "m.engine"
+    assert engine.read_bytes() == b"fake TensorRT plan\n"
+    assert sorted(p.name for p in copied.iterdir()) == ["m.engine", "m.engine.build.sh", "m.engine.json",
+                                                        "tiny.fp32.onnx"]
+    (call,) = tool_calls(env)
+    here = copied.resolve()
+    assert call[:3] == ["trtexec", f"--onnx={here / 'tiny.fp32.onnx'}",
+                        f"--saveEngine={here / '.m.engine.partial'}"]
+    assert "--stronglyTyped" in call and "--maxShapes=pixel_values:32x3x32x32" in call
+    info = read_engine_info(engine)  # the hash check passes: the sidecar describes this engine
+    assert (info.tensorrt_version, info.api_path, info.precision) == (FAKE_TRT_VERSION, "strong-typing", "fp32")
+    assert (info.gpu_name, info.compute_capability) == ("NVIDIA H100 80GB HBM3", (9, 0))
+    assert info.profile == PROFILE and info.onnx_sha256 == sha256_file(copied / "tiny.fp32.onnx")
+    assert info.model == read_metadata(onnx.load_model(copied / "tiny.fp32.onnx")) != {}
+    smi_args = Path(env["FAKE_SMI_LOG"]).read_text().split("\0")[:-1]
+    assert smi_args == ["--query-gpu=name,compute_cap", "--format=csv,noheader", "-i", HIDDEN_GPU]
+
+
+def test_build_script_takes_either_tool_tensorrt_10_flags_and_odd_names(onnx_file, tmp_path) -> None:
+    name = "it's a $HOME\nengine.engine"
+    export = hand_off(onnx_file, tmp_path / "my export; rm -rf x", engine_name=name, precision="fp16")
+    env = fake_gpu_machine(tmp_path / "tools") | {"TRT_MAJOR": "10"}
+    partial = str(export.resolve() / ("." + name + ".partial"))
+    for tool in ("trtexec", "polygraphy"):
+        out = run_script(commands_path(export / name), tool, env=env, cwd=tmp_path / "elsewhere", shell=("sh",))
+        assert out.returncode == 0, out.stderr
+        info = read_engine_info(export / name)
+        # builder flags lower the fp32 ONNX to fp16: the sidecar records the engine's precision
+        assert (info.api_path, info.precision) == ("builder-flags", "fp16")
+    trtexec, polygraphy = tool_calls(env)
+    assert f"--saveEngine={partial}" in trtexec and "--fp16" in trtexec and "--stronglyTyped" not in trtexec
+    assert polygraphy[:7] == ["polygraphy", "convert", str(export.resolve() / "tiny.fp32.onnx"), "--convert-to",
+                              "trt", "-o", partial]
+    assert polygraphy[-1] == "--fp16" and "pixel_values:[32,3,32,32]" in polygraphy
+
+
+def test_build_script_refuses_a_missing_tool_or_onnx_leaving_nothing(onnx_file, tmp_path) -> None:
+    export = hand_off(onnx_file, tmp_path / "export")
+    script, env = export / "m.engine.build.sh", fake_gpu_machine(tmp_path / "tools")
+    if shutil.which("trtexec") is not None:
+        pytest.skip("trtexec is installed here; this case needs it missing")
+    out = run_script(script, env=env | {"PATH": os.environ["PATH"]}, cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.splitlines() == [
+        "m.engine.build.sh: trtexec is not on PATH; install TensorRT (trtexec is in its bin folder) or "
+        "Polygraphy, or name the other tool"]
+    out = run_script(script, "tensorrt", env=env, cwd=tmp_path)
+    assert out.returncode == 2 and "unknown tool tensorrt; usage: bash" in out.stderr
+    (export / "tiny.fp32.onnx").unlink()
+    out = run_script(script, env=env, cwd=tmp_path)
+    assert out.returncode == 2 and "tiny.fp32.onnx is missing; copy the whole folder" in out.stderr
+    assert sorted(p.name for p in export.iterdir()) == ["m.engine.build.sh"] and tool_calls(env) == []
+
+
+def test_a_failed_rebuild_keeps_the_engine_and_sidecar_it_had(onnx_file, tmp_path) -> None:
+    export = hand_off(onnx_file, tmp_path / "export")
+    env = fake_gpu_machine(tmp_path / "tools")
+    assert run_script(export / "m.engine.build.sh", env=env, cwd=tmp_path).returncode == 0
+    before = {p.name: p.read_bytes() for p in export.iterdir()}
+    out = run_script(export / "m.engine.build.sh", env=env | {"FAKE_FAIL": "1"}, cwd=tmp_path)
+    assert out.returncode == 1 and "fake trtexec: build failed" in out.stderr
+    assert {p.name: p.read_bytes() for p in export.iterdir()} == before  # no partial engine left
+
+
+def test_without_m2pt_deploy_the_engine_is_built_and_the_sidecar_step_named(onnx_file, tmp_path) -> None:
+    export = hand_off(onnx_file, tmp_path / "export")
+    script, env = export / "m.engine.build.sh", fake_gpu_machine(tmp_path / "tools")
+    out = run_script(script, env=env | {"PYTHON": "no-such-python"}, cwd=tmp_path)
+    assert out.returncode == 2 and (export / "m.engine").is_file() and not sidecar_path(export / "m.engine").exists()
+    assert out.stderr.splitlines()[-1].endswith(
+        "has no sidecar: no-such-python cannot import m2pt_deploy; install m2pt-deploy (or set PYTHON), then "
+        f"run: bash {script} sidecar")
+    if importlib.util.find_spec("tensorrt") is None:  # else the real module would answer
+        no_trt = env | {"PYTHONPATH": str(ROOT)}  # m2pt_deploy, but not TensorRT's Python module
+        out = run_script(script, "sidecar", env=no_trt, cwd=tmp_path)
+        assert out.returncode == 2
+        assert "cannot record the engine's TensorRT version: TensorRT is not installed" in out.stderr
+        assert out.stderr.splitlines()[-1].endswith(
+            f"has no sidecar (see above); once that is fixed, run: bash {script} sidecar")
+    out = run_script(script, "sidecar", env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert read_engine_info(export / "m.engine").tensorrt_version == FAKE_TRT_VERSION
+    assert len(tool_calls(env)) == 1  # `sidecar` did not build again
+
+
+H100_HERE = Platform("11.4.0.106", "NVIDIA H100 80GB HBM3", (9, 0))
+
+
+def test_write_sidecar_describes_an_engine_built_elsewhere(onnx_file, tmp_path) -> None:
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"\x00plan")
+    out = write_sidecar(onnx_file, engine, batch=parse_batch("1:8:32"), api_path="strong-typing",
+                        platform=H100_HERE)
+    info = read_engine_info(engine)
+    assert out == sidecar_path(engine) and info.precision == "fp32" and info.profile == PROFILE
+    assert info.tensorrt_version == "11.4.0.106" and info.engine_sha256 == sha256_file(engine)
+    with pytest.raises(M2ptError, match="m.engine.json: output exists; pass --force"):
+        write_sidecar(onnx_file, engine, batch=parse_batch("1:8:32"), api_path="strong-typing", platform=H100_HERE)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"precision": "int8"}, "--precision int8, but the ONNX is fp32 (m2pt_deploy.precision) and a strongly "
+                            "typed engine computes in the ONNX's types"),
+    ({"platform": NO_TRT}, "cannot record the engine's TensorRT version: TensorRT is not installed"),
+    ({"platform": Platform("11.4.0", None, None)}, "cannot record the engine's GPU: torch sees no CUDA device"),
+    ({"api_path": "weak"}, "api path 'weak': choose one of strong-typing, builder-flags"),
+])
+def test_write_sidecar_refuses_what_it_cannot_record(onnx_file, tmp_path, kwargs, message) -> None:
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"\x00plan")
+    args = {"batch": BatchSpec(1, 8, 32), "api_path": "strong-typing", "platform": H100_HERE, **kwargs}
+    with pytest.raises(M2ptError) as err:
+        write_sidecar(onnx_file, engine, **args)
+    assert message in str(err.value) and not sidecar_path(engine).exists()
+
+
+def test_sidecar_entry_point_errors_are_one_line(onnx_file, tmp_path, capsys) -> None:
+    code = main(["sidecar", str(onnx_file), "--onnx", str(onnx_file), "--batch", "1:8:32",
+                 "--api-path", "strong-typing"])
+    assert code == 2
+    assert capsys.readouterr().err == (f"error: {onnx_file}: is an ONNX model, not a TensorRT engine; build one "
+                                       "with m2pt-export --format trt\n")
+    assert list(tmp_path.iterdir()) == [onnx_file]
 
 
 def _has_tensorrt() -> bool:
