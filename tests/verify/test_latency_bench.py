@@ -12,10 +12,10 @@ import pytest
 from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 
+from m2pt_deploy.bench.cpu import RUNTIMES
+from m2pt_deploy.bench.goals import goals
 from m2pt_deploy.cli.bench import main
 from m2pt_deploy.cli.common import run_main
-from m2pt_deploy.verify.bench_report import goals
-from m2pt_deploy.verify.benchmark import RUNTIMES
 from m2pt_deploy.verify.throughput import Variant, reset_peak_rss, rows_for_batch, run_variants
 from tests.verify.fixtures import TINY
 
@@ -94,6 +94,7 @@ def _data(**rows: float) -> dict:
         return {"runtime": runtime, "model": model, "batch": batch, "images_per_s": ips, "vs_eager": vs,
                 "error": None}
     return {
+        "spec": {"arch": "vit_base_patch16_224", "model_kwargs": {}, "input_size": [3, 224, 224]},
         "machine": {"fp32_matmul_peak_gflops": 100.0},
         "settings": {"batches": [8], "gflop_per_image": 10.0},
         "rows": [row("ONNX Runtime optimized", "merged", 8, rows["fast"], 1.3),
@@ -143,6 +144,7 @@ def test_tiny_bench_writes_json_markdown_and_chart(tmp_path: Path, capsys) -> No
             continue
         for field in ("images_per_s", "median_ms", "p95_ms", "vs_eager"):
             assert math.isfinite(r[field]) and r[field] > 0, (key, field, r)
+        assert r["p25_ms"] <= r["median_ms"] <= r["p75_ms"], r  # the chart's error bars
     pairs = {(c["runtime"], c["batch"], c["candidate"], c["baseline"]) for c in data["comparisons"]}
     assert {("ONNX Runtime optimized", 1, "merged", "vanilla"), ("torch eager", 2, "unmerged", "merged")} <= pairs
     assert all(d == [] for d in data["export"]["graph_differences_merged_vs_vanilla"].values())
@@ -153,6 +155,51 @@ def test_tiny_bench_writes_json_markdown_and_chart(tmp_path: Path, capsys) -> No
     assert data["int8_agreement"]["top1_total"] == 64
     assert 0 <= data["accuracy"]["fp32_top1"] <= 1 and data["accuracy"]["images"] == 359
     assert {g["goal"] for g in data["goals"]} >= {"int8 top-1 agreement with fp32 ≥ 99% (photo tiles)"}
+    assert data["settings"]["error_bars"].startswith("p25–p75 of the rounds")
+    assert data["subject"]["kind"] == "random" and data["formats"] is None
     md = (out / "bench.md").read_text()
     assert md.startswith(f"Machine: {data['machine']['cpu']}")
     assert md in stdout
+
+
+def test_a_figure_above_the_measured_peak_is_not_a_pass() -> None:
+    from m2pt_deploy.bench.cpu_report import goal_table
+    from m2pt_deploy.bench.goals import ABOVE_PEAK
+
+    data = _data(fast=14.4, int8=60.0, ratio=1.0)  # 144 GFLOP/s against a measured peak of 100
+    (peak,) = [g for g in goals(data) if g["goal"].startswith("ONNX Runtime optimized within 10%")]
+    assert peak["met"] is None and peak["verdict"] == ABOVE_PEAK and peak["shown"] == "144% of peak"
+    lines = [line for line in goal_table(data).splitlines() if "within 10% of the fp32 matmul peak" in line]
+    assert lines == [f"| ONNX Runtime optimized within 10% of the fp32 matmul peak, batch 8 | 144% of peak | "
+                     f"{ABOVE_PEAK} |"]
+    exactly = _data(fast=10.0, int8=60.0, ratio=1.0)  # 100%: at the peak, still judged
+    assert {g["goal"]: g["met"] for g in goals(exactly)}[peak["goal"]] is True
+
+
+@pytest.mark.parametrize("spec", [
+    {"arch": "vit_tiny_patch16_224", "model_kwargs": {"img_size": 32, "depth": 2}, "input_size": [3, 32, 32]},
+    {"arch": "vit_base_patch16_224", "model_kwargs": {"depth": 2}, "input_size": [3, 224, 224]},
+    {"arch": "vit_base_patch16_384", "model_kwargs": {}, "input_size": [3, 384, 384]},
+    {"arch": "unknown", "model_kwargs": {"num_classes": 10}, "input_size": [3, 224, 224]},
+])
+def test_goals_of_other_architectures_leave_out_the_vit_b16_goals(spec: dict) -> None:
+    from m2pt_deploy.bench.cpu_report import goal_table
+
+    data = {**_data(fast=9.5, int8=30.0, ratio=1.02), "spec": spec}
+    shown = [g["goal"] for g in goals(data)]
+    assert shown == ["int8 top-1 agreement with fp32 ≥ 99% (photo tiles)",
+                     "int8 accuracy delta on real labelled images reported",
+                     "merged / vanilla latency 1.00 ± 0.03, ONNX Runtime, batch 8"]
+    table = goal_table(data)
+    assert "ViT-B/16" not in table.split("Not shown")[0] and "≥ 1.25×" not in table.split("Not shown")[0]
+    assert "Not shown: the ViT-B/16 goals" in table
+    assert "Not shown" not in goal_table(_data(fast=9.5, int8=30.0, ratio=1.02))
+
+
+def test_vit_b16_goals_hold_for_any_head() -> None:
+    from m2pt_deploy.bench.goals import is_vit_b16
+
+    base = {"arch": "vit_base_patch16_224", "model_kwargs": {}, "input_size": (3, 224, 224)}
+    assert is_vit_b16(base) and is_vit_b16({**base, "model_kwargs": {"num_classes": 10, "global_pool": "avg"}})
+    assert not is_vit_b16({**base, "model_kwargs": {"embed_dim": 384}})
+    assert not is_vit_b16({**base, "input_size": (1, 224, 224)})

@@ -1,0 +1,383 @@
+"""``m2pt-bench``: every runtime × model in one interleaved run, on one machine, named.
+
+Rows: torch eager and ``torch.compile`` for the vanilla, merged and unmerged models; ONNX
+Runtime plain, optimized (:mod:`m2pt_deploy.export.optimize`) and int8 for the vanilla and
+merged exports. Beside them, in the same run: the machine's fp32 matrix-multiply peak, the
+model's FLOPs, ``m2pt-export``'s wall time and peak RSS, the merge time, each ONNX file's
+session start-up, and int8's top-1 agreement with fp32.
+
+What is measured is a :class:`~m2pt_deploy.bench.subject.Subject`: random weights with a
+random-λ pathway (the default: nothing is downloaded), a checkpoint, or an ONNX file (its
+ONNX Runtime rows only, plus the optimized and int8 copies derived from a plain fp32 file).
+For a user's model, :mod:`m2pt_deploy.bench.accuracy` scores every format on ``--data``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from m2pt_deploy.bench.accuracy import EvalData, Predict, onnx_predict, score_formats, torch_predict
+from m2pt_deploy.bench.subject import Subject, random_subject
+from m2pt_deploy.build import build_vanilla
+from m2pt_deploy.errors import M2ptError, first_line
+from m2pt_deploy.export.cpu_int8 import VERIFY_SEED, cpu_int8_onnx, photo_tiles
+from m2pt_deploy.export.onnx import INPUT_NAME, export_model, save_onnx
+from m2pt_deploy.export.optimize import (
+    cpu_session,
+    cpu_session_options,
+    optimize_onnx,
+    physical_cores,
+    save_optimized,
+)
+from m2pt_deploy.verify.cpu_int8 import INT8_CPU, cpu_runner
+from m2pt_deploy.verify.export_cost import run_measured
+from m2pt_deploy.verify.latency import LatencyComparison
+from m2pt_deploy.verify.machine import machine_info
+from m2pt_deploy.verify.numerics import compare_runners
+from m2pt_deploy.verify.peak import forward_gflop, matmul_peak_gflops
+from m2pt_deploy.verify.runners import TorchRunner, seeded_inputs
+from m2pt_deploy.verify.structure import graph_signature, structure_differences
+from m2pt_deploy.verify.throughput import ThroughputRow, Variant, paired_ratio, rows_for_batch, run_variants
+from m2pt_deploy.vit import ModelSpec
+
+__all__ = ["EAGER", "ERROR_BARS", "RUNTIMES", "BenchOptions", "run_benchmark"]
+
+EAGER, COMPILED = "torch eager", "torch.compile"
+ORT, ORT_OPT, ORT_INT8 = "ONNX Runtime", "ONNX Runtime optimized", "ONNX Runtime int8"
+RUNTIMES = (EAGER, COMPILED, ORT, ORT_OPT, ORT_INT8)
+ERROR_BARS = "p25–p75 of the rounds (images/s at the rounds' 75th and 25th percentile latency)"
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchOptions:
+    batches: tuple[int, ...] = (1, 8)
+    rounds: int = 10
+    warmup: int = 2
+    seed: int = 0
+    compile: bool = True
+    int8: bool = True
+    export_cost: bool = True
+    calib_images: int = 64
+    agreement_images: int = 64
+
+    def check(self) -> None:
+        if self.rounds < 1 or self.warmup < 0 or not self.batches or min(self.batches) < 1:
+            raise M2ptError(f"need rounds >= 1, warmup >= 0 and batches >= 1, got rounds {self.rounds}, "
+                            f"warmup {self.warmup}, batches {list(self.batches)}")
+        if self.int8 and (self.calib_images < 1 or self.agreement_images < 1):
+            raise M2ptError(f"int8 needs calibration and agreement images, got {self.calib_images} "
+                            f"and {self.agreement_images}")
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _param_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+class _Files:
+    """The ONNX files one run times, ``{runtime: {model: path}}``, and what each step cost."""
+
+    def __init__(self, subject: Subject, tmp: Path) -> None:
+        self.subject, self.tmp = subject, tmp
+        self.paths: dict[str, dict[str, Path]] = {ORT: {}, ORT_OPT: {}, ORT_INT8: {}}
+        self.seconds: dict[str, float] = dict(subject.seconds)
+        self.notes: list[str] = []
+
+    def export(self, calibration: np.ndarray | None, say: Callable[[str], None]) -> None:
+        spec = self.subject.spec
+        for name, build in self.subject.exportable.items():
+            say(f"exporting the {name} model: plain, optimized" + (", int8" if calibration is not None else ""))
+            with self._timed(f"export {name}"):
+                proto = export_model(build(), spec)
+            self.paths[ORT][name] = save_onnx(proto, self.tmp / f"{name}.onnx")
+            with self._timed(f"optimize {name}"):
+                fast = optimize_onnx(proto)
+            self.paths[ORT_OPT][name] = save_optimized(fast, self.tmp / f"{name}.opt.onnx")
+            if calibration is not None:
+                with self._timed(f"int8 {name}"):
+                    q = cpu_int8_onnx(proto, calibration)
+                self.paths[ORT_INT8][name] = save_optimized(q, self.tmp / f"{name}.int8.onnx")
+
+    def derive(self, calibration: np.ndarray | None, int8: bool, say: Callable[[str], None]) -> None:
+        """An ONNX file: timed as given; a plain fp32 one also optimized and quantized here,
+        each derivation that fails on a foreign graph a note rather than the end of the run."""
+        info = self.subject.onnx
+        assert info is not None
+        given = ORT_INT8 if info.precision == "int8" else ORT_OPT if info.optimized else ORT
+        self.paths[given]["file"] = info.path
+        if given != ORT or info.precision != "fp32":
+            self.notes.append(f"only the file itself is timed: optimized and int8 copies are derived from a plain "
+                              f"fp32 export, and this one is {info.precision}" + (", optimized" if info.optimized
+                                                                                  else ""))
+            return
+        proto = onnx.load_model(os.fspath(info.path))
+        steps: list[tuple[str, str, Callable[[], onnx.ModelProto]]] = [
+            (ORT_OPT, "optimize", lambda: optimize_onnx(proto))]
+        if int8 and calibration is not None:
+            tiles: np.ndarray = calibration
+            steps.append((ORT_INT8, "int8", lambda: cpu_int8_onnx(proto, tiles)))
+        elif int8:
+            self.notes.append(f"int8 not derived: a {self.subject.spec.input_size[0]}-channel model calibrates on "
+                              "its own inputs; pass --data with more images than --eval-images, or DIR/train")
+        for runtime, label, make in steps:
+            say(f"deriving the {runtime} copy of {info.path.name}")
+            try:
+                with self._timed(f"{label} file"):
+                    derived = make()
+            except Exception as e:  # a graph our passes do not know is a result, not a crash
+                self.notes.append(f"{runtime} not derived: {first_line(e)[:200]}")
+                continue
+            self.paths[runtime]["file"] = save_optimized(derived, self.tmp / f"file.{label}.onnx")
+
+    @contextlib.contextmanager
+    def _timed(self, label: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self.seconds[label] = time.perf_counter() - t0
+
+
+def _startup(paths: dict[str, dict[str, Path]], primary: str, repeats: int = 3) -> dict[str, float]:
+    """Median seconds to create each primary file's CPU session, the files taken in turn each
+    repeat; a file this toolkit optimized also the way a server unaware of it would open it
+    (re-optimized at load), for comparison."""
+    import onnxruntime as ort
+
+    openers: dict[str, Callable[[], Any]] = {}
+    for runtime, files in paths.items():
+        if primary in files:
+            openers[runtime] = functools.partial(cpu_session, files[primary], spinning=False)
+    if primary in paths.get(ORT_OPT, {}):
+        path = paths[ORT_OPT][primary]
+        options = cpu_session_options(path, spinning=False)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        openers[f"{ORT_OPT}, re-optimized at load"] = functools.partial(
+            ort.InferenceSession, str(path), options, providers=["CPUExecutionProvider"])
+    seconds: dict[str, list[float]] = {k: [] for k in openers}
+    for _ in range(repeats):
+        for key, opener in openers.items():
+            seconds[key].append(_seconds(opener))
+    return {k: float(np.median(v)) for k, v in seconds.items()}
+
+
+def _seconds(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _graph_differences(paths: dict[str, dict[str, Path]]) -> dict[str, list[str]]:
+    out = {}
+    for runtime, files in paths.items():
+        if {"merged", "vanilla"} <= set(files):
+            out[runtime] = structure_differences(graph_signature(onnx.load(files["merged"])),
+                                                 graph_signature(onnx.load(files["vanilla"])))
+    return out
+
+
+def _variants(subject: Subject, paths: dict[str, dict[str, Path]], options: BenchOptions) -> list[Variant]:
+    shape = (None, *subject.spec.input_size)
+    out = [Variant(EAGER, name, TorchRunner(m, shape, name=f"eager-{name}"), _param_bytes(m))
+           for name, m in subject.torch.items()]
+    if options.compile:
+        # Static shapes: each batch size compiles once, in its warm-up (shown as start-up).
+        out += [Variant(COMPILED, name, TorchRunner(_compiler(m), shape, name=f"compiled-{name}"), _param_bytes(m))
+                for name, m in subject.torch.items()]
+    for runtime, files in paths.items():
+        for name, path in files.items():
+            out.append(Variant(runtime, name, cpu_runner(path, name=f"{runtime}-{name}", spinning=False)))
+    return out
+
+
+def _compiler(model: nn.Module) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        return torch.compile(model, dynamic=False)  # type: ignore[return-value]
+
+    return build
+
+
+def _comparisons(batch: int, times: dict[str, list[float]]) -> list[LatencyComparison]:
+    pairs = [(rt, "merged", "vanilla") for rt in RUNTIMES] + [(rt, "unmerged", "merged") for rt in (EAGER, COMPILED)]
+    out = []
+    for runtime, cand, base in pairs:
+        c, b = times.get(f"{runtime} / {cand}"), times.get(f"{runtime} / {base}")
+        if not c or not b:
+            continue
+        ratio, p25, p75 = paired_ratio(c, b)
+        out.append(LatencyComparison(runtime, batch, cand, base, float(np.median(c)) * 1e3,
+                                     float(np.median(b)) * 1e3, ratio, p25, p75, len(c)))
+    return out
+
+
+def _spread(row: ThroughputRow, times: dict[str, list[float]]) -> dict[str, Any]:
+    """The row as a dict, with the rounds' interquartile latency for the chart's error bars."""
+    out = row.to_dict()
+    t = times.get(f"{row.runtime} / {row.model}")
+    out["p25_ms"], out["p75_ms"] = (float(np.percentile(t, 25)) * 1e3, float(np.percentile(t, 75)) * 1e3) \
+        if t and row.error is None else (None, None)
+    return out
+
+
+def _int8_agreement(subject: Subject, paths: dict[str, dict[str, Path]], options: BenchOptions) -> dict[str, Any]:
+    path = paths[ORT_INT8]["merged"]
+    spec = subject.spec
+    x = photo_tiles(spec.input_size, spec.mean, spec.std, count=options.agreement_images, seed=VERIFY_SEED)
+    feeds = [{INPUT_NAME: x[i:i + 8]} for i in range(0, len(x), 8)]
+    ref = TorchRunner(subject.torch["merged"], (None, *spec.input_size), name="torch-merged-fp32")
+    (result,) = compare_runners([ref, cpu_runner(path, name="onnxrt-int8")], feeds, INT8_CPU, check="int8 cpu")
+    return {"images": len(x), "source": "held-out photo tiles (scikit-learn's china.jpg / flower.jpg)",
+            "passed": result.passed, "line": str(result), **(result.stats.to_dict() if result.stats else {}),
+            "top1_rate": result.stats.top1_rate if result.stats else None}
+
+
+def _calibration(subject: Subject, eval_data: EvalData | None, options: BenchOptions) -> np.ndarray | None:
+    """int8 calibration inputs: photo tiles for RGB models (and the random run), else the
+    user's images that are not scored; None when there are none (int8 is then skipped)."""
+    if not options.int8:
+        return None
+    spec = subject.spec
+    if subject.kind == "random" or spec.input_size[0] == 3:
+        return photo_tiles(spec.input_size, spec.mean, spec.std, count=options.calib_images)
+    return eval_data.calibration(options.calib_images) if eval_data is not None else None
+
+
+def _format_accuracy(subject: Subject, paths: dict[str, dict[str, Path]], eval_data: EvalData | None,
+                     options: BenchOptions, say: Callable[[str], None]) -> dict[str, Any]:
+    """Every format of the user's model on ``eval_data``, or against the fp32 reference."""
+    spec, models = subject.spec, ("unmerged", subject.primary)
+    predictors: dict[str, Predict] = {f"{EAGER} / {m}": torch_predict(subject.torch[m])
+                                      for m in models if m in subject.torch}
+    info = subject.onnx
+    for runtime, files in paths.items():
+        for m in (m for m in models if m in files):
+            try:
+                predictors[f"{runtime} / {m}"] = onnx_predict(
+                    files[m], input_name=info.input_name if info else INPUT_NAME, batch=info.batch if info else None)
+            except Exception as e:  # the timing rows say the same; the other formats are still scored
+                say(f"{runtime} / {m} not scored: {first_line(e)}")
+    reference = f"{EAGER} / {subject.reference}" if subject.reference else next(iter(predictors))
+    if eval_data is not None:
+        say(f"scoring {len(predictors)} formats on {eval_data.source}")
+        return score_formats(predictors, reference, eval_data.chunks(), source=eval_data.source)
+    count = options.agreement_images
+    if spec.input_size[0] == 3:
+        x = photo_tiles(spec.input_size, spec.mean, spec.std, count=count, seed=VERIFY_SEED)
+        source = f"{count} held-out photo tiles (scikit-learn's china.jpg / flower.jpg)"
+    else:
+        x, source = seeded_inputs(spec.input_size, count, seed=VERIFY_SEED), f"{count} seeded standard-normal inputs"
+    say(f"no --data: top-1 agreement of {len(predictors)} formats with {reference} on {source}")
+    chunks = ((x[i:i + 16], None) for i in range(0, len(x), 16))
+    return score_formats(predictors, reference, chunks, source=source)
+
+
+def _export_costs(subject: Subject, tmp: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    assert subject.export_args is not None
+    args = subject.export_args(tmp)
+    out = {}
+    for label, extra in (("onnx, no verification", ["--no-verify"]), ("onnx, verified (default)", [])):
+        say(f"timing m2pt-export --format onnx {' '.join(extra)}".rstrip())
+        cost = run_measured([*args, "--format", "onnx", "-o", str(tmp / "cli.onnx"), "--force", *extra],
+                            label=f"m2pt-export --format onnx {' '.join(extra)}".rstrip())
+        out[label] = cost.to_dict()
+    return out
+
+
+def _gflop(subject: Subject) -> float | None:
+    if subject.primary in subject.torch:
+        return forward_gflop(subject.torch[subject.primary], subject.spec.input_size)
+    try:  # an ONNX file that names its timm architecture: count the FLOPs of that model
+        return forward_gflop(build_vanilla(subject.spec), subject.spec.input_size)
+    except (M2ptError, RuntimeError):
+        return None
+
+
+def _batches(subject: Subject, options: BenchOptions) -> tuple[int, ...]:
+    fixed = subject.onnx.batch if subject.onnx else None
+    if fixed is not None and set(options.batches) != {fixed}:
+        raise M2ptError(f"{subject.onnx.path.name} takes batches of exactly {fixed}: "  # type: ignore[union-attr]
+                        f"pass --batches {fixed}, not {' '.join(map(str, options.batches))}")
+    return options.batches
+
+
+def run_benchmark(subject: Subject | ModelSpec, options: BenchOptions | None = None, *,
+                  eval_data: EvalData | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The whole benchmark as a JSON-ready dict (see :mod:`m2pt_deploy.bench.cpu_report`).
+
+    A :class:`ModelSpec` means random weights of that architecture (the default run).
+    ``eval_data``: labelled images that every format of a user's model is scored on.
+    """
+    say = log or (lambda _: None)
+    options = options or BenchOptions()
+    options.check()
+    if isinstance(subject, ModelSpec):
+        say(f"building a random {subject.arch} with a random-λ pathway, merging it")
+        subject = random_subject(subject, seed=options.seed)
+    spec, batches = subject.spec, _batches(subject, options)
+    load_before = _load()
+    say("measuring the fp32 matrix-multiply peak")
+    peak = matmul_peak_gflops()
+    rows: list[dict[str, Any]] = []
+    comparisons: list[LatencyComparison] = []
+    with tempfile.TemporaryDirectory(prefix="m2pt-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        gflop = _gflop(subject)
+        # Before torch.compile starts compiler workers: the export's own process, alone.
+        costs = _export_costs(subject, tmp, say) if options.export_cost and subject.export_args else {}
+        files = _Files(subject, tmp)
+        calibration = _calibration(subject, eval_data, options)
+        if subject.onnx is not None:
+            files.derive(calibration, options.int8, say)
+        else:
+            if options.int8 and calibration is None:
+                files.notes.append(f"int8 skipped: a {spec.input_size[0]}-channel model calibrates on its own "
+                                   "inputs; pass --data with more images than --eval-images, or DIR/train")
+            files.export(calibration, say)
+        startup = _startup(files.paths, subject.primary)
+        graph_diffs = _graph_differences(files.paths)
+        agreement = _int8_agreement(subject, files.paths, options) \
+            if subject.kind == "random" and files.paths[ORT_INT8] else None
+        formats = _format_accuracy(subject, files.paths, eval_data, options, say) if subject.kind != "random" \
+            else None
+        input_name = subject.onnx.input_name if subject.onnx else INPUT_NAME
+        feeds = {b: {input_name: seeded_inputs(spec.input_size, b, seed=options.seed)} for b in batches}
+        variants = _variants(subject, files.paths, options)
+        baseline = EAGER if subject.torch else variants[0].runtime
+        say(f"{len(variants)} variants, batches {list(batches)}, {options.rounds} interleaved rounds each")
+        times, started = run_variants(variants, feeds, rounds=options.rounds, warmup=options.warmup, log=say)
+        for batch in batches:
+            rows += [_spread(r, times[batch])
+                     for r in rows_for_batch(variants, batch, times[batch], started, eager_runtime=baseline)]
+            comparisons += _comparisons(batch, times[batch])
+    machine = machine_info()
+    machine.update(physical_cores=physical_cores(), load_average_before=load_before, load_average_after=_load(),
+                   fp32_matmul_peak_gflops=peak)
+    return {
+        "machine": machine,
+        "spec": spec.to_dict(),
+        "subject": subject.source,
+        "settings": {**dataclasses.asdict(options), "batches": list(batches),
+                     "inputs": "seeded standard normal, float32", "gflop_per_image": gflop,
+                     "ort_threads": physical_cores(), "primary_model": subject.primary,
+                     "baseline_runtime": baseline, "error_bars": ERROR_BARS},
+        "rows": rows,
+        "comparisons": [c.to_dict() for c in comparisons],
+        "export": {"commands": costs, "in_process_seconds": files.seconds, "session_startup_s": startup,
+                   "graph_differences_merged_vs_vanilla": graph_diffs, "notes": files.notes},
+        "int8_agreement": agreement,
+        "formats": formats,
+    }
