@@ -10,6 +10,8 @@ budget, is the baseline the report compares against.
 from __future__ import annotations
 
 import dataclasses
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,12 @@ from m2pt_deploy.merge import merge_state_dict
 from m2pt_deploy.train import TrainConfig, TrainResult, train
 from m2pt_deploy.vit import ModelSpec
 
-__all__ = ["AUX_ASSET", "DEMO_SPEC", "DemoResult", "demo_config", "run_demo", "write_digits"]
+__all__ = ["AUX_ASSET", "COMPARISON", "DEMO_SPEC", "DemoResult", "comparison_figure", "demo_config", "run_demo",
+           "write_comparison", "write_digits"]
 
 AUX_ASSET = Path(__file__).parent / "assets" / "aux_audio_vit.safetensors"
+COMPARISON = "comparison.png"
+_BLOCK_LAYER = re.compile(r"^(?P<blocks>.+?)\.(?P<index>\d+)\.(?P<kind>.+)$")
 # Patch 2 on the native 8 × 8 digits: 16 tokens, the blocks of the audio aux (width 64, depth 4).
 DEMO_SPEC = ModelSpec(
     "vit_tiny_patch16_224",
@@ -43,6 +48,8 @@ class DemoResult:
     merged: Path
     onnx: Path
     report: Any
+    #: Validation accuracy with and without the pathway, and the learned λ (``comparison.png``).
+    plot: Path | None = None
 
 
 def write_digits(path: Path) -> Path:
@@ -85,8 +92,74 @@ def run_demo(out: Path, *, epochs: int = 30, seed: int = 0, progress: bool = Tru
                     force=True)
     pathway = train(demo_config(out, epochs=epochs, seed=seed, aux=True), force=True, progress=progress)
     baseline = train(demo_config(out, epochs=epochs, seed=seed, aux=False), force=True, progress=progress)
+    plot = write_comparison(out / COMPARISON, pathway.history, baseline.history, aux_names=("audio",))
     merged = _merge(pathway.best, out / "merged.safetensors")
     ckpt = load_checkpoint(pathway.best)
     onnx_path = save_onnx(OnnxFromCheckpoint(ckpt)(), out / "model.onnx", force=True)
     report = verify_onnx(ckpt, onnx_path)
-    return DemoResult(pathway, baseline, merged, onnx_path, report)
+    return DemoResult(pathway, baseline, merged, onnx_path, report, plot)
+
+
+def _plot_accuracy(ax: Any, runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
+    for (name, history), marker in zip(runs.items(), "os", strict=False):
+        ax.plot([r["epoch"] for r in history], [r["val_acc"] for r in history], marker=marker, label=name)
+    ax.set(xlabel="epoch", ylabel="validation top-1 accuracy", title="digits, same seed and budget")
+    ax.legend(loc="lower right", fontsize=9)
+
+
+def _plot_lambdas(ax: Any, lambdas: Mapping[str, Sequence[float]], aux_names: Sequence[str]) -> None:
+    # One tick per block and one bar colour per layer kind: 4 to 12 readable ticks where one
+    # tick per layer (16 for the demo, 48 for ViT-B) needed tiny rotated labels.
+    parsed = {name: _BLOCK_LAYER.match(name) for name in lambdas}
+    if not all(parsed.values()):
+        names = list(lambdas)
+        ax.bar(range(len(names)), [lambdas[n][0] for n in names])
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
+        return
+    blocks = sorted({int(m["index"]) for m in parsed.values() if m})
+    kinds = list(dict.fromkeys(m["kind"] for m in parsed.values() if m))
+    n_aux = len(next(iter(lambdas.values())))
+    series = [(kind, k) for kind in kinds for k in range(n_aux)]
+    width = 0.8 / len(series)
+    for j, (kind, k) in enumerate(series):
+        values = {int(m["index"]): lambdas[name][k] for name, m in parsed.items() if m and m["kind"] == kind}
+        label = kind if n_aux == 1 else f"{kind} ({aux_names[k] if k < len(aux_names) else f'aux {k}'})"
+        ax.bar([b + (j - (len(series) - 1) / 2) * width for b in blocks], [values.get(b, 0.0) for b in blocks],
+               width=width, label=label)
+    ax.set_xticks(blocks, [str(b) for b in blocks], fontsize=9)
+    ax.axhline(0.0, color="black", linewidth=0.5)
+    aux = ", ".join(aux_names) or "aux"
+    ax.set(xlabel="block", ylabel="λ (mean over channels)", title=f"learned λ per layer ({aux} pathway)")
+    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+
+
+def comparison_figure(pathway: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]], *,
+                      aux_names: Sequence[str] = ()) -> Any:
+    """Validation accuracy per epoch with and without the pathway, and the final λ per layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lambdas = pathway[-1].get("lambda", {}) if pathway else {}
+    fig, axes = plt.subplots(1, 2 if lambdas else 1, figsize=(13 if lambdas else 6.5, 4.5), squeeze=False,
+                             layout="constrained")
+    with_name = f"with {' + '.join(aux_names)} pathway" if aux_names else "with pathway"
+    _plot_accuracy(axes[0][0], {with_name: pathway, "without pathway": baseline})
+    if lambdas:
+        _plot_lambdas(axes[0][1], lambdas, aux_names)
+    return fig
+
+
+def write_comparison(path: Path, pathway: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]], *,
+                     aux_names: Sequence[str] = ()) -> Path:
+    """:func:`comparison_figure` as a PNG, written atomically."""
+    from m2pt_deploy.fileio import atomic_output
+
+    fig = comparison_figure(pathway, baseline, aux_names=aux_names)
+    import matplotlib.pyplot as plt
+
+    with atomic_output(path, force=True) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
