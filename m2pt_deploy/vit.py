@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor, nn
 
@@ -129,7 +129,7 @@ def arch_width(arch: str) -> int:
 
     with torch.device("meta"):
         model = timm.create_model(arch, pretrained=False)
-    return int(model.embed_dim)
+    return cast(int, model.num_features)  # the width of the final features: embed_dim for ViTs
 
 
 def infer_spec(

@@ -53,13 +53,15 @@ class AbsHistogram:
 
 
 def _with_outputs(proto: onnx.ModelProto, names: Sequence[str]) -> bytes:
-    extra = onnx.ModelProto()
-    extra.CopyFrom(proto)
-    present = {o.name for o in extra.graph.output}
-    for name in names:
-        if name not in present:
-            extra.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    return extra.SerializeToString()
+    """The model serialized with ``names`` as extra outputs; ``proto`` is left as it was
+    (outputs appended, serialized, removed: no second in-memory copy of the weights)."""
+    present = {o.name for o in proto.graph.output}
+    added = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names if n not in present]
+    proto.graph.output.extend(added)
+    try:
+        return proto.SerializeToString()
+    finally:
+        del proto.graph.output[len(proto.graph.output) - len(added):]
 
 
 def activation_ranges(
@@ -72,9 +74,16 @@ def activation_ranges(
     """``{tensor: threshold}``, the ``percentile`` of ``|tensor|`` over every batch, one batch in memory."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(_with_outputs(proto, tensors), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    # Every measured tensor is a graph output, so none of their buffers can be reused within a
+    # run; without the arena they are freed after each batch instead of pooled for good.
+    options.enable_cpu_mem_arena = False
+    options.add_session_config_entry("session.disable_prepacking", "1")  # no second copy of the weights
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # nor folded ones
+    session = ort.InferenceSession(_with_outputs(proto, tensors), options, providers=["CPUExecutionProvider"])
     histograms = {name: AbsHistogram() for name in tensors}
     for feed in batches:
-        for name, value in zip(tensors, session.run(list(tensors), dict(feed)), strict=True):
-            histograms[name].add(value)
+        outputs = session.run(list(tensors), dict(feed))
+        for name in tensors:
+            histograms[name].add(outputs.pop(0))  # each batch output freed as soon as it is counted
     return {name: h.percentile(percentile) for name, h in histograms.items()}

@@ -42,6 +42,9 @@ _WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
 # float8 Q/DQ operators exist from opset 19 on.
 _FP8_MIN_OPSET = 19
 INT8_TARGET_KEY = "m2pt_deploy.int8_target"
+# Images per range-measuring run: every measured activation of a batch is alive at once
+# (ViT-B/16: ~116 MB per image), so small batches keep calibration memory flat.
+_RANGE_BATCH = 2
 
 
 def quantizable_nodes(proto: onnx.ModelProto) -> list[str]:
@@ -89,7 +92,8 @@ def quantize_qdq(
         # outliers would set the whole int8 scale. ONNX Runtime's own pass then sees one batch
         # and every range it would use is overridden.
         qtype, method = QuantType.QInt8, CalibrationMethod.MinMax
-        thresholds = activation_ranges(proto, _activations(proto, nodes), reader.all_batches())
+        thresholds = activation_ranges(proto, _activations(proto, nodes),
+                                       _Reader(name, calibration, _RANGE_BATCH).all_batches())
         options["TensorQuantOverrides"] = {t: [{"rmin": np.float32(-v), "rmax": np.float32(v)}]
                                            for t, v in thresholds.items()}
         reader = _Reader(name, calibration[:batch_size], batch_size)

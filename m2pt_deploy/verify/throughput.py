@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from polygraphy.backend.base import BaseRunner
 
+from m2pt_deploy.heap import release_freed_memory
 from m2pt_deploy.verify.runners import quiet_polygraphy
 
 __all__ = [
@@ -100,18 +101,9 @@ def _error_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[-1] if text else ''}"[:300]
 
 
-def _trim() -> None:
-    """Hand freed heap back to the OS (glibc), so the next variant's growth shows in RSS."""
-    import ctypes
-    import ctypes.util
-
-    with contextlib.suppress(OSError, AttributeError, TypeError):
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-
-
 def _measured(fn: Callable[[], None], clock: Callable[[], float]) -> tuple[float | None, float]:
     """(MB the process's peak RSS rose above its RSS before ``fn``, seconds ``fn`` took)."""
-    _trim()
+    release_freed_memory()
     can_track = reset_peak_rss()
     before = rss_mb()
     t0 = clock()

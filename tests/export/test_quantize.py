@@ -5,11 +5,9 @@ import onnx
 import pytest
 
 from m2pt_deploy.cpu import int8_target
-from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.calibration import calibration_tiles
 from m2pt_deploy.export.quantize import INT8_TARGET_KEY, qdq_summary, quantizable_nodes, quantize_qdq
-from m2pt_deploy.verify.tensorrt import onnx_precision_runner
-from tests.conftest import TINY, TINY_AUDIO
+from tests.conftest import TINY
 from tests.export.test_precision import compare, fp32_graph, onnx_logits  # noqa: F401 - fixture
 
 
