@@ -20,7 +20,10 @@ __all__ = [
     "EXIT_OK",
     "add_model_args",
     "add_output_args",
+    "HelpFormatter",
+    "add_version",
     "load_model_checkpoint",
+    "require_onnxruntime",
     "run_main",
     "step",
 ]
@@ -63,6 +66,32 @@ def load_model_checkpoint(args: argparse.Namespace, path: str | None = None) -> 
 def add_output_args(parser: argparse.ArgumentParser, *, default_help: str) -> None:
     parser.add_argument("-o", "--output", metavar="FILE", help=f"where to write ({default_help})")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output")
+
+
+def require_onnxruntime(why: str) -> None:
+    """Refuse before any work when ONNX Runtime (an extra) is missing, naming the extra to install."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise M2ptError(f"{why} needs ONNX Runtime, which is not installed: pip install 'm2pt-deploy[cpu]' "
+                        "(or 'm2pt-deploy[gpu]' on a CUDA machine)")
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    from m2pt_deploy import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Examples kept as written, and every option's default shown (where it has one and its
+    help does not already say it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in text:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:

@@ -7,19 +7,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
-from m2pt_deploy.cli.common import EXIT_CHECK_FAILED, EXIT_OK, run_main
+from m2pt_deploy.cli.common import EXIT_CHECK_FAILED, EXIT_OK, HelpFormatter, add_version, run_main
 
 __all__ = ["build_parser", "entrypoint", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, 
         prog="m2pt-demo",
         description="Train a digits ViT with a pathway from an audio ViT, and the same ViT without "
                     "it; merge, export to ONNX and verify the pathway model; print the comparison.",
     )
+    add_version(p)
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (demo-out)")
     p.add_argument("--epochs", type=int, default=30, help="training epochs of each run (30)")
     p.add_argument("--seed", type=int, default=0)
@@ -28,12 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from m2pt_deploy.demo import run_demo
-
     args = build_parser().parse_args(argv)
     # The demo's 64-wide ViT gains nothing from a second thread and loses up to 7x when the
     # cores are shared (OpenMP threads spin waiting for each other); one thread also makes
     # the printed accuracies independent of the core count.
+    import torch
+
+    from m2pt_deploy.demo import run_demo
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -9,39 +9,41 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import onnx
-
-from m2pt_deploy.checkpoint import Checkpoint
 from m2pt_deploy.cli.common import (
     EXIT_CHECK_FAILED,
     EXIT_OK,
+    HelpFormatter,
     add_model_args,
     add_output_args,
+    add_version,
     load_model_checkpoint,
+    require_onnxruntime,
     run_main,
     step,
 )
 from m2pt_deploy.cpu import INT8_TARGETS
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.export.cpu_int8 import VERIFY_IMAGES
-from m2pt_deploy.export.onnx import (
+from m2pt_deploy.export.vocabulary import (
     DEFAULT_OPSET,
-    DYNAMIC_BATCH,
-    OnnxFromCheckpoint,
-    parse_batch,
-    save_onnx,
+    DYNAMIC_BATCH_RANGE,
+    FORMATS,
+    ONNX_PRECISIONS,
+    PRECISIONS,
+    VERIFY_IMAGES,
 )
-from m2pt_deploy.export.tensorrt import PRECISIONS
 from m2pt_deploy.fileio import atomic_output, check_output_path
-from m2pt_deploy.vit import ModelSpec
+from m2pt_deploy.heap import release_freed_memory
 
+# torch and onnx load only once a command runs, so --help and argument errors are instant.
 if TYPE_CHECKING:
+    import onnx
+
+    from m2pt_deploy.checkpoint import Checkpoint
     from m2pt_deploy.export.cpu_int8 import Int8Data
+    from m2pt_deploy.vit import ModelSpec
 
 __all__ = ["build_parser", "entrypoint", "main"]
 
-FORMATS = ("onnx", "trt", "triton")
-ONNX_PRECISIONS = ("fp32", "fp16", "int8")
 _EPILOG = """\
 examples:
   m2pt-export --format onnx m2pt_vit.safetensors               # -> m2pt_vit.onnx, verified
@@ -66,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         "pathways are folded into the weights, so the artifact costs exactly what a vanilla ViT "
         "costs; the export is then checked against the unmerged model.",
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
+    add_version(parser)
     parser.add_argument("checkpoint", metavar="CHECKPOINT",
                         help="m2pt .safetensors, M2PT reference .pth, or a plain timm / MAE ViT checkpoint")
     parser.add_argument("--format", choices=FORMATS, default="onnx", help="artifact to produce (default: onnx)")
@@ -96,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "which cannot saturate their int16 sums; vnni and amx full 8-bit "
                       "(default: auto, this machine's)")
     onnx_group.add_argument("--batch", default=None, metavar="N|MIN:OPT:MAX",
-                            help="a fixed batch N, or a dynamic range (default: dynamic)")
+                            help="ONNX: a fixed batch N (default: dynamic); TensorRT: N or a MIN:OPT:MAX "
+                            f"optimization profile (default: {':'.join(map(str, DYNAMIC_BATCH_RANGE))})")
     add_trt_args(parser)
     _add_triton_args(parser)
     check = parser.add_argument_group("verification")
@@ -111,14 +115,18 @@ def _default_output(checkpoint: str, suffix: str) -> Path:
 
 def add_trt_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("TensorRT (--format trt)")
-    group.add_argument("--workspace", type=float, metavar="GB", help="builder workspace limit in GiB")
+    group.add_argument("--workspace", type=float, metavar="GB",
+                       help="builder workspace limit in GiB (default: TensorRT's, the device's memory)")
     group.add_argument("--timing-cache", metavar="FILE", help="load and update this tactic timing cache")
-    group.add_argument("--opt-level", type=int, metavar="N", help="builder optimization level 0-5")
+    group.add_argument("--opt-level", type=int, metavar="N",
+                       help="builder optimization level 0-5 (default: TensorRT's, 3)")
     group.add_argument("--calib-images", type=int, default=256, metavar="N",
                        help="calibration inputs for int8/fp8 (default: 256)")
 
 
 def export_onnx(args: argparse.Namespace) -> int:
+    from m2pt_deploy.export.onnx import DYNAMIC_BATCH, OnnxFromCheckpoint, parse_batch
+
     if args.precision not in ONNX_PRECISIONS:
         raise M2ptError(f"--precision {args.precision} is only for --format trt; "
                         f"ONNX export takes {', '.join(ONNX_PRECISIONS)}")
@@ -126,10 +134,15 @@ def export_onnx(args: argparse.Namespace) -> int:
         raise M2ptError("--optimize takes fp32 or int8: ONNX Runtime's CPU provider has no fp16 fast path")
     if args.precision == "int8" and args.calib_images < 1:
         raise M2ptError(f"--calib-images {args.calib_images}: need at least 1")
+    batch = parse_batch(args.batch) if args.batch else DYNAMIC_BATCH
+    if args.batch and ":" in args.batch:
+        raise M2ptError(f"--batch {args.batch} is a TensorRT profile (MIN:OPT:MAX, for --format trt); ONNX "
+                        "takes one number for a static batch, or nothing for a dynamic one")
+    if not args.no_verify or args.optimize or args.precision == "int8":
+        require_onnxruntime("verifying the export" if not args.no_verify else "--optimize and int8")
     out = check_output_path(args.output or _default_output(args.checkpoint, ".onnx"), force=args.force)
     if args.report:
         check_output_path(args.report, force=args.force)
-    batch = parse_batch(args.batch) if args.batch else DYNAMIC_BATCH
     ckpt = load_model_checkpoint(args)
     # Calibration and held-out inputs are read (and refused) before the export's minutes.
     data = _int8_data(args, ckpt.spec) if args.precision == "int8" else None
@@ -138,7 +151,9 @@ def export_onnx(args: argparse.Namespace) -> int:
     shown = "dynamic batch" if batch == DYNAMIC_BATCH else f"batch {batch}"
     with step(f"merging and exporting {ckpt.spec.arch} to ONNX (opset {args.opset}, {precision}, {shown})"):
         proto = loader()
-    # Each step rebinds ``proto``, so the previous graph is freed before verification.
+    # Each step rebinds ``proto``, so the previous graph is freed before verification, and
+    # the freed heap goes back to the OS so steps do not stack in RSS.
+    release_freed_memory()
     if data is not None:
         proto = _quantize(args, proto, data)
     elif args.optimize:
@@ -148,6 +163,7 @@ def export_onnx(args: argparse.Namespace) -> int:
             proto = optimize_onnx(proto)
     _save(proto, out, force=args.force)
     del proto
+    release_freed_memory()
     print(f"wrote {out}")
     if args.no_verify:
         return EXIT_OK
@@ -164,6 +180,7 @@ def _int8_data(args: argparse.Namespace, spec: ModelSpec) -> Int8Data:
 
 
 def _save(proto: onnx.ModelProto, out: Path, *, force: bool) -> None:
+    from m2pt_deploy.export.onnx import save_onnx
     from m2pt_deploy.export.optimize import is_optimized, save_optimized
 
     if is_optimized(proto):
@@ -220,7 +237,8 @@ def _add_triton_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-batch", type=int, default=8, metavar="N",
                        help="max_batch_size; dynamic batching is on when N > 0 (default: 8)")
     group.add_argument("--instances", type=int, default=1, metavar="N", help="instance_group count (default: 1)")
-    group.add_argument("--instance-kind", choices=("KIND_CPU", "KIND_GPU", "KIND_AUTO"), default="KIND_CPU")
+    group.add_argument("--instance-kind", choices=("KIND_CPU", "KIND_GPU", "KIND_AUTO"), default="KIND_CPU",
+                       help="where Triton runs each model instance: CPU cores, a GPU, or the GPU if there is one")
     group.add_argument("--trt-accelerator", choices=("fp32", "fp16"),
                        help="let the onnxruntime backend build TensorRT engines (needs a GPU instance kind)")
     group.add_argument("--engine", metavar="PLAN", help="a TensorRT engine to place beside model.onnx as model.plan")

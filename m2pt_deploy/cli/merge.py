@@ -7,11 +7,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from m2pt_deploy.build import build_vanilla, load_strict
-from m2pt_deploy.checkpoint import save_checkpoint
-from m2pt_deploy.cli.common import EXIT_OK, add_model_args, add_output_args, load_model_checkpoint, run_main, step
+from m2pt_deploy.cli.common import (
+    EXIT_OK,
+    HelpFormatter,
+    add_model_args,
+    add_output_args,
+    add_version,
+    load_model_checkpoint,
+    run_main,
+    step,
+)
 from m2pt_deploy.fileio import check_output_path
-from m2pt_deploy.merge import merge_state_dict
 
 __all__ = ["build_parser", "entrypoint", "main"]
 
@@ -30,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="m2pt-merge",
         description="Fold W + Σ λ·W_aux into one weight per layer: the result is a vanilla ViT.",
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
+    add_version(parser)
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="pathway checkpoint (ours or the reference code's)")
     add_output_args(parser, default_help="CHECKPOINT stem + '_merged.safetensors'")
     add_model_args(parser)
@@ -40,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from m2pt_deploy.build import build_vanilla, load_strict
+    from m2pt_deploy.checkpoint import save_checkpoint
+    from m2pt_deploy.merge import merge_state_dict
+
     src = Path(args.checkpoint)
     out = check_output_path(args.output or src.with_name(f"{src.stem}_merged.safetensors"), force=args.force)
     ckpt = load_model_checkpoint(args)

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from m2pt_deploy.cli.common import EXIT_OK, run_main
+from m2pt_deploy.cli.common import EXIT_OK, HelpFormatter, add_version, run_main
 from m2pt_deploy.errors import M2ptError
 
 __all__ = ["build_parser", "entrypoint", "main"]
@@ -28,13 +28,29 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
     return parse
 
 
+_EPILOG = """\
+examples:
+  m2pt-serve vit.onnx                                 # model "vit" on http://127.0.0.1:8000
+  m2pt-serve models/ --port 8001                      # a repository from m2pt-export --format triton
+  M2PT_SERVE_API_KEY=secret m2pt-serve vit.onnx --host 0.0.0.0   # reachable from elsewhere: set a key
+  m2pt-serve vit_int8_cpu.onnx --max-batch 16 --max-delay-ms 5 --threads 4
+
+  curl -s localhost:8000/v2/models/vit                # KServe v2 metadata
+  curl -s -X POST localhost:8000/v2/models/vit/classify --data-binary @cat.jpg   # image models
+  (any KServe v2 client works too, e.g. tritonclient.http)
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
+        epilog=_EPILOG,
         prog="m2pt-serve",
         description="Serve one exported ONNX file (as model <file stem>) or a Triton-layout "
                     "model repository through ONNX Runtime, over the KServe v2 HTTP protocol "
                     "(JSON and binary tensors), with dynamic batching and Prometheus metrics.",
     )
+    add_version(parser)
     parser.add_argument("model", metavar="MODEL_OR_REPOSITORY",
                         help="an .onnx file, or a folder of <name>/<version>/model.onnx")
     net = parser.add_argument_group("network")

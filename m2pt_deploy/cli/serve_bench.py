@@ -20,20 +20,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from m2pt_deploy.cli.common import EXIT_CHECK_FAILED, EXIT_OK, add_output_args, run_main
+from m2pt_deploy.cli.common import EXIT_CHECK_FAILED, EXIT_OK, HelpFormatter, add_output_args, add_version, run_main
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.fileio import atomic_output, check_output_path
-from m2pt_deploy.verify.machine import machine_info
 
 __all__ = ["build_parser", "entrypoint", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter, 
         prog="m2pt-serve-bench",
         description="Benchmark m2pt-serve on loopback: dynamic batching off vs on at several "
                     "client counts, bounded in requests and time per level.",
     )
+    add_version(parser)
     parser.add_argument("model", metavar="MODEL.onnx", help="an exported .onnx file")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], metavar="N",
                         help="concurrent clients per level (default: 1 8 32)")
@@ -181,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for server in servers.values():
             server.stop()
+    from m2pt_deploy.verify.machine import machine_info  # imports torch: not before --help
+
     report = {
         "machine": machine_info(), "model": info,
         "settings": {"requests_per_level": args.requests, "seconds_per_level": args.duration_s,

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from m2pt_deploy.cli.common import EXIT_OK, run_main
+from m2pt_deploy.cli.common import EXIT_OK, HelpFormatter, add_version, run_main
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.pathway import DEFAULT_LAYERS
 from m2pt_deploy.train.config import TrainConfig
@@ -31,17 +31,6 @@ reached (a finished run jumps back up from --min-lr).
 """
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The epilog as written, and ``(default: X)`` after options whose help does not say it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        # None / False / [] mean "off" or "from elsewhere", which the help says in words.
-        off = action.default is None or action.default is False or action.default == []
-        if off or "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
 # None on the command line means "not given", which --resume needs to tell apart.
 _DEFAULT_EPOCHS: int = TrainConfig.epochs
 
@@ -53,7 +42,8 @@ def _aux(text: str) -> tuple[str, str | None]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="m2pt-train", description=__doc__, epilog=_EPILOG,
-                                formatter_class=_HelpFormatter)
+                                formatter_class=HelpFormatter)
+    add_version(p)
     p.add_argument("target", nargs="?", help="target ViT checkpoint (timm, MAE fine-tuned, or ours)")
     p.add_argument("--aux", action="append", default=[], type=_aux, metavar="[MODALITY=]CKPT",
                    help="auxiliary ViT of another modality, e.g. audio=audioset.pth (repeatable; "

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-from m2pt_deploy.cli.common import EXIT_CHECK_FAILED, EXIT_OK, add_model_args, load_model_checkpoint, run_main
+from m2pt_deploy.cli.common import (
+    EXIT_CHECK_FAILED,
+    EXIT_OK,
+    HelpFormatter,
+    add_model_args,
+    add_version,
+    load_model_checkpoint,
+    run_main,
+)
 from m2pt_deploy.errors import M2ptError, first_line
 from m2pt_deploy.fileio import check_output_path
 
@@ -40,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="m2pt-verify",
         description=__doc__,
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
+    add_version(parser)
     parser.add_argument(
         "checkpoint", metavar="CHECKPOINT", help="the training checkpoint the ONNX file came from"
     )

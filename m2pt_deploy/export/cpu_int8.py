@@ -22,6 +22,7 @@ from m2pt_deploy.export.calibration import calibration_tiles, load_calibration_d
 from m2pt_deploy.export.graph import prepare_graph
 from m2pt_deploy.export.optimize import optimize_onnx, set_metadata
 from m2pt_deploy.export.quantize import quantize_qdq
+from m2pt_deploy.export.vocabulary import VERIFY_IMAGES
 from m2pt_deploy.vit import ModelSpec
 
 __all__ = ["CALIBRATION_SEED", "VERIFY_IMAGES", "VERIFY_SEED", "Int8Data", "cpu_int8_onnx", "int8_data",
@@ -29,8 +30,6 @@ __all__ = ["CALIBRATION_SEED", "VERIFY_IMAGES", "VERIFY_SEED", "Int8Data", "cpu_
 
 # Calibration and verification tiles come from different seeds: verification is held out.
 CALIBRATION_SEED, VERIFY_SEED = 0, 1
-# Enough held-out inputs that an agreement rate means something: one flip is 0.4%.
-VERIFY_IMAGES = 256
 _CALIBRATION_BATCH = 8
 
 

@@ -27,6 +27,7 @@ import onnx
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.onnx import BatchSpec, parse_batch, read_metadata
 from m2pt_deploy.export.profiles import ShapeProfile, profile_for
+from m2pt_deploy.export.vocabulary import PRECISIONS
 from m2pt_deploy.fileio import atomic_output, sha256_file
 
 __all__ = [
@@ -49,7 +50,6 @@ __all__ = [
 
 TrtPrecision = Literal["fp32", "fp16", "bf16", "int8", "fp8"]
 ApiPath = Literal["strong-typing", "builder-flags"]
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8", "fp8")
 API_PATHS: tuple[str, ...] = ("strong-typing", "builder-flags")
 FORMAT_VERSION = 1
 # Leading bytes of files that are often passed where an engine belongs.

@@ -24,6 +24,7 @@ from m2pt_deploy import __version__
 from m2pt_deploy.build import build_unmerged
 from m2pt_deploy.checkpoint import Checkpoint, load_checkpoint
 from m2pt_deploy.errors import M2ptError, first_line
+from m2pt_deploy.export.vocabulary import DEFAULT_OPSET, DYNAMIC_BATCH_RANGE
 from m2pt_deploy.fileio import atomic_output
 from m2pt_deploy.merge import merge_model
 from m2pt_deploy.pathway import pathway_layers
@@ -44,7 +45,6 @@ __all__ = [
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "logits"
 MIN_OPSET = 17
-DEFAULT_OPSET = 18
 # protobuf cannot serialise a message over 2 GiB: larger models keep weights beside the graph.
 _PROTOBUF_LIMIT = 2**31 - 1
 Precision = Literal["fp32", "fp16"]
@@ -66,7 +66,7 @@ class BatchSpec:
         return str(self.min) if not self.dynamic else f"{self.min}:{self.opt}:{self.max}"
 
 
-DYNAMIC_BATCH = BatchSpec(1, 1, 64)
+DYNAMIC_BATCH = BatchSpec(*DYNAMIC_BATCH_RANGE)
 
 
 def parse_batch(text: str) -> BatchSpec:

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import shlex
+import subprocess
+from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from m2pt_deploy.errors import M2ptError
@@ -47,14 +49,18 @@ def test_parse_batch_and_profile_agree(text: str) -> None:
     assert ShapeProfile("x", (batch.min,), (batch.opt,), (batch.max,)).max_batch == hi
 
 
+@settings(deadline=None, max_examples=50)
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=30))
-def test_command_lines_survive_any_file_name(name: str) -> None:
+def test_build_script_paths_survive_any_file_name(name: str) -> None:
+    """The script names its files relative to its own folder ("$HERE"/...); bash must read them back exactly."""
     profile = ShapeProfile("pixel_values", (1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8))
-    script = build_commands(f"/d/{name}.onnx", f"/d/{name}.engine", BuildOptions("int8", profile))
-    commands = [line.split(") ", 1)[1].rsplit(" ;;", 1)[0] for line in script.splitlines()
-                if line.startswith(("  trtexec", "  polygraphy"))]
-    assert len(commands) == 4
-    for command in commands:
-        argv = shlex.split(command)
-        assert f"--onnx=/d/{name}.onnx" in argv or f"/d/{name}.onnx" in argv
-        assert f"--saveEngine=/d/{name}.engine" in argv or f"/d/{name}.engine" in argv
+    onnx_path, engine_path = Path(f"/d/{name}.onnx"), Path(f"/d/{name}.engine")
+    script = build_commands(onnx_path, engine_path, BuildOptions("int8", profile))
+    lines = script.split("\n")
+    commands = [line for line in lines if line.startswith(("  trtexec", "  polygraphy"))]
+    assert len(commands) == 4 and all('"$ONNX"' in c and '"$PARTIAL"' in c for c in commands)
+    assignments = "\n".join(line for line in lines if line.startswith(("ONNX=", "ENGINE=")))
+    here = shlex.quote(str(engine_path.parent.resolve()))
+    out = subprocess.run(["bash", "-c", f'HERE={here}\n{assignments}\nprintf "%s\\0" "$ONNX" "$ENGINE"'],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split("\0")[:2] == [str(onnx_path.resolve()), str(engine_path.resolve())]
