@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 from torch import Tensor, nn
@@ -237,6 +238,13 @@ def _reference_signature(
     proto = export_model(model, spec, opset=settings.opset, batch=settings.batch)
     if settings.precision == "fp16":
         proto = convert_fp16(proto)
+    if settings.precision == "int8":
+        # Quantized the way m2pt-export quantizes: the Q/DQ placement and the int8 initializers'
+        # shapes do not depend on the calibration data or the weight bits, only the scales do.
+        from m2pt_deploy.export.cpu_int8 import cpu_int8_onnx
+
+        calibration = np.random.default_rng(0).standard_normal((2, *spec.input_size)).astype(np.float32)
+        return graph_signature(cpu_int8_onnx(proto, calibration, optimize=settings.optimized, target="vnni"))
     if settings.optimized:
         proto = optimize_onnx(proto)
     return graph_signature(proto)
@@ -250,9 +258,9 @@ def reference_signature(
     ``like``: the candidate's (merged) state dict, whose constant and repeated tensors
     the reference copies (see the note at the top). Cached per process.
     """
-    if settings.precision not in ("fp32", "fp16"):
+    if settings.precision not in ("fp32", "fp16", "int8"):
         raise M2ptError(
-            f"the structure check exports a vanilla reference in fp32 or fp16, "
+            f"the structure check exports a vanilla reference in fp32, fp16 or int8, "
             f"not {settings.precision}"
         )
     return _reference_signature(

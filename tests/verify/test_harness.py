@@ -269,3 +269,23 @@ def test_missing_onnx_file(pathway_ckpt, tmp_path):
     with pytest.raises(M2ptError, match="no such file"):
         verify_onnx(pathway_ckpt, tmp_path / "absent.onnx")
     assert not Path(tmp_path / "absent.onnx").exists()
+
+
+def test_the_tools_own_int8_export_is_verified(trained_digits, tmp_path: Path) -> None:
+    """m2pt-verify used to refuse int8 files ("the structure check exports ... fp32 or fp16")."""
+    from m2pt_deploy.checkpoint import load_checkpoint
+    from m2pt_deploy.export.cpu_int8 import cpu_int8_onnx, int8_data
+    from m2pt_deploy.export.onnx import OnnxFromCheckpoint
+    from m2pt_deploy.export.optimize import save_optimized
+    from m2pt_deploy.verify import verify_onnx
+
+    ckpt = load_checkpoint(trained_digits[0])
+    data = int8_data(ckpt.spec, calib_data=trained_digits[1], calib_images=64, verify_images=64)
+    path = save_optimized(cpu_int8_onnx(OnnxFromCheckpoint(ckpt)(), data.calibration), tmp_path / "int8.onnx")
+    report = verify_onnx(ckpt, path, inputs=data.held_out)
+    merge, runtime, structure = report.results
+    assert report.precision == "int8" and merge and structure, str(report)
+    assert runtime.check == "int8 onnx (cpu)" and runtime.stats is not None and runtime.stats.top1_total == 64
+    assert "int8, ONNX Runtime-optimized" in structure.reference
+    with pytest.raises(M2ptError, match="a 1-channel ViT is verified on its own held-out inputs"):
+        verify_onnx(ckpt, path)

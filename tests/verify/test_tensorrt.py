@@ -133,3 +133,15 @@ def test_latency_baseline_needs_tensorrt_and_says_so(m2pt_ckpt: Path, tmp_path: 
     with pytest.raises(M2ptError, match="TensorRT is not installed"):
         latency_vs_vanilla(load_checkpoint(m2pt_ckpt), engine, images, tmp_path)
     assert (tmp_path / "vanilla.fp16.onnx").is_file() and not (tmp_path / "vanilla.engine").exists()
+
+
+def test_fp32_engine_onnx_is_held_to_the_onnx_tolerance(m2pt_ckpt: Path, tmp_path: Path) -> None:
+    """The same fp32 graph gets the same bound under --format trt as under --format onnx (1e-4)."""
+    ckpt = load_checkpoint(m2pt_ckpt)
+    model = engine_onnx(OnnxFromCheckpoint(ckpt)(), "fp32", input_size=TINY.input_size, mean=TINY.mean,
+                        std=TINY.std)
+    path = tmp_path / "m.fp32.onnx"
+    onnx.save_model(model, path)
+    images = np.random.default_rng(0).standard_normal((8, *TINY.input_size)).astype(np.float32)
+    result = verify_onnx_precision(ckpt, path, images, precision="fp32")
+    assert result.tolerance.max_abs == 1e-4 and result, str(result)
