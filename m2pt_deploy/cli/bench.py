@@ -35,7 +35,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from m2pt_deploy.cli.common import EXIT_OK, add_model_args, load_model_checkpoint, run_main
+from m2pt_deploy.cli.common import (
+    EXIT_OK,
+    HelpFormatter,
+    add_model_args,
+    add_version,
+    load_model_checkpoint,
+    run_main,
+)
 from m2pt_deploy.errors import M2ptError
 
 if TYPE_CHECKING:
@@ -68,9 +75,8 @@ def _kwargs(text: str | None) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="m2pt-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(prog="m2pt-bench", description=__doc__, formatter_class=HelpFormatter)
+    add_version(parser)
     parser.add_argument("model", nargs="?", metavar="CHECKPOINT|MODEL.onnx",
                         help="your model: a checkpoint (.safetensors, .pth, ...) or an ONNX file (default: a "
                         "random-weight ViT of --arch)")

@@ -96,7 +96,7 @@ def quantize_qdq(
                                        _Reader(name, calibration, _RANGE_BATCH).all_batches())
         options["TensorQuantOverrides"] = {t: [{"rmin": np.float32(-v), "rmax": np.float32(v)}]
                                            for t, v in thresholds.items()}
-        reader = _Reader(name, calibration[:batch_size], batch_size)
+        reader = _Reader(name, calibration[:1], 1)  # its own pass only has to run: one image
     target = target or int8_target()
     reduce_range = precision == "int8" and saturates(target)
     with tempfile.TemporaryDirectory(prefix="m2pt-qdq-") as tmp:

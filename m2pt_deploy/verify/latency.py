@@ -4,7 +4,7 @@ Measurements are interleaved: every round runs each variant once, in an order th
 rotates from round to round, so drift in the machine's load (other processes, clock
 changes) falls on both sides alike. Each round gives a ratio; the figure reported is the
 median ratio with its interquartile range, beside the median latencies. The full
-benchmark (every runtime, throughput, memory) is :mod:`m2pt_deploy.verify.benchmark`.
+benchmark (every runtime, throughput, memory) is :mod:`m2pt_deploy.bench.cpu`.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import pytest
 from m2pt_deploy import __version__
 from m2pt_deploy.cli.common import run_main
 
-COMMANDS = ["export", "merge", "verify", "train", "serve", "serve_bench", "demo"]
+COMMANDS = ["export", "merge", "verify", "train", "serve", "serve_bench", "demo", "bench"]
 # Commands whose --help is built without importing torch (train's defaults come from TrainConfig).
 LIGHT = ["export", "merge", "verify", "serve", "serve_bench", "demo"]
 

@@ -38,8 +38,9 @@ def test_demo_prints_the_comparison_and_a_passing_report(demo_run: tuple[int, st
     code, out, folder = demo_run
     assert code == 0, out
     assert "with audio pathway" in out and "without pathway" in out and "PASSED" in out
+    assert f"comparison {folder / 'comparison.png'}" in out
     for name in ("model.onnx", "merged.safetensors", "pathway/best.safetensors", "baseline/best.safetensors",
-                 "pathway/curves.png", "pathway/metrics.jsonl"):
+                 "pathway/curves.png", "pathway/metrics.jsonl", "comparison.png"):
         assert (folder / name).is_file(), name
     assert load_checkpoint(folder / "baseline" / "best.safetensors").pathway is None
 
