@@ -57,6 +57,18 @@ class ModelSpec:
             std=tuple(d["std"]),
         )
 
+    def describe(self) -> str:
+        """What the model is, not just the timm template it is built from: an architecture name
+        with overriding keyword arguments (a 2-block, 1-channel "vit_tiny") is named by its shape."""
+        kw = self.model_kwargs
+        shape = {k: kw[k] for k in ("embed_dim", "depth") if k in kw}
+        if not shape and self.input_size[0] == 3:
+            return self.arch
+        c, h, w = self.input_size
+        parts = [f"{kw['embed_dim']} wide" if "embed_dim" in kw else "",
+                 f"{kw['depth']} blocks" if "depth" in kw else "", f"input {c}x{h}x{w}"]
+        return f"ViT ({', '.join(p for p in parts if p)}; timm {self.arch} with overrides)"
+
     def with_input_size(self, input_size: tuple[int, int, int]) -> ModelSpec:
         c, h, w = input_size
         kwargs = {**self.model_kwargs, "in_chans": c, "img_size": (h, w)}

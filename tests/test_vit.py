@@ -4,7 +4,7 @@ import pytest
 
 from m2pt_deploy.build import build_vanilla
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.vit import infer_spec
+from m2pt_deploy.vit import ModelSpec, infer_spec
 from tests.conftest import TINY, TINY_AUDIO, TINY_MAE
 
 
@@ -49,3 +49,11 @@ def test_input_size_that_contradicts_the_weights_is_refused() -> None:
 def test_not_a_vit() -> None:
     with pytest.raises(M2ptError, match="not a ViT checkpoint"):
         infer_spec({"conv1.weight": build_vanilla(TINY).state_dict()["pos_embed"]})
+
+
+def test_a_spec_with_overrides_is_named_by_its_shape() -> None:
+    """The structure line once called a 2-block 1-channel model "vanilla vit_tiny_patch16_224"."""
+    from tests.conftest import TINY_AUDIO
+
+    assert TINY_AUDIO.describe() == "ViT (64 wide, 2 blocks, input 1x16x48; timm vit_tiny_patch16_224 with overrides)"
+    assert ModelSpec("vit_base_patch16_224", {}, (3, 224, 224)).describe() == "vit_base_patch16_224"

@@ -278,7 +278,7 @@ def check_structure(
     reference = reference_signature(spec, settings, like=like)
     candidate = graph_signature(proto)
     return StructureResult(
-        reference=f"vanilla {spec.arch} "
+        reference=f"vanilla {spec.describe()} "
         f"(opset {settings.opset}, {batch} batch, {settings.precision}{optimized})",
         summary=candidate.summary(),
         differences=tuple(structure_differences(candidate, reference)),
