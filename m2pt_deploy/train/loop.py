@@ -29,7 +29,7 @@ from m2pt_deploy.train.config import TrainConfig
 from m2pt_deploy.train.data import SizedDataset, batches, check_classes, load_data
 from m2pt_deploy.train.distributed import Distributed
 from m2pt_deploy.train.model import attach_pathways, blocks, build_target, load_aux, set_drop_path, set_trainable
-from m2pt_deploy.train.optim import build_optimizer, lr_factor, param_groups, set_lr
+from m2pt_deploy.train.optim import build_optimizer, lr_factor, set_lr
 from m2pt_deploy.train.report import lambda_values, plot_history, write_jsonl
 from m2pt_deploy.train.sampling import GlobalBatchSampler, ShardSampler, micro_batch_size
 from m2pt_deploy.vit import ModelSpec
@@ -233,9 +233,8 @@ def _fit(run: _Run, tensors: dict[str, Tensor] | None, info: dict[str, Any] | No
     set_drop_path(run.model, c.drop_path)
     set_trainable(run.model, c.mode, train_aux=c.train_aux)
     core = run.model.to(d.device)
-    groups = param_groups(core, lr=c.lr, lambda_lr=c.effective_lambda_lr, weight_decay=c.weight_decay,
-                          layer_decay=c.layer_decay, depth=len(blocks(core)))
-    optimizer = build_optimizer(groups)
+    optimizer = build_optimizer(core, lr=c.lr, lambda_lr=c.effective_lambda_lr, weight_decay=c.weight_decay,
+                                layer_decay=c.layer_decay, depth=len(blocks(core)))
     if tensors is not None and info is not None:
         train_state.load_optimizer(optimizer, tensors, info["optimizer"])
         _restore_rng(tensors, d, seed=c.seed)

@@ -6,10 +6,27 @@
 - λ has its own lr and no layer decay;
 - linear warm-up, then cosine to ``min_lr``, computed from the step number alone, so the
   schedule's whole state is one integer.
+
+The optimizer itself comes from timm's factory (:func:`timm.optim.create_optimizer_v2`, with
+our groups as its ``param_group_fn``). The groups and the schedule stay here, where timm's
+differ from the recipe (``tests/train/test_optim.py`` pins both differences against timm):
+
+- ``timm.optim.param_groups_layer_decay`` takes its layers from ``VisionTransformer.group_matcher``,
+  which puts the final ``norm`` in the last block's layer (lr · decay), where MAE's / BEiT's
+  ``param_groups_lrd`` (and so M2PT) give it the full lr; and it has no way to hold λ out of
+  its block's layer for an lr of its own. Fixing both means a stand-in ``group_matcher`` plus
+  re-splitting timm's unnamed groups afterwards: more code than :func:`param_groups` is.
+- ``timm.scheduler.CosineLRScheduler`` (``warmup_prefix=True``) starts warm-up at
+  ``warmup_lr_init`` on step 0 and reaches the peak on step ``warmup``; ours takes its first
+  step at ``lr / warmup`` and peaks at step ``warmup - 1``, the same cosine after that. No
+  setting of timm's expresses this (only feeding it ``step + 1`` during warm-up would). Its
+  state is the step either way, so it would add a stateful object and gain nothing for
+  resuming or for recomputing the schedule for an extended run.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any
@@ -26,6 +43,8 @@ _BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 
 
 def _layer_id(name: str, depth: int) -> int:
+    # MAE's get_layer_id_for_vit: tokens and patch embedding 0, block i i + 1, the rest
+    # (final norm, fc_norm, head) depth + 1. timm would put the final norm at depth.
     if name.startswith(("patch_embed", *_NO_DECAY_NAMES)):
         return 0
     m = _BLOCK.search(name)
@@ -51,6 +70,7 @@ def param_groups(
             key, base, decay = "lambda", lambda_lr, 0.0
         else:
             layer = _layer_id(name, depth)
+            # The rule of timm's param_groups_weight_decay (1-D or bias, or no_weight_decay()).
             no_decay = p.ndim <= 1 or name.endswith(".bias") or name in _NO_DECAY_NAMES
             decay = 0.0 if no_decay else weight_decay
             key = f"layer{layer}_{'no_decay' if no_decay else 'decay'}"
@@ -62,12 +82,32 @@ def param_groups(
     return list(groups.values())
 
 
-def build_optimizer(groups: list[dict[str, Any]], *, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
-    return torch.optim.AdamW(groups, betas=betas)
+def build_optimizer(
+    model: nn.Module,
+    *,
+    lr: float,
+    lambda_lr: float,
+    weight_decay: float,
+    layer_decay: float = 1.0,
+    depth: int,
+    betas: tuple[float, float] = (0.9, 0.999),
+) -> torch.optim.Optimizer:
+    """timm's AdamW (``torch.optim.AdamW``) over :func:`param_groups`; every group sets its own lr and decay."""
+    from timm.optim import create_optimizer_v2
+
+    groups = functools.partial(param_groups, lr=lr, lambda_lr=lambda_lr, weight_decay=weight_decay,
+                               layer_decay=layer_decay, depth=depth)
+    return create_optimizer_v2(model, "adamw", lr=lr, weight_decay=weight_decay, betas=betas,
+                               param_group_fn=groups)
 
 
 def lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """Multiplier of each group's ``base_lr`` at optimizer step ``step`` (0-based)."""
+    """Multiplier of each group's ``base_lr`` at optimizer step ``step`` (0-based).
+
+    Equal to timm's ``CosineLRScheduler(t_initial=total - warmup, warmup_t=warmup,
+    warmup_prefix=True, lr_min=min_ratio)`` from step ``warmup - 1`` on; during warm-up it is
+    timm's value one step later, so the first step already learns (see the module docstring).
+    """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
