@@ -89,7 +89,11 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in text:
+        # None / False / [] mean "off" or "from elsewhere", which the help says in words; compared
+        # by identity, since 0 == False and a default of 0 must still show.
+        off = action.default is None or action.default is False or action.default is argparse.SUPPRESS \
+            or (isinstance(action.default, list) and not action.default)
+        if off or "default" in text:
             return action.help
         return super()._get_help_string(action)
 
