@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from m2pt_deploy.errors import M2ptError
 
 __all__ = ["AUDIO_DATASETS", "ModelSpec", "arch_width", "audio_spec_input", "check_arch", "check_spec",
-           "create_vit", "infer_spec"]
+           "create_vit", "eval_preprocessing", "infer_spec"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -76,6 +76,18 @@ class ModelSpec:
         if len(mean) != c:
             mean, std = (0.5,) * c, (0.5,) * c
         return dataclasses.replace(self, model_kwargs=kwargs, input_size=(c, h, w), mean=mean, std=std)
+
+
+def eval_preprocessing(spec: ModelSpec) -> tuple[float | None, str]:
+    """``(crop_pct, interpolation)`` of timm's data config for the architecture: what training
+    evaluates with, and what the export records so that a server crops and resizes the same way
+    (``None``: timm's default crop for an architecture without a config)."""
+    import timm
+
+    cfg = timm.get_pretrained_cfg(spec.arch)
+    if cfg is None:
+        return None, "bilinear"
+    return cfg.crop_pct, cfg.interpolation or "bilinear"
 
 
 def check_arch(arch: str) -> None:

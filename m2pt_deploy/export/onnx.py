@@ -28,7 +28,7 @@ from m2pt_deploy.export.vocabulary import DEFAULT_OPSET, DYNAMIC_BATCH_RANGE
 from m2pt_deploy.fileio import atomic_output
 from m2pt_deploy.merge import merge_model
 from m2pt_deploy.pathway import pathway_layers
-from m2pt_deploy.vit import ModelSpec
+from m2pt_deploy.vit import ModelSpec, eval_preprocessing
 
 __all__ = [
     "INPUT_NAME",
@@ -208,6 +208,8 @@ class OnnxFromCheckpoint:
 
     def metadata(self, ckpt: Checkpoint, unmerged: nn.Module) -> dict[str, str]:
         c, h, w = ckpt.spec.input_size
+        # The server's /classify crops and resizes as training evaluated (timm's data config).
+        crop_pct, interpolation = eval_preprocessing(ckpt.spec)
         fields: dict[str, Any] = {
             "m2pt_deploy.version": __version__,
             "m2pt_deploy.source_sha256": ckpt.sha256,
@@ -215,7 +217,8 @@ class OnnxFromCheckpoint:
             "m2pt_deploy.arch": ckpt.spec.arch,
             "m2pt_deploy.model_kwargs": ckpt.spec.model_kwargs,
             "m2pt_deploy.input": {"name": INPUT_NAME, "channels": c, "height": h, "width": w,
-                                  "mean": list(ckpt.spec.mean), "std": list(ckpt.spec.std)},
+                                  "mean": list(ckpt.spec.mean), "std": list(ckpt.spec.std),
+                                  "crop_pct": crop_pct, "interpolation": interpolation},
             "m2pt_deploy.num_classes": ckpt.spec.num_classes,
             "m2pt_deploy.precision": self.precision,
             "m2pt_deploy.lambda": lambda_summary(unmerged),

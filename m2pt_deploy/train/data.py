@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.vit import ModelSpec
+from m2pt_deploy.vit import ModelSpec, eval_preprocessing
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -53,12 +53,9 @@ def image_transform(spec: ModelSpec, *, train: bool) -> Callable:
     Size, mean and std are the checkpoint's; interpolation and crop fraction come from timm's
     data config for the architecture (bicubic, 0.9 for its ViTs), as timm's own scripts use them.
     """
-    import timm
     from timm.data import create_transform
 
-    cfg = timm.get_pretrained_cfg(spec.arch)
-    interpolation = cfg.interpolation if cfg is not None else "bilinear"
-    crop_pct = cfg.crop_pct if cfg is not None else None
+    crop_pct, interpolation = eval_preprocessing(spec)
     return create_transform(spec.input_size, is_training=train, mean=spec.mean, std=spec.std,
                             interpolation=interpolation, crop_pct=crop_pct)
 

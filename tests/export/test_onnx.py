@@ -69,7 +69,8 @@ def test_metadata_describes_input_and_source(exported) -> None:
     ckpt, path = exported
     meta = read_metadata(onnx.load(path))
     assert meta["m2pt_deploy.input"] == {"name": INPUT_NAME, "channels": 3, "height": 32, "width": 32,
-                                         "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+                                         "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                                         "crop_pct": 0.9, "interpolation": "bicubic"}
     assert meta["m2pt_deploy.source_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert meta["m2pt_deploy.lambda"]["layers"] == 8 and len(meta["m2pt_deploy.lambda"]["aux"]) == 2
     assert meta["m2pt_deploy.arch"] == "vit_tiny_patch16_224"
@@ -134,3 +135,15 @@ def test_parse_batch(text: str, spec: BatchSpec) -> None:
 def test_parse_batch_errors(text: str, message: str) -> None:
     with pytest.raises(M2ptError, match=message):
         parse_batch(text)
+
+
+def test_metadata_records_the_eval_crop_and_interpolation(m2pt_ckpt) -> None:
+    """The server's /classify reads them to preprocess as training evaluated (timm's data config)."""
+    import timm
+
+    from m2pt_deploy.export.onnx import OnnxFromCheckpoint, read_metadata
+    from tests.conftest import TINY
+
+    meta = read_metadata(OnnxFromCheckpoint(m2pt_ckpt)())["m2pt_deploy.input"]
+    cfg = timm.get_pretrained_cfg(TINY.arch)
+    assert (meta["crop_pct"], meta["interpolation"]) == (cfg.crop_pct, cfg.interpolation) == (0.9, "bicubic")
