@@ -14,13 +14,13 @@ Each chosen ``nn.Linear`` of each block keeps its class and its ``weight`` attri
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.pathway_options import DEFAULT_LAYERS, LambdaKind
 
 __all__ = [
     "DEFAULT_LAYERS",
@@ -33,8 +33,6 @@ __all__ = [
     "pathway_parameters",
 ]
 
-DEFAULT_LAYERS: tuple[str, ...] = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
-LambdaKind = Literal["scalar", "channel"]
 
 AuxSource = nn.Module | Mapping[str, Tensor]
 

@@ -7,7 +7,23 @@ Modules, bottom up: ``data`` and ``sampling`` (what goes in, in which order), ``
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from m2pt_deploy.train.config import TrainConfig
-from m2pt_deploy.train.loop import BEST, LAST, RESUME, TrainResult, train
+
+if TYPE_CHECKING:
+    from m2pt_deploy.train.loop import BEST, LAST, RESUME, TrainResult, train
 
 __all__ = ["BEST", "LAST", "RESUME", "TrainConfig", "TrainResult", "train"]
+
+_FROM_LOOP = frozenset({"BEST", "LAST", "RESUME", "TrainResult", "train"})
+
+
+def __getattr__(name: str) -> Any:
+    # The loop (torch, timm) loads on first use: the config alone, all m2pt-train --help
+    # needs, stays light.
+    if name in _FROM_LOOP:
+        from m2pt_deploy.train import loop
+
+        return getattr(loop, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,12 +7,13 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.pathway import DEFAULT_LAYERS, LambdaKind
-from m2pt_deploy.train.model import Mode
+from m2pt_deploy.pathway_options import DEFAULT_LAYERS, LambdaKind
 
-__all__ = ["Precision", "TrainConfig"]
+__all__ = ["Mode", "Precision", "TrainConfig"]
 
 Precision = Literal["auto", "fp32", "bf16"]
+# full fine-tuning, or λ + head only (the reference's linear-probe setting)
+Mode = Literal["full", "probe"]
 
 
 @dataclasses.dataclass(frozen=True)

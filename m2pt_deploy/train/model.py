@@ -6,7 +6,7 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from torch import Tensor, nn
 
@@ -15,6 +15,7 @@ from m2pt_deploy.checkpoint import Checkpoint, PathwayInfo, load_checkpoint
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.merge import merge_state_dict
 from m2pt_deploy.pathway import LambdaKind, add_pathways, pathway_layers
+from m2pt_deploy.train.config import Mode
 from m2pt_deploy.vit import ModelSpec
 
 __all__ = [
@@ -29,7 +30,6 @@ __all__ = [
     "set_trainable",
 ]
 
-Mode = Literal["full", "probe"]
 
 
 @dataclasses.dataclass(frozen=True)

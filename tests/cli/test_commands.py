@@ -13,8 +13,8 @@ from m2pt_deploy import __version__
 from m2pt_deploy.cli.common import run_main
 
 COMMANDS = ["export", "merge", "verify", "train", "serve", "serve_bench", "demo", "bench"]
-# Commands whose --help is built without importing torch (train's defaults come from TrainConfig).
-LIGHT = ["export", "merge", "verify", "serve", "serve_bench", "demo"]
+# Commands whose --help is built without importing torch or onnx.
+LIGHT = ["export", "merge", "verify", "train", "serve", "serve_bench", "demo"]
 
 
 @pytest.mark.parametrize("name", COMMANDS)
