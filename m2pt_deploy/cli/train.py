@@ -114,9 +114,9 @@ def _config(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from m2pt_deploy.train import train
 
-    args = build_parser().parse_args(argv)
     if args.resume:
         result = train(resume=args.resume, epochs=args.epochs, device=args.device, progress=not args.quiet)
     else:
