@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
                           f"'X-API-Key: KEY' (default {DEFAULT_KEY_ENV})")
     net.add_argument("--max-body-mb", type=_positive(float), default=64.0,
                      help="largest request body accepted; larger ones get 413 (default 64)")
+    net.add_argument("--body-timeout-s", type=_positive(float), default=10.0,
+                     help="an upload that sends nothing for this long gets 408 and its connection "
+                          "is closed (default 10)")
+    net.add_argument("--allow-nonfinite", action="store_true",
+                     help="accept NaN and Inf in floating-point inputs (refused with 400 by default)")
     batching = parser.add_argument_group("batching and load")
     batching.add_argument("--max-batch", type=_positive(int), default=8,
                           help="most rows per model call; 1 turns dynamic batching off (default 8)")
@@ -72,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     batching.add_argument("--max-queue", type=_positive(int), default=128,
                           help="requests waiting per model before 503 + Retry-After (default 128)")
     batching.add_argument("--request-timeout-s", type=_positive(float), default=30.0,
-                          help="a request still unanswered after this gets 504 (default 30)")
+                          help="a request still unanswered after this, counted from its first "
+                               "byte (upload, parsing, queue and model), gets 504; an upload not "
+                               "finished by then gets 408 (default 30)")
     batching.add_argument("--drain-timeout-s", type=_positive(float), default=30.0,
                           help="on SIGTERM, how long in-flight requests may take to finish (default 30)")
     parser.add_argument("--providers", nargs="+", metavar="EP", default=None,
@@ -106,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = ServeConfig(
         max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
         request_timeout_s=args.request_timeout_s, max_body_bytes=int(args.max_body_mb * (1 << 20)),
-        api_key=_api_key(args.api_key_env),
+        api_key=_api_key(args.api_key_env), body_timeout_s=args.body_timeout_s,
+        allow_nonfinite=args.allow_nonfinite,
     )
     state = ServerState(models, config)
     sock = bind(args.host, args.port)

@@ -6,18 +6,20 @@ request can take the server down or make it unpickle anything.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from m2pt_deploy import __version__
 from m2pt_deploy.serving.batching import (
+    Admission,
     Arrival,
     Draining,
     DynamicBatcher,
@@ -30,6 +32,7 @@ from m2pt_deploy.serving.metrics import ServingMetrics
 from m2pt_deploy.serving.openapi import openapi_document
 from m2pt_deploy.serving.protocol import (
     HEADER_LENGTH,
+    InferRequest,
     ProtocolError,
     encode_infer_response,
     parse_infer_request,
@@ -51,6 +54,37 @@ class ServeConfig:
     max_body_bytes: int = 64 << 20
     api_key: str | None = None
     default_top_k: int = 5
+    body_timeout_s: float = 10.0
+    allow_nonfinite: bool = False
+
+
+# Bodies past this are parsed on a worker thread; smaller ones parse faster than a thread hop.
+_INLINE_PARSE_BYTES = 64 << 10
+T = TypeVar("T")
+
+
+class _Deadline:
+    """The request timeout, counted from the first byte: it covers reading, parsing and decoding."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.end = time.monotonic() + timeout_s
+        self.timeout_s = timeout_s
+
+    def shorten(self, timeout_us: int | None) -> None:
+        if timeout_us is not None:
+            self.end = min(self.end, self.end - self.timeout_s + timeout_us / 1e6)
+
+    def remaining(self) -> float:
+        return max(0.0, self.end - time.monotonic())
+
+    async def within(self, work: Awaitable[T], *, reading: bool = False) -> T:
+        try:
+            return await asyncio.wait_for(work, self.remaining())
+        except TimeoutError:
+            if reading:  # the client is slow, not the server
+                raise ProtocolError(f"request body not received within the request timeout of "
+                                    f"{self.timeout_s:g} s", status=408) from None
+            raise RequestTimeout from None
 
 
 class ServerState:
@@ -83,12 +117,15 @@ class ServerState:
                                 f"{model.version}", status=404)
         return model
 
-    async def run(self, model: OrtModel, feed: Mapping[str, np.ndarray], arrival: Arrival,
-                  timeout_us: int | None = None) -> dict[str, np.ndarray]:
-        timeout = self.config.request_timeout_s
-        if timeout_us is not None:
-            timeout = min(timeout, timeout_us / 1e6)
-        return await self.batchers[model.name].submit(feed, timeout_s=timeout, arrival=arrival)
+    async def run(self, model: OrtModel, feed: Mapping[str, np.ndarray], deadline: _Deadline,
+                  admission: Admission, arrival: Arrival) -> dict[str, np.ndarray]:
+        return await self.batchers[model.name].submit(feed, timeout_s=deadline.remaining(),
+                                                      arrival=arrival, admission=admission)
+
+    async def body(self, request: Any, deadline: _Deadline) -> bytes:
+        return await deadline.within(read_body(request, self.config.max_body_bytes,
+                                               idle_timeout_s=self.config.body_timeout_s),
+                                     reading=True)
 
 
 Handler = Callable[[Any, ServerState], Awaitable[Any]]
@@ -103,7 +140,7 @@ def _endpoint(state: ServerState, name: str, handler: Handler) -> Callable[[Any]
             response = await handler(request, state)
         except ProtocolError as e:
             response = error_response(e.message, e.status,
-                              {"Connection": "close"} if e.status == 413 else None)
+                                      {"Connection": "close"} if e.status in (408, 413) else None)
         except Overloaded:
             response = error_response("server is overloaded; retry later", 503, {"Retry-After": "1"})
         except Draining:
@@ -173,15 +210,44 @@ async def _model_config(request: Any, state: ServerState) -> Any:
     })
 
 
+def _parse_for(model: OrtModel, config: ServeConfig, body: bytes,
+               header_length: str | None) -> tuple[InferRequest, dict[str, np.ndarray]]:
+    parsed = parse_infer_request(body, header_length, allow_nonfinite=config.allow_nonfinite)
+    feed = validate_request(parsed, model.inputs, model.outputs)
+    rows = next(iter(feed.values())).shape[0]
+    if model.max_batch is not None and model.batchable and rows > model.max_batch:
+        # Triton's check and wording for a repository model's max_batch_size
+        raise ProtocolError(f"inference request batch-size must be <= {model.max_batch} for "
+                            f"'{model.name}'")
+    return parsed, feed
+
+
+async def _in_thread(work: Callable[[], T]) -> T:
+    # run_in_executor, not starlette's run_in_threadpool: anyio shields its threads from
+    # cancellation, and the request's deadline must be able to give up waiting on one.
+    return await asyncio.get_running_loop().run_in_executor(None, work)
+
+
+async def _off_loop(size: int, work: Callable[[], T]) -> T:
+    return work() if size < _INLINE_PARSE_BYTES else await _in_thread(work)
+
+
 async def _infer(request: Any, state: ServerState) -> Any:
     from starlette.responses import Response
 
+    deadline = _Deadline(state.config.request_timeout_s)
     model = state.model(request.path_params["name"], request.path_params.get("version"))
-    with state.batchers[model.name].arriving() as arrival:
-        body = await read_body(request, state.config.max_body_bytes)
-        parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
-        feed = validate_request(parsed, model.inputs, model.outputs)
-        outputs = await state.run(model, feed, arrival, parsed.timeout_us)
+    batcher = state.batchers[model.name]
+    # Queue-full is decided before a byte of the body is read; the batcher hears of a request
+    # only once its body is in, so a stalled upload holds no batch back.
+    with batcher.admitting() as admission:
+        body = await state.body(request, deadline)
+        with batcher.arriving() as arrival:
+            work = functools.partial(_parse_for, model, state.config, body,
+                                     request.headers.get(HEADER_LENGTH))
+            parsed, feed = await deadline.within(_off_loop(len(body), work))
+            deadline.shorten(parsed.timeout_us)
+            outputs = await state.run(model, feed, deadline, admission, arrival)
     content, headers = encode_infer_response(model.name, model.version, parsed, outputs)
     return Response(content, headers=headers)
 
@@ -196,7 +262,6 @@ def _top_k_param(request: Any, state: ServerState, num_classes: int) -> int:
 
 
 async def _classify(request: Any, state: ServerState) -> Any:
-    from starlette.concurrency import run_in_threadpool
     from starlette.responses import JSONResponse
 
     model = state.model(request.path_params["name"])
@@ -204,11 +269,18 @@ async def _classify(request: Any, state: ServerState) -> Any:
     if spec is None or len(model.inputs) != 1:
         raise ProtocolError(f"model '{model.name}' has no m2pt_deploy.input metadata for image "
                             "preprocessing; use /infer with tensors")
-    with state.batchers[model.name].arriving() as arrival:
-        body = await read_body(request, state.config.max_body_bytes)
-        pixels = await run_in_threadpool(decode_image, body, spec)
-        outputs = await state.run(model, {model.inputs[0].name: pixels}, arrival)
+    deadline = _Deadline(state.config.request_timeout_s)
+    batcher = state.batchers[model.name]
+    with batcher.admitting() as admission:
+        body = await state.body(request, deadline)
+        with batcher.arriving() as arrival:
+            pixels = await deadline.within(_in_thread(functools.partial(decode_image, body, spec)))
+            outputs = await state.run(model, {model.inputs[0].name: pixels}, deadline, admission,
+                                      arrival)
     logits = outputs.get("logits", next(iter(outputs.values())))
+    if not np.isfinite(logits).all():
+        raise ProtocolError(f"model '{model.name}' gave NaN or Inf logits for this image",
+                            status=500)
     labels = model.metadata.get("m2pt_deploy.labels")
     k = _top_k_param(request, state, logits.shape[-1])
     return JSONResponse({"model_name": model.name,

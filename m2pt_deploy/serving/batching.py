@@ -3,7 +3,7 @@
 One worker per model takes the oldest request, waits at most ``max_delay_s`` from that
 request's arrival for more, stacks up to ``max_batch`` rows and runs them in one call on a
 single inference thread. It waits only while another request is on its way (announced by
-:meth:`DynamicBatcher.arriving` as its body is read): a lone client never pays the delay,
+:meth:`DynamicBatcher.arriving` once its body is read, while it is parsed): a lone client never pays the delay,
 and requests that pile up while the model runs are batched at once. The queue is bounded: a full queue refuses at once
 (:class:`Overloaded`) rather than growing memory, so overload becomes a 503 the client can
 retry, not a slow death.
@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
-__all__ = ["DynamicBatcher", "Draining", "Overloaded", "RequestTimeout"]
+__all__ = ["Admission", "Arrival", "DynamicBatcher", "Draining", "Overloaded", "RequestTimeout"]
 
 Feed = Mapping[str, np.ndarray]
 RunFn = Callable[[Feed], Mapping[str, np.ndarray]]
@@ -65,6 +65,20 @@ class Arrival:
             self._batcher._wakeup.set()
 
 
+class Admission:
+    """A queue place held by a request whose body is still being read or parsed."""
+
+    def __init__(self, batcher: DynamicBatcher) -> None:
+        self._batcher = batcher
+        self._open = True
+        batcher._admitted += 1
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self._batcher._admitted -= 1
+
+
 class DynamicBatcher:
     """Queue + worker for one model; ``max_batch=1`` turns batching off."""
 
@@ -92,6 +106,7 @@ class DynamicBatcher:
         self._closing = False
         self._busy = False
         self._on_the_way = 0
+        self._admitted = 0
 
     @property
     def depth(self) -> int:
@@ -102,17 +117,39 @@ class DynamicBatcher:
             self._worker = asyncio.get_running_loop().create_task(self._work())
 
     @contextlib.contextmanager
+    def admitting(self) -> Iterator[Admission]:
+        """Hold a queue place while a request's body is read; refuse at once when none is left.
+
+        Deciding before the body is read keeps a 503 cheap under overload: requests in upload
+        count against ``max_queue`` with those already queued, until :meth:`submit` queues them.
+        """
+        if self._closing:
+            raise Draining
+        if len(self._queue) + self._admitted >= self.max_queue:
+            raise Overloaded
+        admission = Admission(self)
+        try:
+            yield admission
+        finally:
+            admission.close()
+
+    @contextlib.contextmanager
     def arriving(self) -> Iterator[Arrival]:
-        """Announce a request while its body is read and parsed; pass it on to :meth:`submit`."""
+        """Announce a request whose body is read, while it is parsed; pass it on to :meth:`submit`.
+
+        Only a fully read body is announced: a stalled upload must never hold a batch back.
+        """
         arrival = Arrival(self)
         try:
             yield arrival
         finally:
             arrival.close()
 
-    async def submit(self, feed: Feed, *, timeout_s: float,
-                     arrival: Arrival | None = None) -> dict[str, np.ndarray]:
+    async def submit(self, feed: Feed, *, timeout_s: float, arrival: Arrival | None = None,
+                     admission: Admission | None = None) -> dict[str, np.ndarray]:
         """Queue one request (its rows along the first axis) and wait for its outputs."""
+        if admission is not None:
+            admission.close()
         if self._closing:
             raise Draining
         if len(self._queue) >= self.max_queue:

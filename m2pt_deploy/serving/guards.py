@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Mapping
 from typing import Any
@@ -19,8 +20,12 @@ def error_response(message: str, status: int, headers: Mapping[str, str] | None 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-async def read_body(request: Any, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+async def read_body(request: Any, limit: int, *, idle_timeout_s: float | None = None) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes.
+
+    An upload that sends nothing for ``idle_timeout_s`` gets 408 and its connection is closed,
+    so a stalled client holds neither a connection nor a queue place for ever.
+    """
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
         # decompressing would let a small body expand past the limit; send tensors uncompressed
@@ -30,7 +35,15 @@ async def read_body(request: Any, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise ProtocolError(f"body of {declared} bytes exceeds the limit of {limit}", status=413)
     chunks, size = [], 0
-    async for chunk in request.stream():
+    stream = request.stream()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(stream), idle_timeout_s)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise ProtocolError(f"request body stalled: nothing received for {idle_timeout_s:g} s "
+                                f"after {size} bytes", status=408) from None
         size += len(chunk)
         # Past the limit, read on (discarding) up to the limit again: closing on unread data
         # makes the kernel send RST, and the client would lose the 413 with it.

@@ -79,8 +79,8 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     reasons = {400: "malformed request", 401: "missing or wrong API key", 404: "unknown model",
-               413: "body too large", 415: "compressed body", 503: "overloaded or shutting down",
-               504: "request timed out"}
+               408: "upload stalled or too slow", 413: "body too large", 415: "compressed body",
+               503: "overloaded or shutting down", 504: "request timed out"}
     return {str(c): _json(_ERROR, reasons[c]) for c in codes}
 
 
@@ -109,7 +109,7 @@ def openapi_document(model_names: Sequence[str]) -> dict[str, Any]:
                 "requestBody": {"required": True,
                                 "content": {"application/json": {"schema": _INFER_REQUEST}}},
                 "responses": {"200": _json(_INFER_RESPONSE, "outputs"),
-                              **_errors(400, 404, 413, 415, 503, 504)},
+                              **_errors(400, 404, 408, 413, 415, 503, 504)},
             }},
             f"{models}/classify": {"parameters": [name], "post": {
                 "parameters": [{"name": "top_k", "in": "query", "required": False,
@@ -119,7 +119,7 @@ def openapi_document(model_names: Sequence[str]) -> dict[str, Any]:
                     "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
                 }},
                 "responses": {"200": _json(_CLASSIFY_RESPONSE, "top-k classes"),
-                              **_errors(400, 404, 413, 415, 503, 504)},
+                              **_errors(400, 404, 408, 413, 415, 503, 504)},
             }},
             "/metrics": _get({"description": "Prometheus text format",
                               "content": {"text/plain": {"schema": {"type": "string"}}}}),

@@ -21,11 +21,14 @@ import numpy as np
 __all__ = [
     "DATATYPES",
     "HEADER_LENGTH",
+    "MAX_JSON_DEPTH",
+    "MAX_JSON_ELEMENTS",
     "InferRequest",
     "ProtocolError",
     "RequestedOutput",
     "TensorSpec",
     "encode_infer_response",
+    "json_depth",
     "parse_infer_request",
     "validate_request",
 ]
@@ -42,6 +45,15 @@ DATATYPES: dict[str, np.dtype] = {
     "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
 }
 _NAMES = {dtype: name for name, dtype in DATATYPES.items()}
+
+# A request is an object of inputs whose data may nest one list per tensor axis: 32 levels is
+# far past any real tensor, and far short of the recursion limit json.loads would otherwise hit.
+MAX_JSON_DEPTH = 32
+# Each JSON number becomes a Python object of ~32 bytes before numpy packs it: 2**23 of them
+# (a 32-image 3x224x224 batch is 4.8M) is ~300 MB at worst. Larger tensors belong in binary.
+MAX_JSON_ELEMENTS = 1 << 23
+_MARKS = np.frombuffer(b'"[]{}', np.uint8)
+_SCAN_CHUNK = 1 << 20
 
 
 class ProtocolError(Exception):
@@ -92,11 +104,54 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[:n], body[n:]
 
 
-def _parse_json(header: bytes) -> dict[str, Any]:
+def json_depth(text: bytes, limit: int) -> int:
+    """Deepest bracket nesting of ``text`` outside strings, scanned in C-speed chunks.
+
+    Stops as soon as ``limit`` is passed, so a body of 64 MB of ``[`` costs one chunk. Escaped
+    backslashes and quotes are removed first; what is left of a string lies between two quotes.
+    """
+    if b"\\" in text:
+        text = text.replace(b"\\\\", b"").replace(b'\\"', b"")
+    data = np.frombuffer(text, np.uint8)
+    inside, depth, deepest = 0, 0, 0
+    for start in range(0, data.size, _SCAN_CHUNK):
+        chunk = data[start:start + _SCAN_CHUNK]
+        marks = chunk[np.isin(chunk, _MARKS)]
+        if not marks.size:
+            continue
+        quote = marks == ord('"')
+        parity = (np.cumsum(quote, dtype=np.int64) + inside) & 1
+        outside = ~quote & (parity == 0)
+        opens = outside & ((marks == ord("[")) | (marks == ord("{")))
+        closes = outside & ((marks == ord("]")) | (marks == ord("}")))
+        levels = depth + np.cumsum(opens.astype(np.int64) - closes.astype(np.int64))
+        deepest = max(deepest, int(levels.max()))
+        if deepest > limit:
+            break
+        depth, inside = int(levels[-1]), int(parity[-1])
+    return deepest
+
+
+def _refuse_constant(token: str) -> float:
+    raise ProtocolError(f"request holds {token}, which JSON does not have; NaN and Inf inputs "
+                        "are refused (m2pt-serve --allow-nonfinite accepts them)")
+
+
+def _parse_json(header: bytes, *, max_depth: int, max_elements: int,
+                allow_nonfinite: bool) -> dict[str, Any]:
+    # Both bounds are decided before json.loads builds anything: deep nesting would recurse
+    # past Python's limit, and a long list would become millions of Python objects.
+    if json_depth(header, max_depth) > max_depth:
+        raise ProtocolError(f"request JSON nests deeper than {max_depth} levels")
+    if header.count(b",") + 1 > max_elements:
+        raise ProtocolError(f"request JSON has more than {max_elements} elements; send large "
+                            "tensors with the binary tensor data extension")
     try:
-        doc = json.loads(header)
+        doc = json.loads(header, parse_constant=None if allow_nonfinite else _refuse_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ProtocolError(f"request is not valid JSON: {e}") from None
+    except RecursionError:  # not reachable past json_depth; kept so it can never be a 500
+        raise ProtocolError(f"request JSON nests deeper than {max_depth} levels") from None
     if not isinstance(doc, dict):
         raise ProtocolError(f"request must be a JSON object, got {type(doc).__name__}")
     return doc
@@ -129,7 +184,8 @@ def _decode_json_data(data: Any, dtype: np.dtype, shape: tuple[int, ...], where:
     if not isinstance(data, list):
         raise ProtocolError(f"{where}: 'data' must be a list")
     try:
-        array = np.asarray(data, dtype=dtype).reshape(-1)
+        with np.errstate(over="ignore"):  # a number past the type's range becomes Inf, refused later
+            array = np.asarray(data, dtype=dtype).reshape(-1)
     except (ValueError, TypeError, OverflowError) as e:
         raise ProtocolError(f"{where}: 'data' does not hold {_NAMES[dtype]} values: {e}") from None
     expected = math.prod(shape)
@@ -167,6 +223,12 @@ def _parse_input(raw: Any, index: int, binary: memoryview, offset: int) -> tuple
     return name, array, offset + size
 
 
+def _check_finite(where: str, array: np.ndarray) -> None:
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ProtocolError(f"{where}: holds NaN or Inf values (or JSON numbers past "
+                            f"{_NAMES[array.dtype]}'s range); non-finite inputs are refused")
+
+
 def _parse_outputs(raw: Any) -> list[RequestedOutput] | None:
     if raw is None:
         return None
@@ -185,10 +247,22 @@ def _parse_outputs(raw: Any) -> list[RequestedOutput] | None:
     return outputs
 
 
-def parse_infer_request(body: bytes, header_length: str | None = None) -> InferRequest:
-    """Decode a JSON or binary-extension infer request into arrays; every defect is a 400."""
+def parse_infer_request(
+    body: bytes,
+    header_length: str | None = None,
+    *,
+    max_depth: int = MAX_JSON_DEPTH,
+    max_elements: int = MAX_JSON_ELEMENTS,
+    allow_nonfinite: bool = False,
+) -> InferRequest:
+    """Decode a JSON or binary-extension infer request into arrays; every defect is a 400.
+
+    Floating-point inputs holding NaN or Inf (JSON or binary, or JSON numbers past FP16's range)
+    are refused unless ``allow_nonfinite``.
+    """
     header, binary = _split_body(body, header_length)
-    doc = _parse_json(header)
+    doc = _parse_json(header, max_depth=max_depth, max_elements=max_elements,
+                      allow_nonfinite=allow_nonfinite)
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise ProtocolError("'inputs' must be a non-empty list")
@@ -198,6 +272,8 @@ def parse_infer_request(body: bytes, header_length: str | None = None) -> InferR
         name, array, offset = _parse_input(raw, i, view, offset)
         if name in inputs:
             raise ProtocolError(f"input '{name}' is given twice")
+        if not allow_nonfinite:
+            _check_finite(f"input '{name}'", array)
         inputs[name] = array
     if offset != len(binary):
         raise ProtocolError(f"body has {len(binary) - offset} bytes of binary data that no "
@@ -255,6 +331,10 @@ def _output_entry(name: str, array: np.ndarray, binary: bool) -> tuple[dict[str,
         data = array.tobytes()
         entry["parameters"] = {"binary_data_size": len(data)}
         return entry, data
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        # JSON has no NaN or Inf: a bare NaN would make the whole response unreadable.
+        raise ProtocolError(f"output '{name}' holds NaN or Inf, which JSON cannot carry; ask for "
+                            "it with binary_data, or check the model and its input", status=500)
     entry["data"] = array.reshape(-1).tolist()
     return entry, b""
 
@@ -277,7 +357,7 @@ def encode_infer_response(
         entry, data = _output_entry(out.name, outputs[out.name], out.binary)
         doc["outputs"].append(entry)
         chunks.append(data)
-    header = json.dumps(doc, separators=(",", ":")).encode()
+    header = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
     if not any(out.binary for out in wanted):
         return header, {"Content-Type": "application/json"}
     return header + b"".join(chunks), {"Content-Type": "application/octet-stream",

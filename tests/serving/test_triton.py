@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from m2pt_deploy.cli.common import EXIT_BAD_INPUT
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.triton import write_triton_repository
-from tests.serving.conftest import LABELS
+from tests.serving.conftest import LABELS, error_of, http
 
 tritonclient = pytest.importorskip("tritonclient", reason="needs tritonclient for Triton's schema")
 
@@ -150,10 +151,19 @@ def test_m2pt_serve_serves_the_generated_repository(tmp_path, tiny_onnx, serve_p
         assert client.is_model_ready(name)
         assert client.get_model_metadata(name)["versions"] == [version]
         assert client.get_model_config(name)["max_batch_size"] == max_batch
-        tensor = th.InferInput("pixel_values", list(x.shape), "FP32")
-        tensor.set_data_from_numpy(x)
+        # at most max_batch_size rows, as Triton takes them (vit_b's 2 of the 3)
+        tensor = th.InferInput("pixel_values", [min(3, max_batch), 3, 32, 32], "FP32")
+        tensor.set_data_from_numpy(x[:max_batch])
         result = client.infer(name, [tensor], model_version=version)
-        np.testing.assert_array_equal(result.as_numpy("logits"), want)
+        np.testing.assert_array_equal(result.as_numpy("logits"), want[:max_batch])
+    # more rows than max_batch_size: Triton refuses them (400, its wording), and so do we
+    for name, rows, limit in (("vit_a", 8, 4), ("vit_b", 3, 2)):
+        big = np.zeros((rows, 3, 32, 32), np.float32)
+        body = json.dumps({"inputs": [{"name": "pixel_values", "shape": list(big.shape),
+                                       "datatype": "FP32", "data": big.reshape(-1).tolist()}]})
+        status, _, content = http("POST", f"{server.url}/v2/models/{name}/infer", body.encode())
+        assert status == 400, content
+        assert error_of(content) == f"inference request batch-size must be <= {limit} for '{name}'"
     with pytest.raises(Exception, match="unknown model 'notes'"):
         client.get_model_metadata("notes")
 
