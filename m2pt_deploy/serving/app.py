@@ -77,13 +77,10 @@ class _Deadline:
     def remaining(self) -> float:
         return max(0.0, self.end - time.monotonic())
 
-    async def within(self, work: Awaitable[T], *, reading: bool = False) -> T:
+    async def within(self, work: Awaitable[T]) -> T:
         try:
             return await asyncio.wait_for(work, self.remaining())
         except TimeoutError:
-            if reading:  # the client is slow, not the server
-                raise ProtocolError(f"request body not received within the request timeout of "
-                                    f"{self.timeout_s:g} s", status=408) from None
             raise RequestTimeout from None
 
 
@@ -123,9 +120,8 @@ class ServerState:
                                                       arrival=arrival, admission=admission)
 
     async def body(self, request: Any, deadline: _Deadline) -> bytes:
-        return await deadline.within(read_body(request, self.config.max_body_bytes,
-                                               idle_timeout_s=self.config.body_timeout_s),
-                                     reading=True)
+        return await read_body(request, self.config.max_body_bytes, idle_timeout_s=self.config.body_timeout_s,
+                               deadline=deadline.end, timeout_s=deadline.timeout_s)
 
 
 Handler = Callable[[Any, ServerState], Awaitable[Any]]

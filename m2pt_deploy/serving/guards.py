@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,12 +21,18 @@ def error_response(message: str, status: int, headers: Mapping[str, str] | None 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-async def read_body(request: Any, limit: int, *, idle_timeout_s: float | None = None) -> bytes:
+async def read_body(request: Any, limit: int, *, idle_timeout_s: float | None = None,
+                    deadline: float | None = None, timeout_s: float | None = None) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes.
 
     An upload that sends nothing for ``idle_timeout_s`` gets 408 and its connection is closed,
-    so a stalled client holds neither a connection nor a queue place for ever.
+    so a stalled client holds neither a connection nor a queue place for ever; one that is not
+    complete by ``deadline`` (``time.monotonic()``; the request timeout ``timeout_s`` counted
+    from arrival) gets 408 too.
     """
+    # NOTE one wait_for per chunk with the nearer of the two limits, not a wait_for around this
+    # whole coroutine: on Python < 3.12 an outer wait_for's cancel can be swallowed by the inner
+    # one when a chunk arrives at the same moment, and the request then waits for the idle limit.
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":
         # decompressing would let a small body expand past the limit; send tensors uncompressed
@@ -37,11 +44,19 @@ async def read_body(request: Any, limit: int, *, idle_timeout_s: float | None = 
     chunks, size = [], 0
     stream = request.stream()
     while True:
+        wait, by_deadline = idle_timeout_s, False
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if wait is None or remaining < wait:
+                wait, by_deadline = max(remaining, 0.0), True
         try:
-            chunk = await asyncio.wait_for(anext(stream), idle_timeout_s)
+            chunk = await asyncio.wait_for(anext(stream), wait)
         except StopAsyncIteration:
             break
         except TimeoutError:
+            if by_deadline:
+                raise ProtocolError(f"request body not received within the request timeout of "
+                                    f"{timeout_s:g} s", status=408) from None
             raise ProtocolError(f"request body stalled: nothing received for {idle_timeout_s:g} s "
                                 f"after {size} bytes", status=408) from None
         size += len(chunk)

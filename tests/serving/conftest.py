@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -133,3 +134,20 @@ def http(method: str, url: str, body: bytes | None = None,
 
 def error_of(body: bytes) -> str:
     return json.loads(body)["error"]
+
+
+class HeldModel:
+    """The real tiny model behind a gate, so tests decide when inference may finish."""
+
+    def __init__(self, model) -> None:
+        self._model = model
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def run(self, feed):
+        self.entered.set()
+        assert self.gate.wait(timeout=20)
+        return self._model.run(feed)

@@ -23,7 +23,7 @@ from m2pt_deploy.serving.protocol import (
     json_depth,
     parse_infer_request,
 )
-from tests.serving.conftest import error_of, http
+from tests.serving.conftest import HeldModel, error_of, http
 
 INFER = "/v2/models/vit/infer"
 
@@ -205,21 +205,6 @@ def test_readiness_answers_while_large_bodies_are_parsed(inproc):
 
 
 # --- overload and stalled uploads -------------------------------------------------------------
-
-
-class HeldModel:
-    def __init__(self, model) -> None:
-        self._model = model
-        self.gate = threading.Event()
-        self.entered = threading.Event()
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def run(self, feed):
-        self.entered.set()
-        assert self.gate.wait(timeout=20)
-        return self._model.run(feed)
 
 
 def test_a_full_queue_refuses_before_the_body_is_sent(inproc, tiny_onnx):

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.serving.conftest import LABELS, error_of, http
+from tests.serving.conftest import LABELS, HeldModel, error_of, http
 
 tritonclient_http = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http]")
 InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
@@ -250,23 +250,6 @@ def test_oversized_bodies_get_413_declared_or_streamed(guarded):
     status, _, body = http("POST", f"{guarded.url}/v2/models/vit/infer", json_body(pixels(1)),
                            {"X-API-Key": "s3cret-key"})
     assert status == 200, body
-
-
-class HeldModel:
-    """The real tiny model behind a gate, so tests decide when inference may finish."""
-
-    def __init__(self, model) -> None:
-        self._model = model
-        self.gate = threading.Event()
-        self.entered = threading.Event()
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def run(self, feed):
-        self.entered.set()
-        assert self.gate.wait(timeout=20)
-        return self._model.run(feed)
 
 
 @pytest.fixture
