@@ -242,6 +242,9 @@ def _add_triton_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--trt-accelerator", choices=("fp32", "fp16"),
                        help="let the onnxruntime backend build TensorRT engines (needs a GPU instance kind)")
     group.add_argument("--engine", metavar="PLAN", help="a TensorRT engine to place beside model.onnx as model.plan")
+    group.add_argument("--storage-uri", default="s3://CHANGE-ME/model_repository", metavar="URI",
+                       help="where the repository will live for KServe: the storageUri of the "
+                       "inferenceservice.yaml written into the model folder")
 
 
 def export_triton(args: argparse.Namespace) -> int:
@@ -262,9 +265,10 @@ def export_triton(args: argparse.Namespace) -> int:
             model_dir = write_triton_repository(
                 args.output, repo, name=name, max_batch=args.max_batch, instance_count=args.instances,
                 instance_kind=args.instance_kind, tensorrt_precision=precision, engine=args.engine,
-                force=args.force,
+                storage_uri=args.storage_uri, force=args.force,
             )
-    print(f"wrote {model_dir}")
+    print(f"wrote {model_dir} (KServe: copy {repo} to {args.storage_uri}, then "
+          f"kubectl apply -f {model_dir / 'inferenceservice.yaml'})")
     return EXIT_OK
 
 

@@ -8,6 +8,7 @@ repository never sees a half-written model, and other models in ``REPO`` are lef
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -217,6 +218,37 @@ def _install(tmp: Path, target: Path, force: bool) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+_K8S_NAME = re.compile(r"[^a-z0-9-]+")
+
+
+def render_inference_service(name: str, storage_uri: str, *, gpu: bool = False) -> str:
+    """A KServe ``InferenceService`` serving the repository with KServe's Triton runtime (v2 protocol).
+
+    Strings are written JSON-quoted, which YAML reads as double-quoted scalars, so no YAML
+    library is needed to write it and no name can break its structure.
+    """
+    k8s_name = _K8S_NAME.sub("-", name.lower()).strip("-")[:63] or "m2pt-model"
+    lines = [
+        "# Serve the Triton model repository at storageUri with KServe (Triton runtime, KServe v2).",
+        "# Copy the repository there first, then: kubectl apply -f this-file",
+        "apiVersion: serving.kserve.io/v1beta1",
+        "kind: InferenceService",
+        "metadata:",
+        f"  name: {json.dumps(k8s_name)}",
+        "spec:",
+        "  predictor:",
+        "    model:",
+        "      modelFormat:",
+        '        name: "triton"',
+        '      protocolVersion: "v2"',
+        '      runtime: "kserve-tritonserver"',
+        f"      storageUri: {json.dumps(storage_uri)}",
+    ]
+    if gpu:
+        lines += ["      resources:", "        limits:", '          nvidia.com/gpu: "1"']
+    return "\n".join(lines) + "\n"
+
+
 def write_triton_repository(
     model: str | os.PathLike[str] | onnx.ModelProto,
     repo_dir: str | os.PathLike[str],
@@ -231,9 +263,14 @@ def write_triton_repository(
     tensorrt_precision: Literal["FP32", "FP16"] | None = None,
     engine: str | os.PathLike[str] | None = None,
     version: int = 1,
+    storage_uri: str = "s3://CHANGE-ME/model_repository",
     force: bool = False,
 ) -> Path:
-    """Write ``repo_dir/<name>/`` for Triton's onnxruntime (or tensorrt) backend; return that folder."""
+    """Write ``repo_dir/<name>/`` for Triton's onnxruntime (or tensorrt) backend; return that folder.
+
+    Beside ``config.pbtxt`` goes ``inferenceservice.yaml``, a KServe manifest for the repository
+    once it is copied to ``storage_uri`` (Triton ignores files it does not know in a model folder).
+    """
     engine_path = None if engine is None else Path(engine)
     target = check_model_folder(repo_dir, name, force=force)
     _check_args(max_batch, instance_count, version, platform, engine_path, instance_kind,
@@ -258,6 +295,8 @@ def write_triton_repository(
         if engine_path is not None:
             shutil.copyfile(engine_path, tmp / str(version) / "model.plan")
         (tmp / "config.pbtxt").write_text(render_config(config))
+        (tmp / "inferenceservice.yaml").write_text(
+            render_inference_service(name, storage_uri, gpu=instance_kind == "KIND_GPU"))
         if labels:
             (tmp / "labels.txt").write_text("".join(f"{label}\n" for label in labels))
         _make_readable(tmp)

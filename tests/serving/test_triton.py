@@ -217,3 +217,20 @@ def test_model_folder_is_readable_by_other_users(tmp_path, tiny_onnx):
     for path in (model_dir, *model_dir.rglob("*")):
         want = (0o777 if path.is_dir() else 0o666) & ~umask
         assert stat.S_IMODE(path.stat().st_mode) == want, path
+
+
+def test_a_kserve_inference_service_is_written_for_the_repository(tmp_path, tiny_onnx):
+    import yaml
+
+    from m2pt_deploy.export.triton import write_triton_repository
+
+    cpu = write_triton_repository(tiny_onnx, tmp_path / "repo", name="ViT_tiny.v2", storage_uri="s3://b/repo")
+    manifest = yaml.safe_load((cpu / "inferenceservice.yaml").read_text())
+    assert manifest["apiVersion"] == "serving.kserve.io/v1beta1" and manifest["kind"] == "InferenceService"
+    assert manifest["metadata"]["name"] == "vit-tiny-v2"  # a valid Kubernetes name
+    model = manifest["spec"]["predictor"]["model"]
+    assert model == {"modelFormat": {"name": "triton"}, "protocolVersion": "v2", "runtime": "kserve-tritonserver",
+                     "storageUri": "s3://b/repo"}
+    gpu = write_triton_repository(tiny_onnx, tmp_path / "repo", name="g", instance_kind="KIND_GPU")
+    limits = yaml.safe_load((gpu / "inferenceservice.yaml").read_text())["spec"]["predictor"]["model"]["resources"]
+    assert limits == {"limits": {"nvidia.com/gpu": "1"}}
