@@ -315,16 +315,19 @@ def _inferred_spec(view: Mapping[str, Tensor], args: Mapping[str, Any], arch: st
                    input_size: tuple[int, int, int] | None, notes: list[str]) -> ModelSpec:
     patch = view.get("patch_embed.proj.weight")
     hints = hints_from_args(args, channels=int(patch.shape[1]) if patch is not None and patch.ndim > 1 else 3)
-    if arch is None and hints.model_name is not None:
-        width = int(patch.shape[0]) if patch is not None else 0
-        named = arch_width(hints.model_name)
-        if named != width:
-            raise M2ptError(f"args.model {args['model']!r} is {named} wide, the weights are {width} wide")
-        arch = hints.model_name
-    mean_std = hints.mean_std if input_size is None else None
-    if input_size is None:
-        input_size = hints.input_size
-    notes.extend(hints.notes)
+    # What the user passed wins over args, and then args are not reported as used.
+    if arch is None and hints.model_note is not None:
+        notes.append(hints.model_note)
+        if hints.model_name is not None:
+            width = int(patch.shape[0]) if patch is not None else 0
+            named = arch_width(hints.model_name)
+            if named != width:
+                raise M2ptError(f"args.model {args['model']!r} is {named} wide, the weights are {width} wide")
+            arch = hints.model_name
+    mean_std = None
+    if input_size is None and hints.input_note is not None:
+        notes.append(hints.input_note)
+        input_size, mean_std = hints.input_size, hints.mean_std
     spec = infer_spec(view, arch=arch, input_size=input_size, mean_std=mean_std, notes=notes)
     notes.extend(check_against_args(spec, args))
     return spec

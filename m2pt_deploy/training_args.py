@@ -27,7 +27,8 @@ class ArgsHints:
     model_name: str | None = None
     input_size: tuple[int, int, int] | None = None
     mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None
-    notes: tuple[str, ...] = ()
+    model_note: str | None = None
+    input_note: str | None = None
 
 
 def _timm_name(name: str) -> str | None:
@@ -39,27 +40,26 @@ def _timm_name(name: str) -> str | None:
 
 def hints_from_args(args: Mapping[str, Any], *, channels: int) -> ArgsHints:
     """Architecture name and input layout from ``args``; empty when ``args`` says nothing usable."""
-    notes: list[str] = []
-    model_name = None
+    model_name, model_note, input_note = None, None, None
     if isinstance(args.get("model"), str):
         model_name = _timm_name(args["model"])
         if model_name is not None:
-            notes.append(f"architecture {model_name} from args.model {args['model']!r}")
+            model_note = f"architecture {model_name} from args.model {args['model']!r}"
         else:
-            notes.append(f"args.model {args['model']!r} is not a timm architecture: read from tensor shapes")
+            model_note = f"args.model {args['model']!r} is not a timm architecture: read from tensor shapes"
     input_size, mean_std = None, None
     if args.get("audio_exp") and channels == 1:
         dataset = args.get("dataset", "audioset")
         if dataset in AUDIO_DATASETS:
             input_size, mean, std = audio_spec_input(dataset)
             mean_std = (mean, std)
-            notes.append(f"audio input 1 x {input_size[1]} x 128 (time x frequency) and its normalisation "
-                         f"from args.dataset {dataset!r}")
+            input_note = (f"audio input 1 x {input_size[1]} x 128 (time x frequency) and its normalisation "
+                          f"from args.dataset {dataset!r}")
     elif isinstance(args.get("input_size"), int) and not isinstance(args.get("input_size"), bool):
         side = args["input_size"]
         input_size = (channels, side, side)
-        notes.append(f"input {side} x {side} from args.input_size")
-    return ArgsHints(model_name, input_size, mean_std, tuple(notes))
+        input_note = f"input {side} x {side} from args.input_size"
+    return ArgsHints(model_name, input_size, mean_std, model_note, input_note)
 
 
 def check_against_args(spec: ModelSpec, args: Mapping[str, Any]) -> list[str]:

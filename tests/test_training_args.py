@@ -78,3 +78,10 @@ def test_arch_of_another_width_is_refused(tmp_path: Path) -> None:
     path = _save(tmp_path / "s.pth", SMALL)
     with pytest.raises(M2ptError, match="--arch vit_tiny_patch16_224 is 192 wide, the checkpoint's weights are 384"):
         load_checkpoint(path, arch="vit_tiny_patch16_224")
+
+
+def test_what_the_user_passes_wins_and_args_are_then_not_reported(tmp_path: Path) -> None:
+    path = _save(tmp_path / "s.pth", SMALL, model="vit_base_patch16", input_size=224)  # both contradict
+    ckpt = load_checkpoint(path, arch="vit_small_patch16_224", input_size=(3, 32, 32))
+    assert ckpt.spec.arch == "vit_small_patch16_224" and ckpt.spec.input_size == (3, 32, 32)
+    assert not any("args.model" in n or "args.input_size" in n for n in ckpt.notes)
