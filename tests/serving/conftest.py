@@ -151,3 +151,22 @@ class HeldModel:
         self.entered.set()
         assert self.gate.wait(timeout=20)
         return self._model.run(feed)
+
+
+def start_inproc_server(model, **config):
+    """Serve ``model`` as "vit" from a uvicorn thread in this process (its log is caplog's);
+    returns ``(url, server, thread)``; stop with ``server.should_exit = True`` and a join."""
+    import uvicorn
+
+    from m2pt_deploy.serving.app import ServeConfig, ServerState, create_app
+    from m2pt_deploy.serving.server import bind
+
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(ServerState({"vit": model}, ServeConfig(**config))), log_level="error"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread

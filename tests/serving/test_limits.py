@@ -23,7 +23,7 @@ from m2pt_deploy.serving.protocol import (
     json_depth,
     parse_infer_request,
 )
-from tests.serving.conftest import HeldModel, error_of, http
+from tests.serving.conftest import HeldModel, error_of, http, start_inproc_server
 
 INFER = "/v2/models/vit/infer"
 
@@ -59,26 +59,15 @@ def pixels(batch: int = 1) -> np.ndarray:
 @pytest.fixture
 def inproc(tiny_onnx):
     """An in-process server (so its log is caplog's) for a given ServeConfig; yields its URL."""
-    import uvicorn
-
-    from m2pt_deploy.serving.app import ServeConfig, ServerState, create_app
     from m2pt_deploy.serving.runtime import OrtModel
-    from m2pt_deploy.serving.server import bind
 
     running = []
 
     def start(model=None, **config):
         model = model or OrtModel("vit", tiny_onnx, providers=["CPUExecutionProvider"])
-        sock = bind("127.0.0.1", 0)
-        server = uvicorn.Server(uvicorn.Config(
-            create_app(ServerState({"vit": model}, ServeConfig(**config))), log_level="error"))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.01)
+        url, server, thread = start_inproc_server(model, **config)
         running.append((server, thread))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+        return url
 
     yield start
     for server, thread in running:

@@ -6,13 +6,12 @@ import concurrent.futures
 import io
 import json
 import socket
-import threading
 import time
 
 import numpy as np
 import pytest
 
-from tests.serving.conftest import LABELS, HeldModel, error_of, http
+from tests.serving.conftest import LABELS, HeldModel, error_of, http, start_inproc_server
 
 tritonclient_http = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http]")
 InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
@@ -255,26 +254,15 @@ def test_oversized_bodies_get_413_declared_or_streamed(guarded):
 @pytest.fixture
 def held_server(tiny_onnx):
     """An in-process server over a HeldModel; yields (url, model) for a given config."""
-    import uvicorn
-
-    from m2pt_deploy.serving.app import ServeConfig, ServerState, create_app
     from m2pt_deploy.serving.runtime import OrtModel
-    from m2pt_deploy.serving.server import bind
 
     running = []
 
     def start(**config):
         model = HeldModel(OrtModel("vit", tiny_onnx, providers=["CPUExecutionProvider"]))
-        sock = bind("127.0.0.1", 0)
-        server = uvicorn.Server(uvicorn.Config(
-            create_app(ServerState({"vit": model}, ServeConfig(**config))), log_level="error"))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.01)
+        url, server, thread = start_inproc_server(model, **config)
         running.append((server, thread, model))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}", model
+        return url, model
 
     yield start
     for server, thread, model in running:
