@@ -109,7 +109,11 @@ def train(
         else:
             created = _prepare_out(Path(config.out_dir), force=force, dist=dist)
             run, tensors, info = _fresh(config, dist), None, None
-        return _fit(run, tensors, info, progress=progress, on_step=on_step)
+        result = _fit(run, tensors, info, progress=progress, on_step=on_step)
+        # Every rank reaches the end before any tears its process group down: a rank that
+        # destroyed its gloo group while rank 0 was still writing was seen to abort (SIGABRT).
+        dist.barrier()
+        return result
     except BaseException:
         if created is not None and not (Path(config.out_dir) / RESUME).exists():
             # Nothing committed to a folder this call made: leave no empty run folder behind.
