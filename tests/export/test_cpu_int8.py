@@ -22,7 +22,7 @@ from tests.conftest import TINY_AUDIO
 def test_int8_of_a_trained_model_agrees_with_fp32(trained_digits: tuple[Path, Path], target: str,
                                                   tmp_path: Path) -> None:
     if saturates(int8_target()) and not saturates(target):  # type: ignore[arg-type]
-        pytest.skip(f"this CPU's int8 path ({int8_target()}) saturates the 8-bit weights a {target} target "
+        pytest.skip(reason=f"this CPU's int8 path ({int8_target()}) saturates the 8-bit weights a {target} target "
                     "gets; that target is asserted on CPUs with VNNI or AMX")
     best, digits = trained_digits
     ckpt = load_checkpoint(best)

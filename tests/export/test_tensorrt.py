@@ -370,7 +370,7 @@ def test_build_script_refuses_a_missing_tool_or_onnx_leaving_nothing(onnx_file, 
     export = hand_off(onnx_file, tmp_path / "export")
     script, env = export / "m.engine.build.sh", fake_gpu_machine(tmp_path / "tools")
     if shutil.which("trtexec") is not None:
-        pytest.skip("trtexec is installed here; this case needs it missing")
+        pytest.skip(reason="trtexec is installed here; this case needs it missing")
     out = run_script(script, env=env | {"PATH": os.environ["PATH"]}, cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.splitlines() == [
         "m.engine.build.sh: trtexec is not on PATH; install TensorRT (trtexec is in its bin folder) or "
