@@ -1,4 +1,4 @@
-"""Fold pathways away: a pathway ViT becomes a plain timm ViT at vanilla cost.
+"""Fold pathways away: a pathway model becomes its family's vanilla model at vanilla cost.
 
 Both the model-level merge and the state-dict-level merge call :func:`merge_weight`,
 which is the forward pass's own arithmetic, so merged outputs are bit-identical to the
@@ -12,12 +12,12 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from m2pt_deploy.build import PROBE_BN_EPS, build_vanilla, load_strict
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.pathway import effective_weight, pathway_layers
-from m2pt_deploy.vit import ModelSpec
+from m2pt_deploy.families import ModelFamily, ModelSpec, detect_family
+from m2pt_deploy.model.build import build_vanilla, load_strict
+from m2pt_deploy.model.pathway import effective_weight, pathway_layers
 
-__all__ = ["fold_probe_head", "merge_model", "merge_state_dict", "merge_weight", "merged_state_dict"]
+__all__ = ["merge_model", "merge_state_dict", "merge_weight", "merged_state_dict"]
 
 
 def merge_weight(weight: Tensor, aux_weights: Sequence[Tensor], scales: Sequence[Tensor]) -> Tensor:
@@ -26,28 +26,18 @@ def merge_weight(weight: Tensor, aux_weights: Sequence[Tensor], scales: Sequence
         return effective_weight(weight, aux_weights, scales).detach().clone()
 
 
-def fold_probe_head(
-    state_dict: Mapping[str, Tensor], *, eps: float = PROBE_BN_EPS
-) -> dict[str, Tensor]:
-    """``head = Sequential(BatchNorm1d(affine=False), Linear)`` → one ``Linear``.
-
-    In eval mode the BatchNorm is ``(x - μ) / σ`` with ``σ = sqrt(var + eps)``, so
-    ``W (x - μ)/σ + b = (W / σ) x + (b - W μ / σ)``. This changes rounding, so unlike the
-    pathway fold it is equal within float tolerance, not bit for bit.
-    """
-    if "head.0.running_mean" not in state_dict:
-        return dict(state_dict)
-    out = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
-    mean = state_dict["head.0.running_mean"].double()
-    std = torch.sqrt(state_dict["head.0.running_var"].double() + eps)
-    weight = state_dict["head.1.weight"].double()
-    bias = state_dict["head.1.bias"].double()
-    out["head.weight"] = (weight / std).to(state_dict["head.1.weight"].dtype)
-    out["head.bias"] = (bias - weight @ (mean / std)).to(state_dict["head.1.bias"].dtype)
-    return out
+def _fold_extras(state_dict: dict[str, Tensor], family: ModelFamily | None) -> dict[str, Tensor]:
+    """The family folds what its variant added (a ViT's linear-probe BatchNorm); a model of no
+    registered family (``merge_model`` with a callable) has nothing to fold."""
+    if family is None:
+        try:
+            family = detect_family(state_dict)
+        except M2ptError:
+            return state_dict
+    return family.merge_extras(state_dict)
 
 
-def merge_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def merge_state_dict(state_dict: Mapping[str, Tensor], *, family: ModelFamily | None = None) -> dict[str, Tensor]:
     """Merge a checkpoint-layout state dict (see ``checkpoint``) without building a model."""
     aux: dict[str, dict[int, Tensor]] = {}
     scales: dict[str, dict[int, Tensor]] = {}
@@ -73,10 +63,10 @@ def merge_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
         out[f"{stem}.weight"] = merge_weight(
             target, [weights[i] for i in order], [scales[stem][i] for i in order]
         )
-    return fold_probe_head(out)
+    return _fold_extras(out, family)
 
 
-def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
+def merged_state_dict(model: nn.Module, *, family: ModelFamily | None = None) -> dict[str, Tensor]:
     """The vanilla-layout state dict of a pathway model, each pathway weight folded."""
     folded = {
         f"{name}.weight": merge_weight(_original_weight(model, name), list(p.aux_weights), list(p.scales))
@@ -89,7 +79,7 @@ def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
             out[key] = value.detach().clone()
         elif rest == "original":
             out[f"{layer}.weight"] = folded[f"{layer}.weight"]
-    return fold_probe_head(out)
+    return _fold_extras(out, family)
 
 
 def _original_weight(model: nn.Module, name: str) -> Tensor:
@@ -107,9 +97,10 @@ def merge_model(
         model: the pathway model; left untouched (no ``deepcopy`` + ``remove_parametrizations``,
             which would corrupt it because parametrize's generated class is shared).
         vanilla: the target's :class:`ModelSpec`, or any callable returning a fresh model of
-            the target's architecture (for non-timm transformers).
-        exportable: with a spec, build timm's exporter-friendly variant (no fused attention).
+            the target's architecture (for a transformer of no registered family).
+        exportable: with a spec, build the family's exporter-friendly variant (timm: no fused attention).
     """
+    family = vanilla.model_family if isinstance(vanilla, ModelSpec) else None
     vanilla = build_vanilla(vanilla, exportable=exportable) if isinstance(vanilla, ModelSpec) else vanilla()
-    load_strict(vanilla, merged_state_dict(model), what="merged state dict")
+    load_strict(vanilla, merged_state_dict(model, family=family), what="merged state dict")
     return vanilla.eval()

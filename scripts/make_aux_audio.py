@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from m2pt_deploy.build import build_vanilla
-from m2pt_deploy.checkpoint import load_checkpoint, save_checkpoint
+from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.model.build import build_vanilla
+from m2pt_deploy.model.checkpoint import load_checkpoint, save_checkpoint
 from m2pt_deploy.train import TrainConfig, train
-from m2pt_deploy.vit import ModelSpec
 
 SAMPLE_RATE = 2000
 SAMPLES = 1000

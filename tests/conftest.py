@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from m2pt_deploy.build import build_vanilla
-from m2pt_deploy.checkpoint import PathwayInfo, save_checkpoint
-from m2pt_deploy.pathway import DEFAULT_LAYERS, add_pathways, pathway_layers, pathway_state_dict
-from m2pt_deploy.vit import ModelSpec
+from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.model.build import build_vanilla
+from m2pt_deploy.model.checkpoint import PathwayInfo, save_checkpoint
+from m2pt_deploy.model.pathway import DEFAULT_LAYERS, add_pathways, pathway_layers, pathway_state_dict
 
 # One registry of tiny configurations (embed dim 64 = one 64-wide head, so shape
 # inference recovers the head count), all 32×32 inputs with 8×8 patches.
@@ -103,7 +103,7 @@ def trained_digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
 
     A trained model has confident logits, so int8 agreement measures quantization, not ties.
     """
-    from m2pt_deploy.demo import DEMO_SPEC, demo_config, write_digits
+    from m2pt_deploy.pipelines.demo import DEMO_SPEC, demo_config, write_digits
     from m2pt_deploy.train import train
 
     out = tmp_path_factory.mktemp("digits")

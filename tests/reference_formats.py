@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from m2pt_deploy.vit import ModelSpec
+from m2pt_deploy.families import ModelSpec
 from tests.conftest import TINY, make_pathway_model, reference_state_dict
 
 # AudioMAE's real input, (1, 1024, 128) time × frequency, at a tiny width: 512 patches.

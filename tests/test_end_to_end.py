@@ -14,9 +14,9 @@ import pytest
 import timm
 import torch
 
-from m2pt_deploy.build import build_unmerged
-from m2pt_deploy.checkpoint import load_checkpoint
-from m2pt_deploy.pathway import add_pathways, pathway_layers
+from m2pt_deploy.model.build import build_unmerged
+from m2pt_deploy.model.checkpoint import load_checkpoint
+from m2pt_deploy.model.pathway import add_pathways, pathway_layers
 from tests.conftest import reference_state_dict
 
 

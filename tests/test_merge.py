@@ -7,9 +7,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from m2pt_deploy.build import build_vanilla
-from m2pt_deploy.merge import fold_probe_head, merge_model, merge_state_dict, merged_state_dict
-from m2pt_deploy.pathway import add_pathways, pathway_layers, pathway_state_dict
+from m2pt_deploy.families.vit import fold_probe_head
+from m2pt_deploy.merge import merge_model, merge_state_dict, merged_state_dict
+from m2pt_deploy.model.build import build_vanilla
+from m2pt_deploy.model.pathway import add_pathways, pathway_layers, pathway_state_dict
 from tests.conftest import TINY, TINY_MAE, make_pathway_model, random_lambdas
 
 

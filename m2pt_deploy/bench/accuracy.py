@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.train.data import SizedDataset, load_data
-from m2pt_deploy.vit import ModelSpec
 
 __all__ = ["EvalData", "Predict", "load_eval_data", "onnx_predict", "score_formats", "torch_predict"]
 
@@ -99,7 +99,7 @@ def torch_predict(model: nn.Module) -> Predict:
 
 def onnx_predict(path: str | os.PathLike[str], *, input_name: str, batch: int | None = None) -> Predict:
     """Logits from a CPU session; a model with a fixed ``batch`` gets zero-padded chunks."""
-    from m2pt_deploy.export.optimize import cpu_session
+    from m2pt_deploy.runtime.sessions import cpu_session
 
     session = cpu_session(path, spinning=False)
 

@@ -30,28 +30,23 @@ import torch
 from torch import nn
 
 from m2pt_deploy.bench.accuracy import EvalData, Predict, onnx_predict, score_formats, torch_predict
+from m2pt_deploy.bench.export_cost import run_measured
+from m2pt_deploy.bench.latency import LatencyComparison
+from m2pt_deploy.bench.machine import machine_info
+from m2pt_deploy.bench.peak import forward_gflop, matmul_peak_gflops
 from m2pt_deploy.bench.subject import Subject, random_subject
-from m2pt_deploy.build import build_vanilla
+from m2pt_deploy.bench.throughput import ThroughputRow, Variant, paired_ratio, rows_for_batch, run_variants
 from m2pt_deploy.errors import M2ptError, first_line
-from m2pt_deploy.export.cpu_int8 import VERIFY_SEED, cpu_int8_onnx, photo_tiles
+from m2pt_deploy.export.int8.cpu import VERIFY_SEED, cpu_int8_onnx, photo_tiles
 from m2pt_deploy.export.onnx import INPUT_NAME, export_model, save_onnx
-from m2pt_deploy.export.optimize import (
-    cpu_session,
-    cpu_session_options,
-    optimize_onnx,
-    physical_cores,
-    save_optimized,
-)
+from m2pt_deploy.export.optimize import optimize_onnx, save_optimized
+from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.model.build import build_vanilla
+from m2pt_deploy.runtime.runners import TorchRunner, seeded_inputs
+from m2pt_deploy.runtime.sessions import cpu_session, ort_session, physical_cores
 from m2pt_deploy.verify.cpu_int8 import INT8_CPU, cpu_runner
-from m2pt_deploy.verify.export_cost import run_measured
-from m2pt_deploy.verify.latency import LatencyComparison
-from m2pt_deploy.verify.machine import machine_info
 from m2pt_deploy.verify.numerics import compare_runners
-from m2pt_deploy.verify.peak import forward_gflop, matmul_peak_gflops
-from m2pt_deploy.verify.runners import TorchRunner, seeded_inputs
 from m2pt_deploy.verify.structure import graph_signature, structure_differences
-from m2pt_deploy.verify.throughput import ThroughputRow, Variant, paired_ratio, rows_for_batch, run_variants
-from m2pt_deploy.vit import ModelSpec
 
 __all__ = ["EAGER", "ERROR_BARS", "RUNTIMES", "BenchOptions", "run_benchmark"]
 
@@ -156,7 +151,6 @@ def _startup(paths: dict[str, dict[str, Path]], primary: str, repeats: int = 3) 
     """Median seconds to create each primary file's CPU session, the files taken in turn each
     repeat; a file this toolkit optimized also the way a server unaware of it would open it
     (re-optimized at load), for comparison."""
-    import onnxruntime as ort
 
     openers: dict[str, Callable[[], Any]] = {}
     for runtime, files in paths.items():
@@ -164,10 +158,8 @@ def _startup(paths: dict[str, dict[str, Path]], primary: str, repeats: int = 3) 
             openers[runtime] = functools.partial(cpu_session, files[primary], spinning=False)
     if primary in paths.get(ORT_OPT, {}):
         path = paths[ORT_OPT][primary]
-        options = cpu_session_options(path, spinning=False)
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         openers[f"{ORT_OPT}, re-optimized at load"] = functools.partial(
-            ort.InferenceSession, str(path), options, providers=["CPUExecutionProvider"])
+            ort_session, path, spinning=False, optimization="all")
     seconds: dict[str, list[float]] = {k: [] for k in openers}
     for _ in range(repeats):
         for key, opener in openers.items():

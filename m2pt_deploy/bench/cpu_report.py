@@ -10,9 +10,9 @@ from typing import Any
 
 from m2pt_deploy.bench.chart import write_chart
 from m2pt_deploy.bench.goals import VIT_B16_GOALS, goals, is_vit_b16
+from m2pt_deploy.bench.machine import machine_line
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.fileio import atomic_output
-from m2pt_deploy.verify.machine import machine_line
 
 __all__ = ["ORDER", "goal_table", "markdown", "write_report"]
 

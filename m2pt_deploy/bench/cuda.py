@@ -24,12 +24,12 @@ import torch
 from torch import Tensor, nn
 
 from m2pt_deploy.bench.cuda_report import MODELS, cell_ratio, cell_rows, failed_rows
-from m2pt_deploy.build import build_vanilla
+from m2pt_deploy.bench.latency import pathway_pair, trained_like
+from m2pt_deploy.bench.machine import machine_info
 from m2pt_deploy.errors import M2ptError, first_line
+from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.merge import merge_model
-from m2pt_deploy.verify.latency import pathway_pair, trained_like
-from m2pt_deploy.verify.machine import machine_info
-from m2pt_deploy.vit import ModelSpec
+from m2pt_deploy.model.build import build_vanilla
 
 __all__ = ["DTYPES", "CudaBenchOptions", "check_cuda", "run_cuda_benchmark"]
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from m2pt_deploy.bench.throughput import paired_ratio
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.fileio import atomic_output
-from m2pt_deploy.verify.throughput import paired_ratio
 
 __all__ = ["MODELS", "CudaRatio", "CudaRow", "cell_ratio", "cell_rows", "failed_rows", "markdown", "write_report"]
 

@@ -19,16 +19,16 @@ import onnx
 import torch
 from torch import nn
 
-from m2pt_deploy.build import build_unmerged, build_vanilla
-from m2pt_deploy.checkpoint import Checkpoint, PathwayInfo, save_checkpoint
+from m2pt_deploy.bench.latency import pathway_pair, trained_like
 from m2pt_deploy.errors import M2ptError, first_line
 from m2pt_deploy.export.onnx import read_metadata
-from m2pt_deploy.export.optimize import cpu_session, is_optimized
+from m2pt_deploy.families.vit import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 from m2pt_deploy.fileio import sha256_file
 from m2pt_deploy.merge import merge_model
-from m2pt_deploy.pathway import DEFAULT_LAYERS, pathway_state_dict
-from m2pt_deploy.verify.latency import pathway_pair, trained_like
-from m2pt_deploy.vit import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from m2pt_deploy.model.build import build_unmerged, build_vanilla
+from m2pt_deploy.model.checkpoint import Checkpoint, PathwayInfo, save_checkpoint
+from m2pt_deploy.model.pathway import DEFAULT_LAYERS, pathway_state_dict
+from m2pt_deploy.runtime.sessions import cpu_session, is_optimized
 
 __all__ = ["OnnxFile", "Subject", "checkpoint_subject", "onnx_subject", "random_subject", "read_onnx_file"]
 

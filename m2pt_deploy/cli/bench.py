@@ -48,7 +48,7 @@ from m2pt_deploy.errors import M2ptError
 if TYPE_CHECKING:
     from m2pt_deploy.bench.accuracy import EvalData
     from m2pt_deploy.bench.subject import Subject
-    from m2pt_deploy.vit import ModelSpec
+    from m2pt_deploy.families import ModelSpec
 
 __all__ = ["build_parser", "entrypoint", "main"]
 
@@ -193,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from m2pt_deploy.bench.cpu import BenchOptions, run_benchmark
     from m2pt_deploy.bench.cpu_report import markdown, write_report
-    from m2pt_deploy.verify.latency import spec_for_arch
+    from m2pt_deploy.bench.latency import spec_for_arch
 
     subject: Subject | ModelSpec
     eval_data, fixed = None, None
@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _cuda(args: argparse.Namespace, kwargs: dict[str, Any], out: Path) -> int:
     from m2pt_deploy.bench.cuda import CudaBenchOptions, check_cuda, run_cuda_benchmark
     from m2pt_deploy.bench.cuda_report import markdown, write_report
-    from m2pt_deploy.verify.latency import spec_for_arch
+    from m2pt_deploy.bench.latency import spec_for_arch
 
     try:
         check_cuda()
@@ -248,7 +248,7 @@ def _log(line: str) -> None:
 def _accuracy(epochs: int, seed: int) -> dict[str, Any]:
     import tempfile
 
-    from m2pt_deploy.int8_accuracy import digits_int8_accuracy
+    from m2pt_deploy.pipelines.int8_accuracy import digits_int8_accuracy
 
     _log(f"training the digits ViT for {epochs} epochs: fp32 vs int8 accuracy on its held-out split")
     with tempfile.TemporaryDirectory(prefix="m2pt-bench-digits-") as tmp:

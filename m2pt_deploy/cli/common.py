@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from m2pt_deploy.errors import M2ptError
 
 if TYPE_CHECKING:
-    from m2pt_deploy.checkpoint import Checkpoint
+    from m2pt_deploy.model.checkpoint import Checkpoint
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -54,7 +54,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def load_model_checkpoint(args: argparse.Namespace, path: str | None = None) -> Checkpoint:
     """``load_checkpoint`` with the model group's overrides, and its notes on stderr."""
-    from m2pt_deploy.checkpoint import load_checkpoint
+    from m2pt_deploy.model.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path or args.checkpoint, arch=args.arch, ema=args.ema,
                            input_size=tuple(args.input_size) if args.input_size else None)

@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the printed accuracies independent of the core count.
     import torch
 
-    from m2pt_deploy.demo import run_demo
+    from m2pt_deploy.pipelines.demo import run_demo
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

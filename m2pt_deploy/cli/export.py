@@ -38,9 +38,9 @@ from m2pt_deploy.heap import release_freed_memory
 if TYPE_CHECKING:
     import onnx
 
-    from m2pt_deploy.checkpoint import Checkpoint
-    from m2pt_deploy.export.cpu_int8 import Int8Data
-    from m2pt_deploy.vit import ModelSpec
+    from m2pt_deploy.export.int8.cpu import Int8Data
+    from m2pt_deploy.families import ModelSpec
+    from m2pt_deploy.model.checkpoint import Checkpoint
 
 __all__ = ["build_parser", "entrypoint", "main"]
 
@@ -173,7 +173,7 @@ def export_onnx(args: argparse.Namespace) -> int:
 
 
 def _int8_data(args: argparse.Namespace, spec: ModelSpec) -> Int8Data:
-    from m2pt_deploy.export.cpu_int8 import int8_data
+    from m2pt_deploy.export.int8.cpu import int8_data
 
     return int8_data(spec, calib_data=args.calib_data, calib_images=args.calib_images,
                      verify_images=args.verify_images)
@@ -181,7 +181,8 @@ def _int8_data(args: argparse.Namespace, spec: ModelSpec) -> Int8Data:
 
 def _save(proto: onnx.ModelProto, out: Path, *, force: bool) -> None:
     from m2pt_deploy.export.onnx import save_onnx
-    from m2pt_deploy.export.optimize import is_optimized, save_optimized
+    from m2pt_deploy.export.optimize import save_optimized
+    from m2pt_deploy.runtime.sessions import is_optimized
 
     if is_optimized(proto):
         save_optimized(proto, out, force=force)
@@ -191,7 +192,7 @@ def _save(proto: onnx.ModelProto, out: Path, *, force: bool) -> None:
 
 def _quantize(args: argparse.Namespace, proto: onnx.ModelProto, data: Int8Data) -> onnx.ModelProto:
     from m2pt_deploy.cpu import int8_target
-    from m2pt_deploy.export.cpu_int8 import cpu_int8_onnx
+    from m2pt_deploy.export.int8.cpu import cpu_int8_onnx
 
     target = int8_target() if args.int8_target == "auto" else args.int8_target
     with step(f"quantizing to int8 for {target} CPUs (Q/DQ, {len(data.calibration)} calibration inputs)"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from m2pt_deploy.cli.common import EXIT_CHECK_FAILED, EXIT_OK, load_model_checkpoint, step
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.export.calibration import calibration_tiles
-from m2pt_deploy.export.cpu_int8 import VERIFY_IMAGES
 from m2pt_deploy.export.engine_onnx import VERIFY_SEED, engine_onnx
+from m2pt_deploy.export.int8.calibration import calibration_tiles
+from m2pt_deploy.export.int8.cpu import VERIFY_IMAGES
 from m2pt_deploy.export.onnx import DYNAMIC_BATCH, OnnxFromCheckpoint, parse_batch, save_onnx
 from m2pt_deploy.export.tensorrt import build_engine_from_onnx, check_build_options
 from m2pt_deploy.fileio import atomic_output, check_output_path

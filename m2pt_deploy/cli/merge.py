@@ -47,9 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from m2pt_deploy.build import build_vanilla, load_strict
-    from m2pt_deploy.checkpoint import save_checkpoint
     from m2pt_deploy.merge import merge_state_dict
+    from m2pt_deploy.model.build import build_vanilla, load_strict
+    from m2pt_deploy.model.checkpoint import save_checkpoint
 
     src = Path(args.checkpoint)
     out = check_output_path(args.output or src.with_name(f"{src.stem}_merged.safetensors"), force=args.force)

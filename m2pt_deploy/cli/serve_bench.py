@@ -181,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for server in servers.values():
             server.stop()
-    from m2pt_deploy.verify.machine import machine_info  # imports torch: not before --help
+    from m2pt_deploy.bench.machine import machine_info  # imports torch: not before --help
 
     report = {
         "machine": machine_info(), "model": info,

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from m2pt_deploy.cli.common import EXIT_OK, HelpFormatter, add_version, run_main
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.pathway_options import DEFAULT_LAYERS
+from m2pt_deploy.model.pathway_options import DEFAULT_LAYERS
 from m2pt_deploy.train.config import TrainConfig
 
 __all__ = ["build_parser", "entrypoint", "main"]

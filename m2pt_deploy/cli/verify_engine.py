@@ -8,13 +8,13 @@ import tempfile
 
 import numpy as np
 
+from m2pt_deploy.bench.machine import machine_info, machine_line
 from m2pt_deploy.cli.common import EXIT_CHECK_FAILED, EXIT_OK, load_model_checkpoint, step
-from m2pt_deploy.export.calibration import calibration_tiles
 from m2pt_deploy.export.engine_info import read_engine_info
 from m2pt_deploy.export.engine_onnx import VERIFY_SEED
+from m2pt_deploy.export.int8.calibration import calibration_tiles
 from m2pt_deploy.fileio import atomic_output
 from m2pt_deploy.verify import check_inputs
-from m2pt_deploy.verify.machine import machine_info, machine_line
 from m2pt_deploy.verify.tensorrt import latency_vs_vanilla, verify_engine
 
 __all__ = ["verify_engine_command"]

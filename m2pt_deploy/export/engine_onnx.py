@@ -8,10 +8,10 @@ from collections.abc import Sequence
 import onnx
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.export.calibration import calibration_tiles
 from m2pt_deploy.export.graph import prepare_graph
+from m2pt_deploy.export.int8.calibration import calibration_tiles
+from m2pt_deploy.export.int8.quantize import quantize_qdq
 from m2pt_deploy.export.precision import to_mixed_precision
-from m2pt_deploy.export.quantize import quantize_qdq
 
 __all__ = ["CALIBRATION_SEED", "VERIFY_SEED", "engine_onnx"]
 

@@ -1,4 +1,4 @@
-"""Merged ViT → ONNX: one deterministic, checked, self-describing file.
+"""Merged model → ONNX: one deterministic, checked, self-describing file.
 
 Loaders follow Polygraphy's shape: ``OnnxFromCheckpoint`` stores its arguments and does
 the work when called, so an export chain (and the TensorRT chain built on it) can be
@@ -21,14 +21,14 @@ import torch
 from torch import nn
 
 from m2pt_deploy import __version__
-from m2pt_deploy.build import build_unmerged
-from m2pt_deploy.checkpoint import Checkpoint, load_checkpoint
 from m2pt_deploy.errors import M2ptError, first_line
 from m2pt_deploy.export.vocabulary import DEFAULT_OPSET, DYNAMIC_BATCH_RANGE
+from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.fileio import atomic_output
 from m2pt_deploy.merge import merge_model
-from m2pt_deploy.pathway import pathway_layers
-from m2pt_deploy.vit import ModelSpec, eval_preprocessing
+from m2pt_deploy.model.build import build_unmerged
+from m2pt_deploy.model.checkpoint import Checkpoint, load_checkpoint
+from m2pt_deploy.model.pathway import pathway_layers
 
 __all__ = [
     "INPUT_NAME",
@@ -114,7 +114,7 @@ def export_model(
     """Trace an eval-mode vanilla model with torch's dynamo exporter into a checked ModelProto."""
     if opset < MIN_OPSET:
         raise M2ptError(f"--opset {opset}: ONNX export needs opset {MIN_OPSET} or newer")
-    example = torch.zeros(max(2, batch.opt) if batch.dynamic else batch.min, *spec.input_size)
+    example = spec.model_family.example_input(spec, max(2, batch.opt) if batch.dynamic else batch.min)
     shapes = ({0: torch.export.Dim("batch", min=1, max=max(batch.max, 2))},) if batch.dynamic else None
     # The exporter prints its own progress lines; callers show ours instead.
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
@@ -182,14 +182,16 @@ def read_metadata(proto: onnx.ModelProto) -> dict[str, Any]:
 
 
 class OnnxFromCheckpoint:
-    """Lazy loader: checkpoint → merged vanilla ViT → ``onnx.ModelProto`` with metadata."""
+    """Lazy loader: checkpoint → merged vanilla model → ``onnx.ModelProto`` with metadata."""
 
     def __init__(
         self,
         checkpoint: str | os.PathLike[str] | Checkpoint,
         *,
         arch: str | None = None,
-        input_size: tuple[int, int, int] | None = None,
+        input_size: tuple[int, ...] | None = None,
+        family: str | None = None,
+        options: Mapping[str, Any] | None = None,
         opset: int = DEFAULT_OPSET,
         precision: Precision = "fp32",
         batch: BatchSpec = DYNAMIC_BATCH,
@@ -197,6 +199,7 @@ class OnnxFromCheckpoint:
         self.checkpoint = checkpoint
         self.arch = arch
         self.input_size = input_size
+        self.family, self.options = family, options
         self.opset = opset
         self.precision = precision
         self.batch = batch
@@ -204,25 +207,24 @@ class OnnxFromCheckpoint:
     def load(self) -> Checkpoint:
         if isinstance(self.checkpoint, Checkpoint):
             return self.checkpoint
-        return load_checkpoint(self.checkpoint, arch=self.arch, input_size=self.input_size)
+        return load_checkpoint(self.checkpoint, arch=self.arch, input_size=self.input_size, family=self.family,
+                               options=self.options)
 
     def metadata(self, ckpt: Checkpoint, unmerged: nn.Module) -> dict[str, str]:
-        c, h, w = ckpt.spec.input_size
-        # The server's /classify crops and resizes as training evaluated (timm's data config).
-        crop_pct, interpolation = eval_preprocessing(ckpt.spec)
+        # The input's layout and normalisation (for an image ViT also timm's crop and resize, which the
+        # server's /classify applies as training evaluated).
         fields: dict[str, Any] = {
             "m2pt_deploy.version": __version__,
             "m2pt_deploy.source_sha256": ckpt.sha256,
             "m2pt_deploy.source_kind": ckpt.kind,
+            "m2pt_deploy.family": ckpt.spec.family,
             "m2pt_deploy.arch": ckpt.spec.arch,
             "m2pt_deploy.model_kwargs": ckpt.spec.model_kwargs,
-            "m2pt_deploy.input": {"name": INPUT_NAME, "channels": c, "height": h, "width": w,
-                                  "mean": list(ckpt.spec.mean), "std": list(ckpt.spec.std),
-                                  "crop_pct": crop_pct, "interpolation": interpolation},
+            "m2pt_deploy.input": {"name": INPUT_NAME, **ckpt.spec.model_family.input_metadata(ckpt.spec)},
             "m2pt_deploy.num_classes": ckpt.spec.num_classes,
             "m2pt_deploy.precision": self.precision,
             "m2pt_deploy.lambda": lambda_summary(unmerged),
-            "m2pt_deploy.pathway": ckpt.pathway.to_dict() if ckpt.pathway else None,
+            "m2pt_deploy.model.pathway": ckpt.pathway.to_dict() if ckpt.pathway else None,
         }
         if "labels" in ckpt.extra:
             fields["m2pt_deploy.labels"] = ckpt.extra["labels"]

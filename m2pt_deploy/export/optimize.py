@@ -37,24 +37,20 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 
-from m2pt_deploy.errors import M2ptError, first_line
+from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.fileio import atomic_output
+from m2pt_deploy.runtime.sessions import OPTIMIZED_KEY, is_optimized, ort_session
 
 __all__ = [
     "OPTIMIZED_KEY",
-    "cpu_session",
-    "cpu_session_options",
     "fuse_attention",
     "fused_op_counts",
-    "is_optimized",
     "optimize_onnx",
     "ort_optimize",
-    "physical_cores",
     "save_optimized",
     "set_metadata",
 ]
 
-OPTIMIZED_KEY = "m2pt_deploy.optimized"
 _MS = "com.microsoft"
 AttentionKind = Literal["Attention", "MultiHeadAttention"]
 # Ops that sit between the QKV projection and the output projection in timm's export.
@@ -210,19 +206,12 @@ def transformer_fusions(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 def ort_optimize(proto: onnx.ModelProto) -> onnx.ModelProto:
     """What an ONNX Runtime CPU session makes of ``proto`` at the extended level, read back."""
-    import onnxruntime as ort
 
     with tempfile.TemporaryDirectory(prefix="m2pt-ort-opt-") as tmp:
         src, dst = Path(tmp, "in.onnx"), Path(tmp, "out.onnx")
         onnx.save_model(proto, src)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        options.optimized_model_filepath = str(dst)
-        options.log_severity_level = 3
-        try:
-            ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own untyped exceptions
-            raise M2ptError(f"ONNX Runtime could not optimize the graph: {first_line(e)}") from e
+        ort_session(src, optimization="extended", optimized_model_path=dst,
+                    what="ONNX Runtime could not optimize the graph")
         out = onnx.load_model(dst)
     _copy_model_fields(proto, out)
     return out
@@ -266,60 +255,12 @@ def set_metadata(proto: onnx.ModelProto, key: str, value: Any) -> None:
     proto.metadata_props.add(key=key, value=json.dumps(value, sort_keys=True))
 
 
-def is_optimized(proto: onnx.ModelProto) -> bool:
-    return any(p.key == OPTIMIZED_KEY for p in proto.metadata_props)
-
-
 def save_optimized(proto: onnx.ModelProto, path: str | os.PathLike[str], *, force: bool = False) -> Path:
     """Write atomically. No ``onnx.checker`` here: it does not know ONNX Runtime's contrib ops."""
     out = Path(path)
     with atomic_output(out, force=force) as tmp:
         onnx.save_model(proto, tmp)
     return out
-
-
-def physical_cores() -> int:
-    """Physical cores among the CPUs this process may use (SMT siblings counted once)."""
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-    except AttributeError:
-        return max(1, (os.cpu_count() or 2) // 2)
-    cores = set()
-    for cpu in cpus:
-        try:
-            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
-        except OSError:
-            cores.add(str(cpu))
-    return max(1, len(cores))
-
-
-def cpu_session_options(proto_or_path: onnx.ModelProto | str | os.PathLike[str], *,
-                        threads: int | None = None, spinning: bool = True) -> Any:
-    """Session options for CPU serving: one intra-op thread per physical core, and graph
-    optimization off for a model this module already optimized (on for any other)."""
-    import onnxruntime as ort
-
-    proto = proto_or_path if isinstance(proto_or_path, onnx.ModelProto) else \
-        onnx.load_model(os.fspath(proto_or_path), load_external_data=False)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or physical_cores()
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_DISABLE_ALL if is_optimized(proto)
-        else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return options
-
-
-def cpu_session(path: str | os.PathLike[str], *, threads: int | None = None, spinning: bool = True) -> Any:
-    """An ONNX Runtime CPU session with :func:`cpu_session_options`."""
-    import onnxruntime as ort
-
-    options = cpu_session_options(path, threads=threads, spinning=spinning)
-    return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
 
 
 @contextlib.contextmanager

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from m2pt_deploy.cpu import INT8_TARGETS, int8_target, weaker_than
-from m2pt_deploy.errors import M2ptError, first_line
-from m2pt_deploy.export.optimize import cpu_session_options
-from m2pt_deploy.export.quantize import INT8_TARGET_KEY
+from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.export.int8.quantize import INT8_TARGET_KEY
+from m2pt_deploy.runtime.sessions import ort_session
 from m2pt_deploy.serving.protocol import TensorSpec
 
 __all__ = [
@@ -91,16 +91,9 @@ class OrtModel:
         max_batch: int | None = None,
         threads: int = 0,
     ) -> None:
-        import onnxruntime as ort
-
         self.name, self.version, self.path = name, version, Path(path)
-        try:
-            # Threads per physical core; no second optimization pass for a file --optimize wrote.
-            options = cpu_session_options(path, threads=threads or None)
-            self.session = ort.InferenceSession(os.fspath(path), options, providers=list(providers))
-        except Exception as e:  # onnxruntime raises its own untyped errors for bad files
-            first = first_line(e)
-            raise M2ptError(f"ONNX Runtime cannot load this model: {first}", path) from None
+        # Threads per physical core; no second optimization pass for a file --optimize wrote.
+        self.session = ort_session(path, providers=providers, threads=threads or None, path=path)
         self.providers = self.session.get_providers()
         self.inputs = tuple(_spec(n) for n in self.session.get_inputs())
         self.outputs = tuple(_spec(n) for n in self.session.get_outputs())

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.pathway_options import DEFAULT_LAYERS, LambdaKind
+from m2pt_deploy.model.pathway_options import DEFAULT_LAYERS, LambdaKind
 
 __all__ = ["Mode", "Precision", "TrainConfig"]
 

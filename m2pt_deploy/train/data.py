@@ -1,6 +1,6 @@
 """Training data: an image folder (one sub-folder per class) or ``.npz`` arrays (``x``, ``y``).
 
-Preprocessing comes from the model's :class:`~m2pt_deploy.vit.ModelSpec` (input size,
+Preprocessing comes from the model's :class:`~m2pt_deploy.families.vit.ModelSpec` (input size,
 mean, std): images get timm's standard train-time augmentation and its resize +
 centre-crop for evaluation; arrays (spectrograms, small images) are resized to the input
 size and normalised, never flipped or cropped, since that would change their meaning.
@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.vit import ModelSpec, eval_preprocessing
+from m2pt_deploy.families.vit import ModelSpec, eval_preprocessing
 
 __all__ = [
     "IMAGE_EXTENSIONS",

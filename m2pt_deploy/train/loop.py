@@ -1,7 +1,7 @@
 """The training run: set up (fresh or resumed), epochs of train + validate, commit each epoch.
 
 Outputs in ``out_dir``: ``last.safetensors`` and ``best.safetensors`` (the
-:func:`~m2pt_deploy.checkpoint.save_checkpoint` format, ready for merge / export),
+:func:`~m2pt_deploy.model.checkpoint.save_checkpoint` format, ready for merge / export),
 ``resume.safetensors`` (optimizer, schedule, RNG), ``metrics.jsonl`` and ``curves.png``.
 """
 
@@ -20,10 +20,11 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from m2pt_deploy.build import build_unmerged
-from m2pt_deploy.checkpoint import PathwayInfo, load_checkpoint, save_checkpoint
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.pathway import pathway_state_dict
+from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.model.build import build_unmerged
+from m2pt_deploy.model.checkpoint import PathwayInfo, load_checkpoint, save_checkpoint
+from m2pt_deploy.model.pathway import pathway_state_dict
 from m2pt_deploy.train import state as train_state
 from m2pt_deploy.train.config import TrainConfig
 from m2pt_deploy.train.data import SizedDataset, batches, check_classes, load_data
@@ -32,7 +33,6 @@ from m2pt_deploy.train.model import attach_pathways, blocks, build_target, load_
 from m2pt_deploy.train.optim import build_optimizer, lr_factor, set_lr
 from m2pt_deploy.train.report import lambda_values, plot_history, write_jsonl
 from m2pt_deploy.train.sampling import GlobalBatchSampler, ShardSampler, micro_batch_size
-from m2pt_deploy.vit import ModelSpec
 
 __all__ = ["LAST", "BEST", "RESUME", "TrainResult", "train"]
 
@@ -186,8 +186,8 @@ def _fresh(config: TrainConfig, dist: Distributed) -> _Run:
     check_classes(split.classes, num_classes, config.data)
     model, spec = build_target(target, num_classes=num_classes, probe_head=config.mode == "probe")
     auxes = load_aux(config.aux)
-    pathway = attach_pathways(model, auxes, layers=config.layers, lambda_kind=config.lambda_kind,
-                              train_aux=config.train_aux)
+    pathway = attach_pathways(model, auxes, family=spec.model_family, layers=config.layers,
+                              lambda_kind=config.lambda_kind, train_aux=config.train_aux)
     return _Run(config, dist, Path(config.out_dir), model, spec, pathway, split.classes, split.train, split.val)
 
 
@@ -234,11 +234,12 @@ def _autocast(run: _Run) -> contextlib.AbstractContextManager:
 def _fit(run: _Run, tensors: dict[str, Tensor] | None, info: dict[str, Any] | None, *,
          progress: bool, on_step: StepHook | None) -> TrainResult:
     c, d = run.config, run.dist
-    set_drop_path(run.model, c.drop_path)
-    set_trainable(run.model, c.mode, train_aux=c.train_aux)
+    family = run.spec.model_family
+    set_drop_path(run.model, c.drop_path, family)
+    set_trainable(run.model, c.mode, train_aux=c.train_aux, head=family.head)
     core = run.model.to(d.device)
     optimizer = build_optimizer(core, lr=c.lr, lambda_lr=c.effective_lambda_lr, weight_decay=c.weight_decay,
-                                layer_decay=c.layer_decay, depth=len(blocks(core)))
+                                layer_decay=c.layer_decay, depth=len(blocks(core, family)))
     if tensors is not None and info is not None:
         train_state.load_optimizer(optimizer, tensors, info["optimizer"])
         _restore_rng(tensors, d, seed=c.seed)

@@ -1,4 +1,5 @@
-"""The model being trained: target ViT, new head if asked, pathways from each aux, frozen parts."""
+"""The model being trained: the target (any registered family), a new head if asked, pathways from
+each aux, frozen parts."""
 
 from __future__ import annotations
 
@@ -10,18 +11,17 @@ from typing import Any, cast
 
 from torch import Tensor, nn
 
-from m2pt_deploy.build import PROBE_BN_EPS, build_vanilla, load_strict
-from m2pt_deploy.checkpoint import Checkpoint, PathwayInfo, load_checkpoint
 from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.families import ModelFamily, ModelSpec
 from m2pt_deploy.merge import merge_state_dict
-from m2pt_deploy.pathway import LambdaKind, add_pathways, pathway_layers
+from m2pt_deploy.model.build import build_vanilla, load_strict
+from m2pt_deploy.model.checkpoint import Checkpoint, PathwayInfo, load_checkpoint
+from m2pt_deploy.model.pathway import LambdaKind, add_pathways, pathway_layers
 from m2pt_deploy.train.config import Mode
-from m2pt_deploy.vit import ModelSpec
 
 __all__ = [
     "AuxModel",
     "Mode",
-    "add_probe_head",
     "attach_pathways",
     "blocks",
     "build_target",
@@ -38,8 +38,8 @@ class AuxModel:
     info: dict[str, Any]
 
 
-def blocks(model: nn.Module) -> nn.Sequential:
-    return cast(nn.Sequential, model.get_submodule("blocks"))
+def blocks(model: nn.Module, family: ModelFamily) -> nn.Sequential:
+    return cast(nn.Sequential, model.get_submodule(family.block_path))
 
 
 def _with_classes(spec: ModelSpec, num_classes: int) -> ModelSpec:
@@ -47,26 +47,22 @@ def _with_classes(spec: ModelSpec, num_classes: int) -> ModelSpec:
 
 
 def build_target(ckpt: Checkpoint, *, num_classes: int, probe_head: bool) -> tuple[nn.Module, ModelSpec]:
-    """The target ViT with its weights; the head is re-initialised when the class count changes."""
+    """The target with its weights; the head is re-initialised when the class count changes."""
     if ckpt.pathway is not None:
         raise M2ptError("the target already has pathways; merge it first (m2pt-merge)", ckpt.path)
+    family = ckpt.spec.model_family
     spec = _with_classes(ckpt.spec, num_classes)
     model = build_vanilla(spec)
-    state = {k: v for k, v in ckpt.state_dict.items() if not k.startswith("head.")}
+    head = family.head + "."
+    state = {k: v for k, v in ckpt.state_dict.items() if not k.startswith(head)}
     if ckpt.spec.num_classes == num_classes:
         state = dict(ckpt.state_dict)
     else:
-        state.update({k: v for k, v in model.state_dict().items() if k.startswith("head.")})
+        state.update({k: v for k, v in model.state_dict().items() if k.startswith(head)})
     load_strict(model, state, what=str(ckpt.path))
     if probe_head:
-        add_probe_head(model)
+        family.add_probe_head(model)
     return model, spec
-
-
-def add_probe_head(model: nn.Module) -> None:
-    """The MAE / M2PT linear-probe head: ``BatchNorm1d(affine=False)`` before the classifier."""
-    linear = cast(nn.Linear, model.get_classifier())  # type: ignore[operator]
-    model.head = nn.Sequential(nn.BatchNorm1d(linear.in_features, affine=False, eps=PROBE_BN_EPS), linear)
 
 
 def load_aux(sources: Sequence[tuple[str | os.PathLike[str], str | None]]) -> list[AuxModel]:
@@ -92,6 +88,7 @@ def attach_pathways(
     model: nn.Module,
     auxes: Sequence[AuxModel],
     *,
+    family: ModelFamily,
     layers: Sequence[str],
     lambda_kind: LambdaKind,
     train_aux: bool,
@@ -100,33 +97,42 @@ def attach_pathways(
         return None
     for k, aux in enumerate(auxes):
         try:
-            _check_aux(model, aux, k, layers)
+            _check_aux(model, aux, k, layers, family.block_path)
         except M2ptError as e:
             raise M2ptError(e.message, aux.info["file"]) from e
     add_pathways(model, [a.state_dict for a in auxes], layers=layers, lambda_kind=lambda_kind,
-                 train_aux=train_aux)
-    return PathwayInfo(tuple(layers), "blocks", lambda_kind, tuple(a.info for a in auxes))
+                 train_aux=train_aux, block_path=family.block_path, aux_block_path=_aux_blocks(auxes[0]))
+    return PathwayInfo(tuple(layers), family.block_path, lambda_kind, tuple(a.info for a in auxes))
 
 
-def _check_aux(model: nn.Module, aux: AuxModel, k: int, layers: Sequence[str]) -> None:
+def _aux_blocks(aux: AuxModel) -> str:
+    """Where an aux model keeps its blocks: M2PT's aux models are timm ViTs (``blocks``) whatever
+    the target's family; a Point-MAE aux keeps them at ``blocks.blocks``."""
+    return "blocks.blocks" if any(k.startswith("blocks.blocks.") for k in aux.state_dict) else "blocks"
+
+
+def _check_aux(model: nn.Module, aux: AuxModel, k: int, layers: Sequence[str], block_path: str) -> None:
     """Depth and every pathway layer's shape, so the error names the aux file that does not fit."""
-    depth = len(blocks(model))
-    aux_depth = 1 + max((int(n.split(".")[1]) for n in aux.state_dict if n.startswith("blocks.")), default=-1)
+    depth = len(cast(nn.Sequential, model.get_submodule(block_path)))
+    aux_path = _aux_blocks(aux)
+    prefix = aux_path + "."
+    aux_depth = 1 + max((int(n[len(prefix):].split(".")[0]) for n in aux.state_dict
+                         if n.startswith(prefix) and n[len(prefix):].split(".")[0].isdigit()), default=-1)
     if aux_depth != depth:
         raise M2ptError(f"depth mismatch: the target has {depth} blocks, aux #{k} has {aux_depth}")
     for i in range(depth):
         for layer in layers:
-            key = f"blocks.{i}.{layer}.weight"
-            target = tuple(cast(nn.Linear, model.get_submodule(f"blocks.{i}.{layer}")).weight.shape)
+            key = f"{aux_path}.{i}.{layer}.weight"
+            target = tuple(cast(nn.Linear, model.get_submodule(f"{block_path}.{i}.{layer}")).weight.shape)
             if key not in aux.state_dict:
                 raise M2ptError(f"aux #{k} has no weight {key}")
             got = tuple(aux.state_dict[key].shape)
             if got != target:
-                raise M2ptError(f"architecture mismatch: blocks.{i}.{layer}: target weight {target} "
+                raise M2ptError(f"architecture mismatch: {block_path}.{i}.{layer}: target weight {target} "
                                 f"vs aux #{k} weight {got}")
 
 
-def set_trainable(model: nn.Module, mode: Mode, *, train_aux: bool) -> None:
+def set_trainable(model: nn.Module, mode: Mode, *, train_aux: bool, head: str = "head") -> None:
     """``full``: everything but frozen aux weights; ``probe``: λ and the head only."""
     lambdas = {id(s) for p in pathway_layers(model).values() for s in p.scales}
     aux = {id(w) for p in pathway_layers(model).values() for w in p.aux_weights}
@@ -136,14 +142,14 @@ def set_trainable(model: nn.Module, mode: Mode, *, train_aux: bool) -> None:
         elif id(p) in aux:
             p.requires_grad_(train_aux)
         else:
-            p.requires_grad_(mode == "full" or name.startswith("head."))
+            p.requires_grad_(mode == "full" or name.startswith(head + "."))
 
 
-def set_drop_path(model: nn.Module, rate: float) -> None:
+def set_drop_path(model: nn.Module, rate: float, family: ModelFamily) -> None:
     """Stochastic depth rising linearly to ``rate`` at the last block, as timm builds it."""
     from timm.layers import DropPath
 
-    stack = list(blocks(model))
+    stack = list(blocks(model, family))
     for i, block in enumerate(stack):
         r = rate * i / max(1, len(stack) - 1)
         for attr in ("drop_path1", "drop_path2"):

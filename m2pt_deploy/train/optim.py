@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from m2pt_deploy.pathway import pathway_parameters
+from m2pt_deploy.model.pathway import pathway_parameters
 
 __all__ = ["build_optimizer", "lr_factor", "param_groups", "set_lr"]
 

@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from m2pt_deploy.fileio import atomic_output
-from m2pt_deploy.pathway import pathway_layers
+from m2pt_deploy.model.pathway import pathway_layers
 
 __all__ = ["lambda_values", "plot_history", "write_jsonl"]
 

@@ -2,16 +2,16 @@
 
 ``verify_onnx`` runs the numeric and structural checks and returns a
 :class:`VerificationReport`; ``assert_equivalent`` does the same for a test suite. The
-latency benchmark lives in :mod:`m2pt_deploy.verify.latency` (``m2pt-bench``).
+latency benchmark lives in :mod:`m2pt_deploy.bench.latency` (``m2pt-bench``).
 """
 
 from __future__ import annotations
 
+from m2pt_deploy.runtime.runners import TorchRunner, onnxrt_runner, run_runners, seeded_inputs
 from m2pt_deploy.verify.harness import assert_equivalent, check_inputs, load_onnx, verify_onnx
 from m2pt_deploy.verify.metrics import ErrorStats, error_stats
 from m2pt_deploy.verify.numerics import check_merge, compare_runners
 from m2pt_deploy.verify.result import CheckResult, StructureResult, VerificationReport, judge
-from m2pt_deploy.verify.runners import TorchRunner, onnxrt_runner, run_runners, seeded_inputs
 from m2pt_deploy.verify.structure import check_structure, graph_signature, structure_differences
 from m2pt_deploy.verify.tolerance import BITWISE, PROBE_HEAD, TOLERANCES, Tolerance, tolerance_for
 

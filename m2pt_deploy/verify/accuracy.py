@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.export.optimize import cpu_session
+from m2pt_deploy.runtime.sessions import cpu_session
 
 __all__ = ["accuracy_delta", "predict"]
 

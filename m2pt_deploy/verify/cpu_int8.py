@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 from polygraphy.backend.base import BaseRunner
 
-from m2pt_deploy.build import build_unmerged
-from m2pt_deploy.checkpoint import Checkpoint
 from m2pt_deploy.cpu import cpu_model, int8_target
 from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.export.int8.quantize import INT8_TARGET_KEY
 from m2pt_deploy.export.onnx import INPUT_NAME
-from m2pt_deploy.export.optimize import cpu_session
-from m2pt_deploy.export.quantize import INT8_TARGET_KEY
+from m2pt_deploy.model.build import build_unmerged
+from m2pt_deploy.model.checkpoint import Checkpoint
+from m2pt_deploy.runtime.runners import TorchRunner
+from m2pt_deploy.runtime.sessions import cpu_session
 from m2pt_deploy.verify.numerics import compare_runners
 from m2pt_deploy.verify.result import CheckResult
-from m2pt_deploy.verify.runners import TorchRunner
 from m2pt_deploy.verify.tolerance import Tolerance
 
 __all__ = ["INT8_CPU", "cpu_runner", "verify_int8_cpu"]

@@ -17,14 +17,14 @@ import onnx
 from google.protobuf.message import DecodeError
 from polygraphy.backend.base import BaseRunner
 
-from m2pt_deploy.build import build_unmerged
-from m2pt_deploy.checkpoint import Checkpoint, load_checkpoint
 from m2pt_deploy.errors import M2ptError, first_line
 from m2pt_deploy.export.onnx import read_metadata
 from m2pt_deploy.merge import merge_model
+from m2pt_deploy.model.build import build_unmerged
+from m2pt_deploy.model.checkpoint import Checkpoint, load_checkpoint
+from m2pt_deploy.runtime.runners import TorchRunner, onnxrt_runner, seeded_inputs
 from m2pt_deploy.verify.numerics import check_merge, compare_runners
 from m2pt_deploy.verify.result import Result, VerificationReport
-from m2pt_deploy.verify.runners import TorchRunner, onnxrt_runner, seeded_inputs
 from m2pt_deploy.verify.structure import check_structure, export_settings
 from m2pt_deploy.verify.tolerance import tolerance_for
 
@@ -141,7 +141,7 @@ def _provenance(proto: onnx.ModelProto, ckpt: Checkpoint) -> tuple[str, ...]:
 
 
 def _int8_runtime(ckpt: Checkpoint, path: Path, inputs: np.ndarray | None) -> Result:
-    from m2pt_deploy.export.cpu_int8 import VERIFY_SEED, photo_tiles
+    from m2pt_deploy.export.int8.cpu import VERIFY_SEED, photo_tiles
     from m2pt_deploy.export.vocabulary import VERIFY_IMAGES
     from m2pt_deploy.verify.cpu_int8 import verify_int8_cpu
 

@@ -8,8 +8,8 @@ import numpy as np
 from polygraphy.backend.base import BaseRunner
 from torch import nn
 
+from m2pt_deploy.runtime.runners import TorchRunner, run_runners
 from m2pt_deploy.verify.result import CheckResult, judge
-from m2pt_deploy.verify.runners import TorchRunner, run_runners
 from m2pt_deploy.verify.tolerance import BITWISE, PROBE_HEAD, Tolerance
 
 __all__ = ["check_merge", "compare_runners"]

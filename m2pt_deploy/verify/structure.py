@@ -27,7 +27,6 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from m2pt_deploy.build import build_vanilla
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.onnx import (
     DYNAMIC_BATCH,
@@ -36,9 +35,11 @@ from m2pt_deploy.export.onnx import (
     export_model,
     read_metadata,
 )
-from m2pt_deploy.export.optimize import is_optimized, optimize_onnx
+from m2pt_deploy.export.optimize import optimize_onnx
+from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.model.build import build_vanilla
+from m2pt_deploy.runtime.sessions import is_optimized
 from m2pt_deploy.verify.result import StructureResult
-from m2pt_deploy.vit import ModelSpec
 
 __all__ = [
     "ExportSettings",
@@ -241,7 +242,7 @@ def _reference_signature(
     if settings.precision == "int8":
         # Quantized the way m2pt-export quantizes: the Q/DQ placement and the int8 initializers'
         # shapes do not depend on the calibration data or the weight bits, only the scales do.
-        from m2pt_deploy.export.cpu_int8 import cpu_int8_onnx
+        from m2pt_deploy.export.int8.cpu import cpu_int8_onnx
 
         calibration = np.random.default_rng(0).standard_normal((2, *spec.input_size)).astype(np.float32)
         return graph_signature(cpu_int8_onnx(proto, calibration, optimize=settings.optimized, target="vnni"))

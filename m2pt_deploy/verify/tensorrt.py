@@ -17,20 +17,21 @@ import numpy as np
 import onnx
 from polygraphy.backend.base import BaseRunner
 
-from m2pt_deploy.build import build_unmerged, build_vanilla
-from m2pt_deploy.checkpoint import Checkpoint
+from m2pt_deploy.bench.latency import LatencyComparison, compare_latency
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.engine_info import EngineInfo, check_compatible, read_engine_info
 from m2pt_deploy.export.engine_onnx import engine_onnx
 from m2pt_deploy.export.onnx import INPUT_NAME, BatchSpec, export_model, save_onnx
 from m2pt_deploy.export.precision import emulate_in_fp32
 from m2pt_deploy.export.tensorrt import Platform, build_engine_from_onnx, detect_platform
-from m2pt_deploy.verify.latency import LatencyComparison, compare_latency
+from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.model.build import build_unmerged, build_vanilla
+from m2pt_deploy.model.checkpoint import Checkpoint
+from m2pt_deploy.runtime.runners import TorchRunner
+from m2pt_deploy.runtime.sessions import ort_session
 from m2pt_deploy.verify.numerics import compare_runners
 from m2pt_deploy.verify.result import CheckResult
-from m2pt_deploy.verify.runners import TorchRunner
 from m2pt_deploy.verify.tolerance import TOLERANCES, Tolerance
-from m2pt_deploy.vit import ModelSpec
 
 __all__ = [
     "ENGINE_TOLERANCES",
@@ -81,17 +82,14 @@ def onnx_precision_runner(onnx_path: str | os.PathLike[str], *, name: str | None
     Runtime's CPU integer kernels it would instead saturate int16 on CPUs without VNNI
     (see ``m2pt_deploy.cpu``) and judge the engine by the verifying machine's instruction set.
     """
-    import onnxruntime as ort
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
     proto = onnx.load_model(os.fspath(onnx_path))
     if _has_bf16(proto):
         proto = emulate_in_fp32(proto)
-    options = ort.SessionOptions()
-    if _has_qdq(proto):
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    optimization = "none" if _has_qdq(proto) else "all"
     model = proto.SerializeToString()
-    return OnnxrtRunner(lambda: ort.InferenceSession(model, options, providers=["CPUExecutionProvider"]),
+    return OnnxrtRunner(lambda: ort_session(model, optimization=optimization, path=onnx_path),
                         name=name or f"onnxrt:{Path(onnx_path).name}")
 
 

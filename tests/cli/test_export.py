@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from m2pt_deploy.build import build_vanilla
 from m2pt_deploy.cli.common import run_main
 from m2pt_deploy.cli.export import main
+from m2pt_deploy.model.build import build_vanilla
 from tests.conftest import TINY, make_pathway_model, reference_state_dict
 
 

@@ -13,7 +13,7 @@ import pytest
 from m2pt_deploy.cli.common import run_main
 from m2pt_deploy.cli.export import main
 from m2pt_deploy.cpu import int8_target
-from m2pt_deploy.export.optimize import is_optimized
+from m2pt_deploy.runtime.sessions import is_optimized
 from tests.verify import fixtures
 
 verify_dir = fixtures.verify_dir

@@ -5,10 +5,10 @@ from pathlib import Path
 import timm
 import torch
 
-from m2pt_deploy.build import build_unmerged
-from m2pt_deploy.checkpoint import load_checkpoint
 from m2pt_deploy.cli.common import run_main
 from m2pt_deploy.cli.merge import main
+from m2pt_deploy.model.build import build_unmerged
+from m2pt_deploy.model.checkpoint import load_checkpoint
 from tests.conftest import TINY
 
 

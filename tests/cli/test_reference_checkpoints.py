@@ -16,13 +16,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from m2pt_deploy.build import build_vanilla, load_strict
-from m2pt_deploy.checkpoint import load_checkpoint, read_state_dict
 from m2pt_deploy.cli.common import run_main
 from m2pt_deploy.cli.export import main as export_main
 from m2pt_deploy.cli.merge import main as merge_main
 from m2pt_deploy.cli.train import main as train_main
 from m2pt_deploy.cli.verify import main as verify_main
+from m2pt_deploy.model.build import build_vanilla, load_strict
+from m2pt_deploy.model.checkpoint import load_checkpoint, read_state_dict
 from tests.reference_formats import CORPUS, ReferenceFile
 from tests.train.conftest import tiny_spec, write_model, write_npz
 

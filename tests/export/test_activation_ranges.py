@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from m2pt_deploy.export.activation_ranges import AbsHistogram
+from m2pt_deploy.export.int8.activation_ranges import AbsHistogram
 
 
 @settings(max_examples=50, deadline=None)

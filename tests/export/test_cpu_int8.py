@@ -8,12 +8,12 @@ import numpy as np
 import onnx
 import pytest
 
-from m2pt_deploy.checkpoint import load_checkpoint
 from m2pt_deploy.cpu import INT8_TARGETS, int8_target, saturates
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.export.cpu_int8 import cpu_int8_onnx, int8_data
+from m2pt_deploy.export.int8.cpu import cpu_int8_onnx, int8_data
 from m2pt_deploy.export.onnx import OnnxFromCheckpoint
 from m2pt_deploy.export.optimize import save_optimized
+from m2pt_deploy.model.checkpoint import load_checkpoint
 from m2pt_deploy.verify.cpu_int8 import verify_int8_cpu
 from tests.conftest import TINY_AUDIO
 

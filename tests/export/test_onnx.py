@@ -10,8 +10,6 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from m2pt_deploy.build import build_unmerged
-from m2pt_deploy.checkpoint import load_checkpoint
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export import onnx as onnx_export
 from m2pt_deploy.export.onnx import (
@@ -23,12 +21,14 @@ from m2pt_deploy.export.onnx import (
     read_metadata,
     save_onnx,
 )
+from m2pt_deploy.model.build import build_unmerged
+from m2pt_deploy.model.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> tuple[Path, Path]:
-    from m2pt_deploy.checkpoint import save_checkpoint
-    from m2pt_deploy.pathway import pathway_state_dict
+    from m2pt_deploy.model.checkpoint import save_checkpoint
+    from m2pt_deploy.model.pathway import pathway_state_dict
     from tests.conftest import TINY, make_pathway_model, pathway_info
 
     root = tmp_path_factory.mktemp("onnx")

@@ -11,22 +11,19 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from m2pt_deploy.build import build_unmerged
-from m2pt_deploy.checkpoint import Checkpoint
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.export.cpu_int8 import cpu_int8_onnx, photo_tiles
-from m2pt_deploy.export.optimize import (
+from m2pt_deploy.export.int8.cpu import cpu_int8_onnx, photo_tiles
+from m2pt_deploy.export.optimize import fuse_attention, optimize_onnx, save_optimized, set_metadata
+from m2pt_deploy.merge import merge_model
+from m2pt_deploy.model.build import build_unmerged
+from m2pt_deploy.model.checkpoint import Checkpoint
+from m2pt_deploy.runtime.sessions import (
     OPTIMIZED_KEY,
     cpu_session,
     cpu_session_options,
-    fuse_attention,
     is_optimized,
-    optimize_onnx,
     physical_cores,
-    save_optimized,
-    set_metadata,
 )
-from m2pt_deploy.merge import merge_model
 from m2pt_deploy.verify import check_structure, verify_onnx
 from tests.verify import fixtures
 from tests.verify.fixtures import TINY

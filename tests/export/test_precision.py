@@ -32,8 +32,8 @@ def compare(reference: np.ndarray, candidate: np.ndarray, precision: str) -> tup
 
 @pytest.fixture(scope="module")
 def fp32_graph(tmp_path_factory) -> onnx.ModelProto:
-    from m2pt_deploy.checkpoint import save_checkpoint
-    from m2pt_deploy.pathway import pathway_state_dict
+    from m2pt_deploy.model.checkpoint import save_checkpoint
+    from m2pt_deploy.model.pathway import pathway_state_dict
     from tests.conftest import make_pathway_model, pathway_info
 
     path = tmp_path_factory.mktemp("prec") / "tiny.safetensors"
@@ -43,7 +43,7 @@ def fp32_graph(tmp_path_factory) -> onnx.ModelProto:
 
 @pytest.fixture(scope="module")
 def images() -> np.ndarray:
-    from m2pt_deploy.export.calibration import calibration_tiles
+    from m2pt_deploy.export.int8.calibration import calibration_tiles
 
     return calibration_tiles(TINY.input_size, TINY.mean, TINY.std, count=32, seed=1)
 

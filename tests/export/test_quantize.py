@@ -5,8 +5,8 @@ import onnx
 import pytest
 
 from m2pt_deploy.cpu import int8_target
-from m2pt_deploy.export.calibration import calibration_tiles
-from m2pt_deploy.export.quantize import INT8_TARGET_KEY, qdq_summary, quantizable_nodes, quantize_qdq
+from m2pt_deploy.export.int8.calibration import calibration_tiles
+from m2pt_deploy.export.int8.quantize import INT8_TARGET_KEY, qdq_summary, quantizable_nodes, quantize_qdq
 from tests.conftest import TINY
 from tests.export.test_precision import compare, fp32_graph, onnx_logits  # noqa: F401 - fixture
 
@@ -93,8 +93,8 @@ def test_fp8_calibration_streams_one_batch_at_a_time(fp32_graph, calib, monkeypa
 
 
 def test_int8_ranges_are_the_same_streamed_or_at_once(fp32_graph, calib) -> None:  # noqa: F811
-    from m2pt_deploy.export.activation_ranges import activation_ranges
-    from m2pt_deploy.export.quantize import _activations
+    from m2pt_deploy.export.int8.activation_ranges import activation_ranges
+    from m2pt_deploy.export.int8.quantize import _activations
 
     names = _activations(fp32_graph, quantizable_nodes(fp32_graph))
     assert "pixel_values" in names and "logits" in names

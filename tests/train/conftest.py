@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from m2pt_deploy.build import build_vanilla
-from m2pt_deploy.checkpoint import save_checkpoint
+from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.model.build import build_vanilla
+from m2pt_deploy.model.checkpoint import save_checkpoint
 from m2pt_deploy.train import TrainConfig
-from m2pt_deploy.vit import ModelSpec
 
 NUM_CLASSES = 4
 

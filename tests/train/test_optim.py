@@ -9,9 +9,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from m2pt_deploy.build import build_vanilla
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.pathway import add_pathways, pathway_parameters
+from m2pt_deploy.model.build import build_vanilla
+from m2pt_deploy.model.pathway import add_pathways, pathway_parameters
 from m2pt_deploy.train.model import set_trainable
 from m2pt_deploy.train.optim import build_optimizer, lr_factor, param_groups
 from m2pt_deploy.train.sampling import GlobalBatchSampler, ShardSampler, micro_batch_size

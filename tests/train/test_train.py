@@ -13,11 +13,11 @@ import pytest
 import safetensors.torch
 import torch
 
-from m2pt_deploy.build import build_unmerged
-from m2pt_deploy.checkpoint import load_checkpoint
 from m2pt_deploy.cli.common import run_main
 from m2pt_deploy.cli.train import main
 from m2pt_deploy.fileio import sha256_file
+from m2pt_deploy.model.build import build_unmerged
+from m2pt_deploy.model.checkpoint import load_checkpoint
 from m2pt_deploy.train import TrainConfig, train
 from m2pt_deploy.train.optim import lr_factor
 from tests.train.conftest import with_, write_image_folder

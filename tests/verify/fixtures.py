@@ -11,11 +11,11 @@ import onnx
 import pytest
 import torch
 
-from m2pt_deploy.build import build_vanilla
-from m2pt_deploy.checkpoint import Checkpoint, PathwayInfo, load_checkpoint, save_checkpoint
 from m2pt_deploy.export.onnx import BatchSpec, OnnxFromCheckpoint, save_onnx
-from m2pt_deploy.pathway import add_pathways, pathway_parameters, pathway_state_dict
-from m2pt_deploy.vit import ModelSpec
+from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.model.build import build_vanilla
+from m2pt_deploy.model.checkpoint import Checkpoint, PathwayInfo, load_checkpoint, save_checkpoint
+from m2pt_deploy.model.pathway import add_pathways, pathway_parameters, pathway_state_dict
 
 TINY = ModelSpec(
     "vit_tiny_patch16_224",

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import m2pt_deploy.verify.harness as harness
-from m2pt_deploy.checkpoint import load_checkpoint, save_checkpoint
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.merge import merge_model
+from m2pt_deploy.model.checkpoint import load_checkpoint, save_checkpoint
 from m2pt_deploy.verify import (
     CheckResult,
     StructureResult,
@@ -126,8 +126,8 @@ def test_wrong_merge_fails_merge_check(pathway_ckpt, good_onnx, monkeypatch):
 
 
 def test_merge_that_ignores_lambda_fails(pathway_ckpt, good_onnx, monkeypatch):
-    from m2pt_deploy.build import build_vanilla, load_strict
-    from m2pt_deploy.pathway import pathway_state_dict
+    from m2pt_deploy.model.build import build_vanilla, load_strict
+    from m2pt_deploy.model.pathway import pathway_state_dict
 
     def vanilla_weights_only(model, spec, **kwargs):
         sd = {
@@ -237,9 +237,9 @@ def test_unreadable_onnx_is_a_user_error_naming_the_file(
 
 
 def test_onnx_for_another_model_is_a_user_error(pathway_ckpt, tmp_path):
-    from m2pt_deploy.build import build_vanilla
     from m2pt_deploy.export.onnx import export_model, save_onnx
-    from m2pt_deploy.vit import ModelSpec
+    from m2pt_deploy.families import ModelSpec
+    from m2pt_deploy.model.build import build_vanilla
 
     spec = ModelSpec(TINY.arch, {**TINY.model_kwargs, "img_size": 16}, (3, 16, 16))
     path = save_onnx(
@@ -273,10 +273,10 @@ def test_missing_onnx_file(pathway_ckpt, tmp_path):
 
 def test_the_tools_own_int8_export_is_verified(trained_digits, tmp_path: Path) -> None:
     """m2pt-verify used to refuse int8 files ("the structure check exports ... fp32 or fp16")."""
-    from m2pt_deploy.checkpoint import load_checkpoint
-    from m2pt_deploy.export.cpu_int8 import cpu_int8_onnx, int8_data
+    from m2pt_deploy.export.int8.cpu import cpu_int8_onnx, int8_data
     from m2pt_deploy.export.onnx import OnnxFromCheckpoint
     from m2pt_deploy.export.optimize import save_optimized
+    from m2pt_deploy.model.checkpoint import load_checkpoint
     from m2pt_deploy.verify import verify_onnx
 
     ckpt = load_checkpoint(trained_digits[0])

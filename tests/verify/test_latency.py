@@ -9,9 +9,9 @@ import pytest
 from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 
+from m2pt_deploy.bench.latency import compare_latency, interleaved_times
 from m2pt_deploy.cli.bench import main
 from m2pt_deploy.cli.common import run_main
-from m2pt_deploy.verify.latency import compare_latency, interleaved_times
 
 
 class FakeRunner(BaseRunner):

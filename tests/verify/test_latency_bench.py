@@ -14,9 +14,9 @@ from polygraphy.common import TensorMetadata
 
 from m2pt_deploy.bench.cpu import RUNTIMES
 from m2pt_deploy.bench.goals import goals
+from m2pt_deploy.bench.throughput import Variant, reset_peak_rss, rows_for_batch, run_variants
 from m2pt_deploy.cli.bench import main
 from m2pt_deploy.cli.common import run_main
-from m2pt_deploy.verify.throughput import Variant, reset_peak_rss, rows_for_batch, run_variants
 from tests.verify.fixtures import TINY
 
 FEED = {"x": np.zeros((2, 1), np.float32)}

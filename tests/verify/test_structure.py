@@ -6,8 +6,8 @@ import onnx
 import pytest
 import torch
 
-from m2pt_deploy.build import build_unmerged, build_vanilla
 from m2pt_deploy.export.onnx import export_model
+from m2pt_deploy.model.build import build_unmerged, build_vanilla
 from m2pt_deploy.verify import check_structure, graph_signature, structure_differences
 from m2pt_deploy.verify.structure import export_settings, value_pattern
 from tests.verify import tamper

@@ -6,11 +6,11 @@ import numpy as np
 import onnx
 import pytest
 
-from m2pt_deploy.checkpoint import load_checkpoint
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.engine_onnx import engine_onnx
 from m2pt_deploy.export.onnx import BatchSpec, OnnxFromCheckpoint, read_metadata
 from m2pt_deploy.export.tensorrt import Platform
+from m2pt_deploy.model.checkpoint import load_checkpoint
 from m2pt_deploy.verify.metrics import error_stats
 from m2pt_deploy.verify.tensorrt import (
     ENGINE_TOLERANCES,

@@ -18,18 +18,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from m2pt_deploy.build import build_vanilla, load_strict
-from m2pt_deploy.checkpoint import load_checkpoint, save_checkpoint
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.onnx import OnnxFromCheckpoint, save_onnx
+from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.merge import merge_state_dict
+from m2pt_deploy.model.build import build_vanilla, load_strict
+from m2pt_deploy.model.checkpoint import load_checkpoint, save_checkpoint
 from m2pt_deploy.train import TrainConfig, TrainResult, train
-from m2pt_deploy.vit import ModelSpec
 
 __all__ = ["AUX_ASSET", "COMPARISON", "DEMO_SPEC", "DemoResult", "comparison_figure", "demo_config", "run_demo",
            "write_comparison", "write_digits"]
 
-AUX_ASSET = Path(__file__).parent / "assets" / "aux_audio_vit.safetensors"
+AUX_ASSET = Path(__file__).parents[1] / "assets" / "aux_audio_vit.safetensors"
 COMPARISON = "comparison.png"
 _BLOCK_LAYER = re.compile(r"^(?P<blocks>.+?)\.(?P<index>\d+)\.(?P<kind>.+)$")
 # Patch 2 on the native 8 × 8 digits: 16 tokens, the blocks of the audio aux (width 64, depth 4).

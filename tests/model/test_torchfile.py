@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.torchfile import load_torch_file
+from m2pt_deploy.model.torchfile import load_torch_file
 
 
 def test_training_metadata_loads(tmp_path: Path) -> None:
@@ -50,7 +50,7 @@ class _Model(torch.nn.Module):
 
 def test_a_pickled_module_is_refused_by_name(tmp_path: Path) -> None:
     torch.save({"model": _Model()}, tmp_path / "whole_model.pth")
-    with pytest.raises(M2ptError, match=r"needs code to run \(tests.test_torchfile._Model\)"):
+    with pytest.raises(M2ptError, match=r"needs code to run \(tests.model.test_torchfile._Model\)"):
         load_torch_file(tmp_path / "whole_model.pth")
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import onnx
 import pytest
 
-from m2pt_deploy.checkpoint import load_checkpoint
 from m2pt_deploy.cli import demo, export
 from m2pt_deploy.cli.common import run_main
-from m2pt_deploy.demo import AUX_ASSET, DEMO_SPEC
 from m2pt_deploy.export.onnx import read_metadata
+from m2pt_deploy.model.checkpoint import load_checkpoint
+from m2pt_deploy.pipelines.demo import AUX_ASSET, DEMO_SPEC
 
 
 @pytest.fixture(scope="module")
@@ -53,4 +53,4 @@ def test_trained_checkpoint_exports_and_verifies_with_no_flags(demo_run: tuple[i
         capsys.readouterr().err
     meta = read_metadata(onnx.load(out))
     assert meta["m2pt_deploy.labels"] == [str(d) for d in range(10)]
-    assert meta["m2pt_deploy.pathway"]["aux"][0]["modality"] == "audio"
+    assert meta["m2pt_deploy.model.pathway"]["aux"][0]["modality"] == "audio"

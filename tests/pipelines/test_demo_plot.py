@@ -8,7 +8,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pytest
 
-from m2pt_deploy.demo import comparison_figure, write_comparison
+from m2pt_deploy.pipelines.demo import comparison_figure, write_comparison
 
 KINDS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 

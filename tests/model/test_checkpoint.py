@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from m2pt_deploy.build import build_unmerged, build_vanilla
-from m2pt_deploy.checkpoint import METADATA_KEY, load_checkpoint, read_state_dict, save_checkpoint
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.merge import merge_model
+from m2pt_deploy.model.build import build_unmerged, build_vanilla
+from m2pt_deploy.model.checkpoint import METADATA_KEY, load_checkpoint, read_state_dict, save_checkpoint
 from tests.conftest import TINY, TINY_MAE, make_pathway_model, pathway_info, reference_state_dict
 
 

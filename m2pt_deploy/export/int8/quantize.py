@@ -33,7 +33,7 @@ import onnx
 
 from m2pt_deploy.cpu import Int8Target, int8_target, saturates
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.export.activation_ranges import activation_ranges
+from m2pt_deploy.export.int8.activation_ranges import activation_ranges
 
 __all__ = ["INT8_TARGET_KEY", "QuantPrecision", "quantizable_nodes", "quantize_qdq", "qdq_summary"]
 

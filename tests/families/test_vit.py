@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from m2pt_deploy.build import build_vanilla
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.vit import ModelSpec, infer_spec
+from m2pt_deploy.families.vit import ModelSpec, infer_spec
+from m2pt_deploy.model.build import build_vanilla
 from tests.conftest import TINY, TINY_AUDIO, TINY_MAE
 
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.vit import AUDIO_DATASETS, ModelSpec, audio_spec_input
+from m2pt_deploy.families.vit import AUDIO_DATASETS, ModelSpec, audio_spec_input
 
 __all__ = ["ArgsHints", "check_against_args", "hints_from_args"]
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.onnx import INPUT_NAME, OUTPUT_NAME
-from m2pt_deploy.export.optimize import cpu_session
+from m2pt_deploy.runtime.sessions import cpu_session
 
 __all__ = [
     "SessionFromOnnxNoSpin",

@@ -20,7 +20,7 @@ import numpy as np
 from polygraphy.backend.base import BaseRunner
 
 from m2pt_deploy.heap import release_freed_memory
-from m2pt_deploy.verify.runners import quiet_polygraphy
+from m2pt_deploy.runtime.runners import quiet_polygraphy
 
 __all__ = [
     "ThroughputRow",

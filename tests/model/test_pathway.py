@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.pathway import (
+from m2pt_deploy.model.pathway import (
     add_pathways,
     effective_weight,
     is_pathway,

@@ -1,4 +1,8 @@
-"""What a ViT checkpoint is: its timm architecture and input, inferred from tensor shapes."""
+"""The ``vit`` family: timm image ViTs, MAE fine-tunes and linear probes, AudioMAE.
+
+The architecture and input are inferred from tensor shapes (and the training ``args``);
+the model is ``timm.create_model(spec.arch, **spec.model_kwargs)``.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,11 @@ from typing import Any, cast
 from torch import Tensor, nn
 
 from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.families.base import IMAGENET_MEAN, IMAGENET_STD, ModelFamily, ModelSpec
 
-__all__ = ["AUDIO_DATASETS", "ModelSpec", "arch_width", "audio_spec_input", "check_arch", "check_spec",
-           "create_vit", "eval_preprocessing", "infer_spec"]
+__all__ = ["AUDIO_DATASETS", "PROBE_BN_EPS", "ViTFamily", "arch_width", "audio_spec_input", "check_arch",
+           "check_spec", "create_vit", "eval_preprocessing", "fold_probe_head", "infer_spec"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # AudioMAE (and M2PT's Audio code): fbank spectrograms of 128 mel bins, time × frequency,
 # normalised as (x - mean) / (2 * std) with per-dataset statistics; audioset is the default.
 AUDIO_DATASETS: dict[str, tuple[int, float, float]] = {  # name: (frames, mean, std)
@@ -28,54 +31,6 @@ _AUDIO_MEL_BINS = 16 * 8
 # timm's standard ViT widths and their head counts; other widths assume 64-wide heads.
 _HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
 _ARCH_BY_WIDTH = {192: "vit_tiny", 384: "vit_small", 768: "vit_base", 1024: "vit_large", 1280: "vit_huge"}
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """Enough to rebuild the model: ``timm.create_model(arch, **model_kwargs)`` plus its input."""
-
-    arch: str
-    model_kwargs: dict[str, Any]
-    input_size: tuple[int, int, int]
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.model_kwargs.get("num_classes", 1000))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ModelSpec:
-        return cls(
-            arch=d["arch"],
-            model_kwargs=dict(d["model_kwargs"]),
-            input_size=tuple(d["input_size"]),  # type: ignore[arg-type]
-            mean=tuple(d["mean"]),
-            std=tuple(d["std"]),
-        )
-
-    def describe(self) -> str:
-        """What the model is, not just the timm template it is built from: an architecture name
-        with overriding keyword arguments (a 2-block, 1-channel "vit_tiny") is named by its shape."""
-        kw = self.model_kwargs
-        shape = {k: kw[k] for k in ("embed_dim", "depth") if k in kw}
-        if not shape and self.input_size[0] == 3:
-            return self.arch
-        c, h, w = self.input_size
-        parts = [f"{kw['embed_dim']} wide" if "embed_dim" in kw else "",
-                 f"{kw['depth']} blocks" if "depth" in kw else "", f"input {c}x{h}x{w}"]
-        return f"ViT ({', '.join(p for p in parts if p)}; timm {self.arch} with overrides)"
-
-    def with_input_size(self, input_size: tuple[int, int, int]) -> ModelSpec:
-        c, h, w = input_size
-        kwargs = {**self.model_kwargs, "in_chans": c, "img_size": (h, w)}
-        mean, std = self.mean, self.std
-        if len(mean) != c:
-            mean, std = (0.5,) * c, (0.5,) * c
-        return dataclasses.replace(self, model_kwargs=kwargs, input_size=(c, h, w), mean=mean, std=std)
 
 
 def eval_preprocessing(spec: ModelSpec) -> tuple[float | None, str]:
@@ -242,3 +197,161 @@ def check_spec(spec: ModelSpec, state_dict: Mapping[str, Tensor]) -> None:
     size = spec.model_kwargs.get("img_size")
     if size is not None and tuple(size if isinstance(size, (list, tuple)) else (size, size)) != spec.input_size[1:]:
         raise M2ptError(f"the config's img_size {size!r} disagrees with its input size {spec.input_size}")
+
+
+# The MAE recipe's linear-probe BatchNorm epsilon, which the M2PT reference reuses.
+PROBE_BN_EPS = 1e-6
+
+
+def fold_probe_head(state_dict: Mapping[str, Tensor], *, eps: float = PROBE_BN_EPS) -> dict[str, Tensor]:
+    """``head = Sequential(BatchNorm1d(affine=False), Linear)`` → one ``Linear``.
+
+    In eval mode the BatchNorm is ``(x - μ) / σ`` with ``σ = sqrt(var + eps)``, so
+    ``W (x - μ)/σ + b = (W / σ) x + (b - W μ / σ)``. This changes rounding, so unlike the
+    pathway fold it is equal within float tolerance, not bit for bit.
+    """
+    import torch
+
+    if "head.0.running_mean" not in state_dict:
+        return dict(state_dict)
+    out = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
+    mean = state_dict["head.0.running_mean"].double()
+    std = torch.sqrt(state_dict["head.0.running_var"].double() + eps)
+    weight = state_dict["head.1.weight"].double()
+    bias = state_dict["head.1.bias"].double()
+    out["head.weight"] = (weight / std).to(state_dict["head.1.weight"].dtype)
+    out["head.bias"] = (bias - weight @ (mean / std)).to(state_dict["head.1.bias"].dtype)
+    return out
+
+
+class ViTFamily(ModelFamily):
+    """timm ``VisionTransformer`` and the MAE / AudioMAE models built on it."""
+
+    name = "vit"
+    title = "ViT"
+    input_axes = ("channels", "height", "width")
+    modality = "image"
+
+    def recognizes(self, state_dict: Mapping[str, Tensor]) -> bool:
+        patch = state_dict.get("patch_embed.proj.weight")
+        return patch is not None and patch.ndim == 4 and "pos_embed" in state_dict
+
+    def vanilla_view(self, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """A linear-probe head is read as its Linear."""
+        out = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
+        for key in ("head.1.weight", "head.weight"):
+            if key in state_dict:
+                out["head.weight"] = state_dict[key]
+                break
+        return out
+
+    def infer_spec(
+        self,
+        state_dict: Mapping[str, Tensor],
+        *,
+        arch: str | None = None,
+        input_size: tuple[int, ...] | None = None,
+        args: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        notes: list[str] | None = None,
+    ) -> ModelSpec:
+        from m2pt_deploy.families.training_args import check_against_args, hints_from_args
+
+        self.check_options(options)
+        notes = notes if notes is not None else []
+        args = args or {}
+        if arch is not None:
+            check_arch(arch)
+        patch = state_dict.get("patch_embed.proj.weight")
+        hints = hints_from_args(args, channels=int(patch.shape[1]) if patch is not None and patch.ndim > 1 else 3)
+        # What the user passed wins over args, and then args are not reported as used.
+        if arch is None and hints.model_note is not None:
+            notes.append(hints.model_note)
+            if hints.model_name is not None:
+                width = int(patch.shape[0]) if patch is not None else 0
+                named = arch_width(hints.model_name)
+                if named != width:
+                    raise M2ptError(f"args.model {args['model']!r} is {named} wide, the weights are {width} wide")
+                arch = hints.model_name
+        mean_std = None
+        if input_size is None and hints.input_note is not None:
+            notes.append(hints.input_note)
+            input_size, mean_std = hints.input_size, hints.mean_std
+        spec = infer_spec(state_dict, arch=arch, input_size=_three(input_size), mean_std=mean_std, notes=notes)
+        notes.extend(check_against_args(spec, args))
+        return spec
+
+    def check_spec(self, spec: ModelSpec, state_dict: Mapping[str, Tensor]) -> None:
+        check_spec(spec, state_dict)
+
+    def override(self, spec: ModelSpec, state_dict: Mapping[str, Tensor], *, arch: str | None = None,
+                 input_size: tuple[int, ...] | None = None, options: Mapping[str, Any] | None = None) -> ModelSpec:
+        self.check_options(options)
+        if arch is not None:
+            check_arch(arch)
+            width = state_dict["patch_embed.proj.weight"].shape[0]
+            if arch_width(arch) != width:
+                raise M2ptError(f"--arch {arch} is {arch_width(arch)} wide, the checkpoint's weights are {width} wide")
+            spec = dataclasses.replace(spec, arch=arch)
+        if input_size is not None:
+            spec = self.with_input_size(spec, input_size)
+            check_spec(spec, state_dict)
+        return spec
+
+    def build(self, spec: ModelSpec, *, exportable: bool = False) -> nn.Module:
+        try:
+            return create_vit(spec, exportable=exportable)
+        except (AssertionError, TypeError, ValueError) as e:
+            raise M2ptError(f"cannot build {spec.arch} with {spec.model_kwargs}: {e}") from e
+
+    def adapt_to_weights(self, model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
+        """The reference linear-probe head: ``Sequential(BatchNorm1d(affine=False), Linear)``."""
+        if "head.0.running_mean" in state_dict:
+            linear = model.get_classifier()  # type: ignore[operator]
+            assert isinstance(linear, nn.Linear)
+            model.head = nn.Sequential(nn.BatchNorm1d(linear.in_features, affine=False, eps=PROBE_BN_EPS), linear)
+        return model
+
+    def add_probe_head(self, model: nn.Module) -> None:
+        """The MAE / M2PT linear-probe head: ``BatchNorm1d(affine=False)`` before the classifier."""
+        linear = cast(nn.Linear, model.get_classifier())  # type: ignore[operator]
+        model.head = nn.Sequential(nn.BatchNorm1d(linear.in_features, affine=False, eps=PROBE_BN_EPS), linear)
+
+    def merge_extras(self, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return fold_probe_head(state_dict)
+
+    def with_input_size(self, spec: ModelSpec, input_size: tuple[int, ...]) -> ModelSpec:
+        c, h, w = _three(input_size) or (0, 0, 0)
+        kwargs = {**spec.model_kwargs, "in_chans": c, "img_size": (h, w)}
+        mean, std = spec.mean, spec.std
+        if len(mean) != c:
+            mean, std = (0.5,) * c, (0.5,) * c
+        return dataclasses.replace(spec, model_kwargs=kwargs, input_size=(c, h, w), mean=mean, std=std)
+
+    def describe(self, spec: ModelSpec) -> str:
+        """What the model is, not just the timm template it is built from: an architecture name
+        with overriding keyword arguments (a 2-block, 1-channel "vit_tiny") is named by its shape."""
+        kw = spec.model_kwargs
+        shape = {k: kw[k] for k in ("embed_dim", "depth") if k in kw}
+        if not shape and spec.input_size[0] == 3:
+            return spec.arch
+        c, h, w = spec.input_size
+        parts = [f"{kw['embed_dim']} wide" if "embed_dim" in kw else "",
+                 f"{kw['depth']} blocks" if "depth" in kw else "", f"input {c}x{h}x{w}"]
+        return f"ViT ({', '.join(p for p in parts if p)}; timm {spec.arch} with overrides)"
+
+    def input_metadata(self, spec: ModelSpec) -> dict[str, Any]:
+        c, h, w = spec.input_size
+        crop_pct, interpolation = eval_preprocessing(spec)
+        modality = "spectrogram" if (c, h, w) == audio_spec_input()[0] else "image"
+        return {**super().input_metadata(spec), "modality": modality, "channels": c, "height": h, "width": w,
+                "crop_pct": crop_pct, "interpolation": interpolation}
+
+
+def _three(input_size: tuple[int, ...] | None) -> tuple[int, int, int] | None:
+    if input_size is None:
+        return None
+    if len(input_size) != 3:
+        raise M2ptError(f"a ViT's --input-size is C H W (3 numbers), got {len(input_size)}: "
+                        f"{' '.join(map(str, input_size))}")
+    return (int(input_size[0]), int(input_size[1]), int(input_size[2]))

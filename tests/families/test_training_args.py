@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from m2pt_deploy.build import build_vanilla
-from m2pt_deploy.checkpoint import load_checkpoint
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.vit import ModelSpec
+from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.model.build import build_vanilla
+from m2pt_deploy.model.checkpoint import load_checkpoint
 from tests.conftest import TINY
 
 # A real timm width (ViT-S, 384 wide, 6 heads) kept small: one block, a 2 × 2 grid.
@@ -57,7 +57,7 @@ def test_audio_args_give_the_dataset_length_and_normalisation(tmp_path: Path) ->
 def test_a_config_that_contradicts_the_weights_is_refused_before_building(tmp_path: Path) -> None:
     from safetensors.torch import load_file, save_file
 
-    from m2pt_deploy.checkpoint import METADATA_KEY, save_checkpoint
+    from m2pt_deploy.model.checkpoint import METADATA_KEY, save_checkpoint
 
     path = save_checkpoint(tmp_path / "ok.safetensors", build_vanilla(TINY).state_dict(), TINY)
     from safetensors import safe_open

@@ -1,4 +1,4 @@
-"""Build torch models from a :class:`~m2pt_deploy.checkpoint.Checkpoint`."""
+"""Build torch models from a :class:`~m2pt_deploy.model.checkpoint.Checkpoint`, through its family."""
 
 from __future__ import annotations
 
@@ -6,22 +6,16 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
-from m2pt_deploy.checkpoint import Checkpoint
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.pathway import add_pathways, pathway_layers
-from m2pt_deploy.vit import ModelSpec, create_vit
+from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.model.checkpoint import Checkpoint
+from m2pt_deploy.model.pathway import add_pathways, pathway_layers
 
 __all__ = ["build_unmerged", "build_vanilla", "load_strict"]
 
-# The MAE recipe's linear-probe BatchNorm epsilon, which the M2PT reference reuses.
-PROBE_BN_EPS = 1e-6
-
-
 def build_vanilla(spec: ModelSpec, *, exportable: bool = False) -> nn.Module:
-    try:
-        return create_vit(spec, exportable=exportable)
-    except (AssertionError, TypeError, ValueError) as e:
-        raise M2ptError(f"cannot build {spec.arch} with {spec.model_kwargs}: {e}") from e
+    """The family's vanilla model for ``spec``, randomly initialised, in eval mode."""
+    return spec.model_family.build(spec, exportable=exportable)
 
 
 def load_strict(model: nn.Module, state_dict: Mapping[str, Tensor], *, what: str) -> None:
@@ -57,14 +51,9 @@ def _split(sd: Mapping[str, Tensor], n_aux: int) -> _Split:
 
 
 def build_unmerged(ckpt: Checkpoint, *, train_aux: bool = False) -> nn.Module:
-    """The model exactly as trained: the target ViT with its pathways (and probe head, if any)."""
-    model: nn.Module = build_vanilla(ckpt.spec)
-    if ckpt.has_probe_head:
-        linear = model.get_classifier()  # type: ignore[operator]
-        assert isinstance(linear, nn.Linear)
-        model.head = nn.Sequential(
-            nn.BatchNorm1d(linear.in_features, affine=False, eps=PROBE_BN_EPS), linear
-        )
+    """The model exactly as trained: the target with its pathways (and any variant its weights
+    carry, such as a linear-probe head)."""
+    model = ckpt.spec.model_family.adapt_to_weights(build_vanilla(ckpt.spec), ckpt.state_dict)
     if ckpt.pathway is None:
         load_strict(model, ckpt.state_dict, what=str(ckpt.path))
         return model.eval()

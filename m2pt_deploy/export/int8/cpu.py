@@ -18,12 +18,12 @@ import onnx
 
 from m2pt_deploy.cpu import Int8Target
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.export.calibration import calibration_tiles, load_calibration_data
 from m2pt_deploy.export.graph import prepare_graph
+from m2pt_deploy.export.int8.calibration import calibration_tiles, load_calibration_data
+from m2pt_deploy.export.int8.quantize import quantize_qdq
 from m2pt_deploy.export.optimize import optimize_onnx, set_metadata
-from m2pt_deploy.export.quantize import quantize_qdq
 from m2pt_deploy.export.vocabulary import VERIFY_IMAGES
-from m2pt_deploy.vit import ModelSpec
+from m2pt_deploy.families import ModelSpec
 
 __all__ = ["CALIBRATION_SEED", "VERIFY_IMAGES", "VERIFY_SEED", "Int8Data", "cpu_int8_onnx", "int8_data",
            "photo_tiles"]

@@ -19,11 +19,11 @@ import torch
 from polygraphy.backend.base import BaseRunner
 from torch import nn
 
-from m2pt_deploy.build import build_vanilla
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.pathway import add_pathways, pathway_parameters
-from m2pt_deploy.verify.runners import quiet_polygraphy
-from m2pt_deploy.vit import ModelSpec
+from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.model.build import build_vanilla
+from m2pt_deploy.model.pathway import add_pathways, pathway_parameters
+from m2pt_deploy.runtime.runners import quiet_polygraphy
 
 __all__ = [
     "LatencyComparison",

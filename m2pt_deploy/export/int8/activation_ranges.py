@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import onnx
 
+from m2pt_deploy.runtime.sessions import ort_session
+
 __all__ = ["AbsHistogram", "activation_ranges"]
 
 _BINS = 2048
@@ -72,15 +74,11 @@ def activation_ranges(
     percentile: float = PERCENTILE,
 ) -> dict[str, float]:
     """``{tensor: threshold}``, the ``percentile`` of ``|tensor|`` over every batch, one batch in memory."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
     # Every measured tensor is a graph output, so none of their buffers can be reused within a
-    # run; without the arena they are freed after each batch instead of pooled for good.
-    options.enable_cpu_mem_arena = False
-    options.add_session_config_entry("session.disable_prepacking", "1")  # no second copy of the weights
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # nor folded ones
-    session = ort.InferenceSession(_with_outputs(proto, tensors), options, providers=["CPUExecutionProvider"])
+    # run; without the arena they are freed after each batch instead of pooled for good. No
+    # prepacking (a second copy of the weights), no optimization (nor folded ones).
+    session = ort_session(_with_outputs(proto, tensors), arena=False, prepacking=False, optimization="none",
+                          what="ONNX Runtime cannot run the graph to calibrate it")
     histograms = {name: AbsHistogram() for name in tensors}
     for feed in batches:
         outputs = session.run(list(tensors), dict(feed))

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.vit import ModelSpec
+from m2pt_deploy.families import ModelSpec
 
 __all__ = ["PHOTO_NAMES", "calibration_tiles", "load_calibration_data", "sample_photos"]
 

@@ -1,7 +1,8 @@
-"""Read and write checkpoints: ours, the M2PT reference code's, and plain timm / MAE ViTs.
+"""Read and write checkpoints: ours, the M2PT reference code's, and plain (vanilla) models of
+every registered family.
 
 Every reader returns a :class:`Checkpoint` whose state dict is in one layout: the
-vanilla timm keys, plus ``<layer>.aux_weight.<k>`` and ``<layer>.cross_modal_scale.<k>``
+family's vanilla keys, plus ``<layer>.aux_weight.<k>`` and ``<layer>.cross_modal_scale.<k>``
 for each pathway layer and auxiliary model ``k`` (see ``pathway.pathway_state_dict``).
 """
 
@@ -21,11 +22,10 @@ from torch import Tensor
 
 from m2pt_deploy import __version__
 from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.families import ModelFamily, ModelSpec, detect_family, get_family
 from m2pt_deploy.fileio import atomic_output, sha256_file
-from m2pt_deploy.pathway import LambdaKind
-from m2pt_deploy.torchfile import load_torch_file
-from m2pt_deploy.training_args import check_against_args, hints_from_args
-from m2pt_deploy.vit import ModelSpec, arch_width, check_arch, check_spec, infer_spec
+from m2pt_deploy.model.pathway import LambdaKind
+from m2pt_deploy.model.torchfile import load_torch_file
 
 __all__ = [
     "METADATA_KEY",
@@ -226,33 +226,31 @@ def _check_finite(sd: Mapping[str, Tensor], path: Path) -> None:
             raise M2ptError(f"{key} contains {what} values", path)
 
 
-def _vanilla_view(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The keys a vanilla ViT has, for shape inference (probe head read as its Linear)."""
-    out = {k: v for k, v in sd.items() if not _AUX_SUFFIX.match(k) and not k.startswith("head.")}
-    if "head.1.weight" in sd:
-        out["head.weight"] = sd["head.1.weight"]
-    elif "head.weight" in sd:
-        out["head.weight"] = sd["head.weight"]
-    return out
+def _without_pathways(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v for k, v in sd.items() if not _AUX_SUFFIX.match(k)}
 
 
 def load_checkpoint(
     path: str | os.PathLike[str],
     *,
     arch: str | None = None,
-    input_size: tuple[int, int, int] | None = None,
+    input_size: tuple[int, ...] | None = None,
     ema: bool = False,
+    family: str | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Checkpoint:
-    """Read any supported checkpoint; ``arch`` / ``input_size`` override what it says or implies.
+    """Read any supported checkpoint; ``arch`` / ``input_size`` / ``options`` override what it
+    says or implies.
 
-    ``ema`` takes the ``model_ema`` weights of a training checkpoint instead of ``model``.
-    Everything the file declares (our config, the training ``args``) is checked against
-    the tensor shapes before anything is built; what was taken from it or assumed is
-    listed in ``Checkpoint.notes``.
+    The model family is recognised from the keys (``family`` names it instead); ``options``
+    are the family's settings the weights do not show (Point-MAE's grouping). ``ema`` takes
+    the ``model_ema`` weights of a training checkpoint instead of ``model``. Everything the
+    file declares (our config, the training ``args``) is checked against the tensor shapes
+    before anything is built; what was taken from it or assumed is listed in ``Checkpoint.notes``.
     """
     p = Path(path)
-    if arch is not None:
-        check_arch(arch)
+    if family is not None:
+        get_family(family)  # an unknown name is refused before the file is read
     sd, metadata, args = read_checkpoint_file(p, ema=ema)
     _check_finite(sd, p)
     notes: list[str] = ["EMA weights (model_ema)"] if ema else []
@@ -261,7 +259,7 @@ def load_checkpoint(
             # Ours: a .safetensors file whose metadata holds the JSON config.
             kind: CheckpointKind = "m2pt"
             config = _read_config(metadata[METADATA_KEY])
-            spec = _declared_spec(config, sd, arch, input_size)
+            spec = _declared_spec(config, sd, family, arch, input_size, options)
             aux = tuple(config["pathway"]["aux"]) if config.get("pathway") else None
             extra = {k: v for k, v in config.items() if k not in ("spec", "pathway")}
         else:
@@ -272,7 +270,10 @@ def load_checkpoint(
             else:
                 # A plain timm or MAE fine-tuned ViT (or an auxiliary model).
                 kind = "timm"
-            spec = _inferred_spec(_vanilla_view(sd), args, arch, input_size, notes)
+            view = _without_pathways(sd)
+            fam = get_family(family) if family is not None else detect_family(view)
+            spec = fam.infer_spec(fam.vanilla_view(view), arch=arch, input_size=input_size, args=args,
+                                  options=options, notes=notes)
             aux, extra, config = None, {}, {}
         pathway = _pathway_info(sd, aux)
     except M2ptError as e:
@@ -295,42 +296,15 @@ def _read_config(text: str) -> dict[str, Any]:
     return config
 
 
-def _declared_spec(config: Mapping[str, Any], sd: Mapping[str, Tensor], arch: str | None,
-                   input_size: tuple[int, int, int] | None) -> ModelSpec:
+def _declared_spec(config: Mapping[str, Any], sd: Mapping[str, Tensor], family: str | None, arch: str | None,
+                   input_size: tuple[int, ...] | None, options: Mapping[str, Any] | None) -> ModelSpec:
     spec = ModelSpec.from_dict(config["spec"])
-    view = _vanilla_view(sd)
-    check_spec(spec, view)
-    if arch is not None:
-        width = view["patch_embed.proj.weight"].shape[0]
-        if arch_width(arch) != width:
-            raise M2ptError(f"--arch {arch} is {arch_width(arch)} wide, the checkpoint's weights are {width} wide")
-        spec = dataclasses.replace(spec, arch=arch)
-    if input_size is not None:
-        spec = spec.with_input_size(input_size)
-        check_spec(spec, view)
-    return spec
-
-
-def _inferred_spec(view: Mapping[str, Tensor], args: Mapping[str, Any], arch: str | None,
-                   input_size: tuple[int, int, int] | None, notes: list[str]) -> ModelSpec:
-    patch = view.get("patch_embed.proj.weight")
-    hints = hints_from_args(args, channels=int(patch.shape[1]) if patch is not None and patch.ndim > 1 else 3)
-    # What the user passed wins over args, and then args are not reported as used.
-    if arch is None and hints.model_note is not None:
-        notes.append(hints.model_note)
-        if hints.model_name is not None:
-            width = int(patch.shape[0]) if patch is not None else 0
-            named = arch_width(hints.model_name)
-            if named != width:
-                raise M2ptError(f"args.model {args['model']!r} is {named} wide, the weights are {width} wide")
-            arch = hints.model_name
-    mean_std = None
-    if input_size is None and hints.input_note is not None:
-        notes.append(hints.input_note)
-        input_size, mean_std = hints.input_size, hints.mean_std
-    spec = infer_spec(view, arch=arch, input_size=input_size, mean_std=mean_std, notes=notes)
-    notes.extend(check_against_args(spec, args))
-    return spec
+    if family is not None and family != spec.family:
+        raise M2ptError(f"--family {family}: the checkpoint's config says it is a {spec.family} model")
+    fam: ModelFamily = spec.model_family
+    view = fam.vanilla_view(_without_pathways(sd))
+    fam.check_spec(spec, view)
+    return fam.override(spec, view, arch=arch, input_size=input_size, options=options)
 
 
 def save_checkpoint(

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.pathway_options import DEFAULT_LAYERS, LambdaKind
+from m2pt_deploy.model.pathway_options import DEFAULT_LAYERS, LambdaKind
 
 __all__ = [
     "DEFAULT_LAYERS",

@@ -1,0 +1,189 @@
+"""What a target model family is: the contract every family (ViT, VideoMAE, Point-MAE, yours) fulfils.
+
+The rest of the pipeline never names a family: it reads a :class:`ModelSpec`, asks the
+registry for ``spec.family`` and calls the methods below. A family recognises its
+checkpoints from their keys, infers its spec from tensor shapes (and from the training
+``args`` the reference scripts save), builds its vanilla model, names its pathway layers
+and block path, and makes example inputs and the metadata that describes its input layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from m2pt_deploy.errors import M2ptError
+
+__all__ = ["FamilyOption", "ModelFamily", "ModelSpec"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Enough to rebuild a model: its family, an architecture name with keyword arguments, and
+    its input (one sample's shape, without the batch axis) with the normalisation it expects."""
+
+    arch: str
+    model_kwargs: dict[str, Any]
+    input_size: tuple[int, ...]
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    family: str = "vit"
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model_kwargs.get("num_classes", 1000))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelSpec:
+        return cls(
+            arch=d["arch"],
+            model_kwargs=dict(d["model_kwargs"]),
+            input_size=tuple(int(v) for v in d["input_size"]),
+            mean=tuple(d["mean"]),
+            std=tuple(d["std"]),
+            family=str(d.get("family", "vit")),  # files written before families existed are ViTs
+        )
+
+    @property
+    def model_family(self) -> ModelFamily:
+        from m2pt_deploy.families.registry import get_family
+
+        return get_family(self.family)
+
+    def describe(self) -> str:
+        return self.model_family.describe(self)
+
+    def with_input_size(self, input_size: Sequence[int]) -> ModelSpec:
+        return self.model_family.with_input_size(self, tuple(input_size))
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyOption:
+    """A model setting the weights do not show (Point-MAE's grouping, a head count), given on the
+    command line as ``--<name with dashes>`` and to the library as ``options={name: value}``."""
+
+    name: str
+    help: str
+    default: int | None = None
+
+
+class ModelFamily(ABC):
+    """One kind of target transformer. Subclass it, then ``register_family(MyFamily())``."""
+
+    #: Registry name, recorded in every spec, checkpoint and ONNX file ("vit", "videomae", ...).
+    name: ClassVar[str]
+    #: One line for help texts and errors.
+    title: ClassVar[str]
+    #: Where the numbered transformer blocks live in the model.
+    block_path: ClassVar[str] = "blocks"
+    #: The classifier module, re-initialised when training changes the class count.
+    head: ClassVar[str] = "head"
+    #: The linear layers of each block that get pathways by default (M2PT's four).
+    pathway_layers: ClassVar[tuple[str, ...]] = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+    #: Names of one sample's input axes, in order, e.g. ("channels", "height", "width").
+    input_axes: ClassVar[tuple[str, ...]]
+    #: What the input is, for metadata and serving: "image", "spectrogram", "video", "points".
+    modality: ClassVar[str]
+    #: Settings not visible in the weights, accepted by ``infer_spec`` as ``options``.
+    options: ClassVar[tuple[FamilyOption, ...]] = ()
+
+    @abstractmethod
+    def recognizes(self, state_dict: Mapping[str, Tensor]) -> bool:
+        """True when these vanilla-layout weights (pathway tensors removed) are this family's."""
+
+    @abstractmethod
+    def infer_spec(
+        self,
+        state_dict: Mapping[str, Tensor],
+        *,
+        arch: str | None = None,
+        input_size: tuple[int, ...] | None = None,
+        args: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        notes: list[str] | None = None,
+    ) -> ModelSpec:
+        """The spec the weights imply. The user's ``arch`` / ``input_size`` / ``options`` win over
+        the training ``args``, which win over defaults; every fact taken from ``args`` or assumed
+        is appended to ``notes``. Contradictions raise :class:`M2ptError` (one line)."""
+
+    @abstractmethod
+    def check_spec(self, spec: ModelSpec, state_dict: Mapping[str, Tensor]) -> None:
+        """Refuse a declared spec (file metadata) the tensor shapes contradict, before building."""
+
+    @abstractmethod
+    def build(self, spec: ModelSpec, *, exportable: bool = False) -> nn.Module:
+        """A fresh, randomly initialised vanilla model in eval mode, whose state-dict keys are the
+        checkpoint's. ``exportable`` asks for a variant that ONNX exporters handle (same math)."""
+
+    def override(self, spec: ModelSpec, state_dict: Mapping[str, Tensor], *, arch: str | None = None,
+                 input_size: tuple[int, ...] | None = None, options: Mapping[str, Any] | None = None) -> ModelSpec:
+        """A declared spec (our checkpoint's config) with the user's flags applied, checked against
+        the weights. The default re-infers from the weights with the declared values as defaults."""
+        if arch is not None and arch != spec.arch:
+            raise M2ptError(f"--arch does not apply to a {self.title}")
+        declared = {o.name: spec.model_kwargs.get(o.name) for o in self.options}
+        given = {k: v for k, v in (options or {}).items() if v is not None}
+        if input_size is None and not given:
+            return spec
+        return self.infer_spec(state_dict, input_size=input_size or spec.input_size,
+                               options={**declared, **given})
+
+    def adapt_to_weights(self, model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
+        """Reshape a vanilla model to a variant its weights carry (e.g. a linear-probe head);
+        the default keeps it as it is."""
+        return model
+
+    def merge_extras(self, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Fold what a variant added (``adapt_to_weights``) back into the vanilla layout."""
+        return dict(state_dict)
+
+    def add_probe_head(self, model: nn.Module) -> None:
+        """Turn the classifier into a linear-probe head (``m2pt-train --mode probe``)."""
+        raise M2ptError(f"linear probing (--mode probe) is MAE's recipe for ViTs, not for a {self.title}")
+
+    def vanilla_view(self, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The keys the vanilla model has, for shape inference; the default is every key."""
+        return dict(state_dict)
+
+    def with_input_size(self, spec: ModelSpec, input_size: tuple[int, ...]) -> ModelSpec:
+        """``spec`` for another input size; families with a fixed input refuse."""
+        raise M2ptError(f"a {self.title} takes no --input-size")
+
+    def example_input(self, spec: ModelSpec, batch: int, *, seed: int = 0) -> Tensor:
+        """Inputs for tracing and checks: seeded standard-normal values of the input's shape."""
+        gen = torch.Generator().manual_seed(seed)
+        return torch.randn((batch, *spec.input_size), generator=gen)
+
+    def describe(self, spec: ModelSpec) -> str:
+        return f"{self.title} ({spec.arch}, input {'x'.join(map(str, spec.input_size))})"
+
+    def input_metadata(self, spec: ModelSpec) -> dict[str, Any]:
+        """How the exported model's input is laid out, for the ONNX metadata and for servers."""
+        return {
+            "modality": self.modality,
+            "layout": ["batch", *self.input_axes],
+            "shape": list(spec.input_size),
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+        }
+
+    def check_options(self, options: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The options with this family's defaults filled in; options it does not take are refused."""
+        given = {k: v for k, v in (options or {}).items() if v is not None}
+        known = {o.name: o for o in self.options}
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+            raise M2ptError(f"{flags} do{'es' if len(unknown) == 1 else ''} not apply to a {self.title}")
+        return {name: given.get(name, o.default) for name, o in known.items()}
