@@ -7,7 +7,10 @@ unmerged model's in fp32 (checked with ``torch.equal``, not ``allclose``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -15,9 +18,10 @@ from torch import Tensor, nn
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.families import ModelFamily, ModelSpec, detect_family
 from m2pt_deploy.model.build import build_vanilla, load_strict
+from m2pt_deploy.model.checkpoint import Checkpoint
 from m2pt_deploy.model.pathway import effective_weight, pathway_layers
 
-__all__ = ["merge_model", "merge_state_dict", "merge_weight", "merged_state_dict"]
+__all__ = ["merge_checkpoint", "merge_model", "merge_state_dict", "merge_weight", "merged_state_dict"]
 
 
 def merge_weight(weight: Tensor, aux_weights: Sequence[Tensor], scales: Sequence[Tensor]) -> Tensor:
@@ -104,3 +108,31 @@ def merge_model(
     vanilla = build_vanilla(vanilla, exportable=exportable) if isinstance(vanilla, ModelSpec) else vanilla()
     load_strict(vanilla, merged_state_dict(model, family=family), what="merged state dict")
     return vanilla.eval()
+
+
+def merge_checkpoint(
+    checkpoint: str | os.PathLike[str] | Checkpoint,
+    output: str | os.PathLike[str] | None = None,
+    *,
+    model: Mapping[str, Any] | None = None,
+    force: bool = False,
+) -> tuple[Path, int, int]:
+    """A pathway checkpoint → a vanilla ``.safetensors`` of its family (``m2pt-merge``).
+
+    Returns the file written (default: ``<stem>_merged.safetensors`` beside the source), how
+    many pathway layers were folded and how many tensors the merged file holds. ``model``
+    takes ``load_checkpoint``'s keyword arguments.
+    """
+    from m2pt_deploy.fileio import check_output_path
+    from m2pt_deploy.model.checkpoint import load_checkpoint, save_checkpoint
+
+    src = checkpoint.path if isinstance(checkpoint, Checkpoint) else Path(checkpoint)
+    out = check_output_path(output or src.with_name(f"{src.stem}_merged.safetensors"), force=force)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(src, **dict(model or {}))
+    merged = merge_state_dict(ckpt.state_dict, family=ckpt.spec.model_family)
+    load_strict(build_vanilla(ckpt.spec), merged, what="merged state dict")
+    extra = {"merged_from": {"sha256": ckpt.sha256, "kind": ckpt.kind,
+                             "pathway": ckpt.pathway.to_dict() if ckpt.pathway else None}}
+    save_checkpoint(out, merged, ckpt.spec, extra={**ckpt.extra, **extra}, force=force)
+    layers = sum(key.endswith(".aux_weight.0") for key in ckpt.state_dict)
+    return out, layers, len(merged)

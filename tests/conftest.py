@@ -1,70 +1,41 @@
-"""Tiny models and checkpoints in every supported format, made inside the tests."""
+"""Fixtures shared by every test folder: tiny checkpoints in each format, their exports, a trained model."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
-from torch import nn
 
+from m2pt_deploy.export.onnx import BatchSpec
 from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.model.build import build_vanilla
-from m2pt_deploy.model.checkpoint import PathwayInfo, save_checkpoint
-from m2pt_deploy.model.pathway import DEFAULT_LAYERS, add_pathways, pathway_layers, pathway_state_dict
-
-# One registry of tiny configurations (embed dim 64 = one 64-wide head, so shape
-# inference recovers the head count), all 32×32 inputs with 8×8 patches.
-TINY = ModelSpec(
-    "vit_tiny_patch16_224",
-    dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=1, num_classes=10),
-    (3, 32, 32),
+from m2pt_deploy.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from m2pt_deploy.model.pathway import (
+    pathway_state_dict,
 )
-TINY_MAE = dataclasses.replace(
-    TINY, model_kwargs={**TINY.model_kwargs, "global_pool": "avg", "fc_norm": True}
+from tests.tiny import (  # noqa: F401
+    LAYERS,
+    NUM_CLASSES,
+    TINY,
+    TINY_AUDIO,
+    TINY_MAE,
+    TRAINED_EPOCHS,
+    export,
+    make_pathway_checkpoint,
+    make_pathway_model,
+    pathway_info,
+    random_lambdas,
+    reference_state_dict,
+    save_proto,
+    tiny_spec,
+    with_,
+    write_image_folder,
+    write_model,
+    write_npz,
 )
-TINY_AUDIO = ModelSpec(
-    "vit_tiny_patch16_224",
-    dict(img_size=(16, 48), patch_size=8, in_chans=1, embed_dim=64, depth=2, num_heads=1, num_classes=5),
-    (1, 16, 48),
-    mean=(0.5,),
-    std=(0.5,),
-)
-
-
-def random_lambdas(model: nn.Module, seed: int = 0, scale: float = 0.5) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    for pathway in pathway_layers(model).values():
-        for s in pathway.scales:
-            s.data.copy_(torch.randn(s.shape, generator=gen) * scale)
-
-
-def make_pathway_model(
-    spec: ModelSpec = TINY, *, n_aux: int = 1, lambda_kind: str = "scalar", seed: int = 0
-) -> nn.Module:
-    torch.manual_seed(seed)
-    target = build_vanilla(spec)
-    auxes = [build_vanilla(spec) for _ in range(n_aux)]
-    add_pathways(target, auxes, lambda_kind=lambda_kind)  # type: ignore[arg-type]
-    random_lambdas(target, seed)
-    return target.eval()
-
-
-def pathway_info(n_aux: int = 1, lambda_kind: str = "scalar") -> PathwayInfo:
-    aux = tuple({"modality": m, "sha256": None} for m in ("audio", "point_cloud", "video")[:n_aux])
-    return PathwayInfo(DEFAULT_LAYERS, "blocks", lambda_kind, aux)  # type: ignore[arg-type]
-
-
-def reference_state_dict(model: nn.Module, *, naming: str = "aux") -> dict[str, torch.Tensor]:
-    """The M2PT reference code's key layout for a one-aux pathway model."""
-    names = {"aux": ("aux_weight", "cross_modal_scale"), "pretrained": ("pretrained_weight", "pretrained_scale")}
-    weight_name, scale_name = names[naming]
-    out = {}
-    for key, value in pathway_state_dict(model).items():
-        out[key.replace(".aux_weight.0", f".{weight_name}").replace(".cross_modal_scale.0", f".{scale_name}")] = value
-    return out
 
 
 @pytest.fixture
@@ -94,9 +65,6 @@ def reference_ckpt(tmp_path: Path) -> Path:
     return path
 
 
-TRAINED_EPOCHS = 30  # the demo's budget
-
-
 @pytest.fixture(scope="session")
 def trained_digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The demo's pathway ViT trained on scikit-learn's digits, and the digits ``.npz``.
@@ -113,3 +81,38 @@ def trained_digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     result = train(demo_config(out, epochs=TRAINED_EPOCHS, seed=0, aux=True), progress=False)
     return result.best, out / "digits.npz"
 
+
+@pytest.fixture(scope="session")
+def verify_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("verify")
+
+
+@pytest.fixture(scope="session")
+def pathway_ckpt_path(verify_dir: Path) -> Path:
+    return make_pathway_checkpoint(verify_dir / "pathway.safetensors")
+
+
+@pytest.fixture(scope="session")
+def pathway_ckpt(pathway_ckpt_path: Path) -> Checkpoint:
+    return load_checkpoint(pathway_ckpt_path)
+
+
+@pytest.fixture(scope="session")
+def good_onnx(pathway_ckpt: Checkpoint, verify_dir: Path) -> Path:
+    """fp32, dynamic batch: the export the pipeline ships by default."""
+    return export(pathway_ckpt, verify_dir / "pathway.onnx")
+
+
+@pytest.fixture(scope="session")
+def good_proto(good_onnx: Path) -> onnx.ModelProto:
+    return onnx.load(good_onnx)
+
+
+@pytest.fixture(scope="session")
+def static_onnx(pathway_ckpt: Checkpoint, verify_dir: Path) -> Path:
+    return export(pathway_ckpt, verify_dir / "pathway-b2.onnx", batch=BatchSpec(2, 2, 2))
+
+
+@pytest.fixture(scope="session")
+def fp16_onnx(pathway_ckpt: Checkpoint, verify_dir: Path) -> Path:
+    return export(pathway_ckpt, verify_dir / "pathway-fp16.onnx", precision="fp16")

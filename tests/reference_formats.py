@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from m2pt_deploy.families import ModelSpec
-from tests.conftest import TINY, make_pathway_model, reference_state_dict
+from tests.tiny import TINY, make_pathway_model, reference_state_dict
 
 # AudioMAE's real input, (1, 1024, 128) time × frequency, at a tiny width: 512 patches.
 AUDIOMAE = ModelSpec(

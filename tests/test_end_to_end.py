@@ -17,7 +17,7 @@ import torch
 from m2pt_deploy.model.build import build_unmerged
 from m2pt_deploy.model.checkpoint import load_checkpoint
 from m2pt_deploy.model.pathway import add_pathways, pathway_layers
-from tests.conftest import reference_state_dict
+from tests.tiny import reference_state_dict
 
 
 @pytest.mark.slow

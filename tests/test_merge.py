@@ -11,7 +11,7 @@ from m2pt_deploy.families.vit import fold_probe_head
 from m2pt_deploy.merge import merge_model, merge_state_dict, merged_state_dict
 from m2pt_deploy.model.build import build_vanilla
 from m2pt_deploy.model.pathway import add_pathways, pathway_layers, pathway_state_dict
-from tests.conftest import TINY, TINY_MAE, make_pathway_model, random_lambdas
+from tests.tiny import TINY, TINY_MAE, make_pathway_model, random_lambdas
 
 
 def test_merged_is_a_plain_vit_with_vanilla_keys(input_batch) -> None:

@@ -44,9 +44,10 @@ from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.model.build import build_vanilla
 from m2pt_deploy.runtime.runners import TorchRunner, seeded_inputs
 from m2pt_deploy.runtime.sessions import cpu_session, ort_session, physical_cores
-from m2pt_deploy.verify.cpu_int8 import INT8_CPU, cpu_runner
+from m2pt_deploy.verify.cpu_int8 import cpu_runner
 from m2pt_deploy.verify.numerics import compare_runners
 from m2pt_deploy.verify.structure import graph_signature, structure_differences
+from m2pt_deploy.verify.tolerance import INT8_CPU
 
 __all__ = ["EAGER", "ERROR_BARS", "RUNTIMES", "BenchOptions", "run_benchmark"]
 
@@ -65,6 +66,8 @@ class BenchOptions:
     compile: bool = True
     int8: bool = True
     export_cost: bool = True
+    #: How to run ``m2pt-export`` for its cost rows (given by the CLI; empty: no cost rows).
+    export_command: tuple[str, ...] = ()
     calib_images: int = 64
     agreement_images: int = 64
 
@@ -277,13 +280,14 @@ def _format_accuracy(subject: Subject, paths: dict[str, dict[str, Path]], eval_d
     return score_formats(predictors, reference, chunks, source=source)
 
 
-def _export_costs(subject: Subject, tmp: Path, say: Callable[[str], None]) -> dict[str, Any]:
+def _export_costs(subject: Subject, command: tuple[str, ...], tmp: Path,
+                  say: Callable[[str], None]) -> dict[str, Any]:
     assert subject.export_args is not None
     args = subject.export_args(tmp)
     out = {}
     for label, extra in (("onnx, no verification", ["--no-verify"]), ("onnx, verified (default)", [])):
         say(f"timing m2pt-export --format onnx {' '.join(extra)}".rstrip())
-        cost = run_measured([*args, "--format", "onnx", "-o", str(tmp / "cli.onnx"), "--force", *extra],
+        cost = run_measured(command, [*args, "--format", "onnx", "-o", str(tmp / "cli.onnx"), "--force", *extra],
                             label=f"m2pt-export --format onnx {' '.join(extra)}".rstrip())
         out[label] = cost.to_dict()
     return out
@@ -329,7 +333,8 @@ def run_benchmark(subject: Subject | ModelSpec, options: BenchOptions | None = N
         tmp = Path(tmp_name)
         gflop = _gflop(subject)
         # Before torch.compile starts compiler workers: the export's own process, alone.
-        costs = _export_costs(subject, tmp, say) if options.export_cost and subject.export_args else {}
+        costs = _export_costs(subject, options.export_command, tmp, say) \
+            if options.export_cost and options.export_command and subject.export_args else {}
         files = _Files(subject, tmp)
         calibration = _calibration(subject, eval_data, options)
         if subject.onnx is not None:

@@ -1,4 +1,7 @@
-"""What ``m2pt-export`` costs: wall time and the peak RSS of that one process.
+"""What a command (``m2pt-export``) costs: wall time and the peak RSS of that one process.
+
+The command line comes from the caller (the CLI passes its own export command), so this
+module measures a program without importing the layer that implements it.
 
 The command runs as a child process and is reaped with ``os.wait4``, whose resource usage
 is that child's alone (``RUSAGE_CHILDREN`` would mix in every earlier child, compiler
@@ -10,14 +13,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["CommandCost", "run_measured"]
-
-_EXPORT = "from m2pt_deploy.cli.export import entrypoint; entrypoint()"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,9 +32,9 @@ class CommandCost:
         return dataclasses.asdict(self)
 
 
-def run_measured(args: Sequence[str], *, label: str | None = None, code: str = _EXPORT) -> CommandCost:
-    """Run ``m2pt-export ARGS`` (``code`` picks another entry point) in a child Python."""
-    argv = [sys.executable, "-c", f"import sys; sys.argv[0] = 'm2pt-export'; {code}", *args]
+def run_measured(command: Sequence[str], args: Sequence[str], *, label: str | None = None) -> CommandCost:
+    """Run ``COMMAND ARGS`` as a child process; its own wall time and peak RSS."""
+    argv = [*command, *args]
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None

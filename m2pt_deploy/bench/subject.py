@@ -22,7 +22,8 @@ from torch import nn
 from m2pt_deploy.bench.latency import pathway_pair, trained_like
 from m2pt_deploy.errors import M2ptError, first_line
 from m2pt_deploy.export.onnx import read_metadata
-from m2pt_deploy.families.vit import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.families.base import IMAGENET_MEAN, IMAGENET_STD
 from m2pt_deploy.fileio import sha256_file
 from m2pt_deploy.merge import merge_model
 from m2pt_deploy.model.build import build_unmerged, build_vanilla
@@ -151,7 +152,7 @@ def _precision(proto: onnx.ModelProto, meta: dict[str, Any]) -> tuple[str, str |
 
 
 def read_onnx_file(path: str | os.PathLike[str], *,
-                   input_size: tuple[int, int, int] | None = None) -> tuple[OnnxFile, ModelSpec]:
+                   input_size: tuple[int, ...] | None = None) -> tuple[OnnxFile, ModelSpec]:
     """Check that ``path`` is a one-input image model ONNX Runtime can open; its spec from the
     metadata ``m2pt-export`` writes, else from the graph's shapes (ImageNet mean and std)."""
     p = Path(path)
@@ -184,7 +185,7 @@ def read_onnx_file(path: str | os.PathLike[str], *,
 
 
 def _onnx_spec(proto: onnx.ModelProto, meta: dict[str, Any], dims: list[int | None],
-               input_size: tuple[int, int, int] | None, path: Path) -> tuple[ModelSpec, list[str]]:
+               input_size: tuple[int, ...] | None, path: Path) -> tuple[ModelSpec, list[str]]:
     notes: list[str] = []
     found = meta.get("m2pt_deploy.input")
     declared: dict[str, Any] = found if isinstance(found, dict) else {}

@@ -206,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         batches=tuple(args.batches or ((fixed,) if fixed else (1, 8))), rounds=args.rounds or 10,
         warmup=2 if args.warmup is None else args.warmup, seed=args.seed,
         compile=not args.no_compile, int8=not args.no_int8, export_cost=not args.no_export_cost,
-        calib_images=args.calib_images,
+        export_command=(sys.executable, "-m", "m2pt_deploy.cli.export"), calib_images=args.calib_images,
     )
     data = run_benchmark(subject, options, eval_data=eval_data, log=_log)
     epochs = 20 if args.accuracy_epochs is None else args.accuracy_epochs

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from m2pt_deploy.errors import M2ptError
 
 if TYPE_CHECKING:
     from m2pt_deploy.model.checkpoint import Checkpoint
+    from m2pt_deploy.pipelines.export import ExportResult
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -22,11 +21,17 @@ __all__ = [
     "add_output_args",
     "HelpFormatter",
     "add_version",
+    "finish",
     "load_model_checkpoint",
+    "model_options",
     "require_onnxruntime",
     "run_main",
     "step",
 ]
+
+# Re-exported for the commands: one home each, in the layers below.
+from m2pt_deploy.progress import step  # noqa: E402
+from m2pt_deploy.runtime.sessions import require_onnxruntime  # noqa: E402
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -40,41 +45,63 @@ def _input_size(text: str) -> int:
     return value
 
 
+# Model settings the weights do not show, per family (FamilyOption names); listed here, without
+# importing the families (torch), so that --help is instant. A family refuses those it does not take.
+_FAMILY_FLAGS = (
+    ("npoints", "Point-MAE: points per cloud (default 1024)"),
+    ("num_group", "Point-MAE: groups (farthest-point centres) per cloud (default 64)"),
+    ("group_size", "Point-MAE: points per group, nearest neighbours of each centre (default 32)"),
+    ("num_heads", "attention heads where the weights do not show them (Point-MAE default 6)"),
+)
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """--arch / --input-size: overrides for what the checkpoint says or implies."""
+    """--family / --arch / --input-size / family settings: overrides for what the checkpoint says or implies."""
     group = parser.add_argument_group("model (normally read from the checkpoint)")
+    group.add_argument("--family", metavar="NAME",
+                       help="model family: vit, videomae, pointmae, or one registered from Python "
+                       "(default: recognised from the checkpoint's keys)")
     group.add_argument("--arch", metavar="NAME",
                        help="timm architecture, e.g. vit_base_patch16_224 (default: inferred from tensor shapes)")
-    group.add_argument("--input-size", nargs=3, type=_input_size, metavar=("C", "H", "W"),
-                       help="input channels, height and width (default: from the checkpoint; a 1-channel "
-                       "512-patch ViT is AudioMAE's 1 1024 128, time x frequency)")
+    group.add_argument("--input-size", nargs="+", type=_input_size, metavar="N",
+                       help="one input's shape: C H W for a ViT (a 1-channel 512-patch ViT is AudioMAE's "
+                       "1 1024 128, time x frequency), C T H W for VideoMAE (default 3 16 224 224) "
+                       "(default: from the checkpoint)")
+    for name, text in _FAMILY_FLAGS:
+        group.add_argument("--" + name.replace("_", "-"), type=_input_size, metavar="N", help=text)
     group.add_argument("--ema", action="store_true",
                        help="use the EMA weights (model_ema) of a training checkpoint instead of model")
+
+
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``load_checkpoint``'s keyword arguments from the model group."""
+    return {"arch": args.arch, "ema": args.ema, "family": args.family,
+            "input_size": tuple(args.input_size) if args.input_size else None,
+            "options": {name: getattr(args, name) for name, _ in _FAMILY_FLAGS if getattr(args, name) is not None}}
 
 
 def load_model_checkpoint(args: argparse.Namespace, path: str | None = None) -> Checkpoint:
     """``load_checkpoint`` with the model group's overrides, and its notes on stderr."""
     from m2pt_deploy.model.checkpoint import load_checkpoint
 
-    ckpt = load_checkpoint(path or args.checkpoint, arch=args.arch, ema=args.ema,
-                           input_size=tuple(args.input_size) if args.input_size else None)
+    ckpt = load_checkpoint(path or args.checkpoint, **model_options(args))
     for note in ckpt.notes:
         print(f"note: {note}", file=sys.stderr)
     return ckpt
 
 
+def finish(result: ExportResult) -> int:
+    """The verdict's exit code: 0 passed (or not verified), 1 a check failed (the artifact kept)."""
+    if result.passed:
+        return EXIT_OK
+    kept = f"; the export is kept at {result.kept} for inspection" if result.kept else ""
+    print(f"verification FAILED{kept}", file=sys.stderr)
+    return EXIT_CHECK_FAILED
+
+
 def add_output_args(parser: argparse.ArgumentParser, *, default_help: str) -> None:
     parser.add_argument("-o", "--output", metavar="FILE", help=f"where to write ({default_help})")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output")
-
-
-def require_onnxruntime(why: str) -> None:
-    """Refuse before any work when ONNX Runtime (an extra) is missing, naming the extra to install."""
-    import importlib.util
-
-    if importlib.util.find_spec("onnxruntime") is None:
-        raise M2ptError(f"{why} needs ONNX Runtime, which is not installed: pip install 'm2pt-deploy[cpu]' "
-                        "(or 'm2pt-deploy[gpu]' on a CUDA machine)")
 
 
 def add_version(parser: argparse.ArgumentParser) -> None:
@@ -108,16 +135,3 @@ def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-@contextlib.contextmanager
-def step(what: str) -> Iterator[None]:
-    """Progress on stderr for a step that may take seconds: ``what ... done (1.2 s)``."""
-    print(f"{what} ...", end="", file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    try:
-        yield
-    except BaseException:
-        print(" failed", file=sys.stderr, flush=True)
-        raise
-    print(f" done ({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)

@@ -1,25 +1,20 @@
-"""``m2pt-export``: checkpoint → merged vanilla ViT → deployable artifact, verified by default."""
+"""``m2pt-export``: parse, call :mod:`m2pt_deploy.pipelines.export`, exit with its verdict."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any
 
 from m2pt_deploy.cli.common import (
-    EXIT_CHECK_FAILED,
-    EXIT_OK,
     HelpFormatter,
     add_model_args,
     add_output_args,
     add_version,
-    load_model_checkpoint,
-    require_onnxruntime,
+    finish,
+    model_options,
     run_main,
-    step,
 )
 from m2pt_deploy.cpu import INT8_TARGETS
 from m2pt_deploy.errors import M2ptError
@@ -27,20 +22,13 @@ from m2pt_deploy.export.vocabulary import (
     DEFAULT_OPSET,
     DYNAMIC_BATCH_RANGE,
     FORMATS,
-    ONNX_PRECISIONS,
     PRECISIONS,
     VERIFY_IMAGES,
 )
-from m2pt_deploy.fileio import atomic_output, check_output_path
-from m2pt_deploy.heap import release_freed_memory
 
 # torch and onnx load only once a command runs, so --help and argument errors are instant.
 if TYPE_CHECKING:
-    import onnx
-
-    from m2pt_deploy.export.int8.cpu import Int8Data
-    from m2pt_deploy.families import ModelSpec
-    from m2pt_deploy.model.checkpoint import Checkpoint
+    from m2pt_deploy.pipelines.export import ExportResult
 
 __all__ = ["build_parser", "entrypoint", "main"]
 
@@ -109,10 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _default_output(checkpoint: str, suffix: str) -> Path:
-    return Path(checkpoint).with_suffix(suffix)
-
-
 def add_trt_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("TensorRT (--format trt)")
     group.add_argument("--workspace", type=float, metavar="GB",
@@ -122,114 +106,6 @@ def add_trt_args(parser: argparse.ArgumentParser) -> None:
                        help="builder optimization level 0-5 (default: TensorRT's, 3)")
     group.add_argument("--calib-images", type=int, default=256, metavar="N",
                        help="calibration inputs for int8/fp8 (default: 256)")
-
-
-def export_onnx(args: argparse.Namespace) -> int:
-    from m2pt_deploy.export.onnx import DYNAMIC_BATCH, OnnxFromCheckpoint, parse_batch
-
-    if args.precision not in ONNX_PRECISIONS:
-        raise M2ptError(f"--precision {args.precision} is only for --format trt; "
-                        f"ONNX export takes {', '.join(ONNX_PRECISIONS)}")
-    if args.optimize and args.precision == "fp16":
-        raise M2ptError("--optimize takes fp32 or int8: ONNX Runtime's CPU provider has no fp16 fast path")
-    if args.precision == "int8" and args.calib_images < 1:
-        raise M2ptError(f"--calib-images {args.calib_images}: need at least 1")
-    batch = parse_batch(args.batch) if args.batch else DYNAMIC_BATCH
-    if args.batch and ":" in args.batch:
-        raise M2ptError(f"--batch {args.batch} is a TensorRT profile (MIN:OPT:MAX, for --format trt); ONNX "
-                        "takes one number for a static batch, or nothing for a dynamic one")
-    if not args.no_verify or args.optimize or args.precision == "int8":
-        require_onnxruntime("verifying the export" if not args.no_verify else "--optimize and int8")
-    out = check_output_path(args.output or _default_output(args.checkpoint, ".onnx"), force=args.force)
-    if args.report:
-        check_output_path(args.report, force=args.force)
-    ckpt = load_model_checkpoint(args)
-    # Calibration and held-out inputs are read (and refused) before the export's minutes.
-    data = _int8_data(args, ckpt.spec) if args.precision == "int8" else None
-    precision: Literal["fp32", "fp16"] = "fp16" if args.precision == "fp16" else "fp32"
-    loader = OnnxFromCheckpoint(ckpt, opset=args.opset, precision=precision, batch=batch)
-    shown = "dynamic batch" if batch == DYNAMIC_BATCH else f"batch {batch}"
-    with step(f"merging and exporting {ckpt.spec.arch} to ONNX (opset {args.opset}, {precision}, {shown})"):
-        proto = loader()
-    # Each step rebinds ``proto``, so the previous graph is freed before verification, and
-    # the freed heap goes back to the OS so steps do not stack in RSS.
-    release_freed_memory()
-    if data is not None:
-        proto = _quantize(args, proto, data)
-    elif args.optimize:
-        from m2pt_deploy.export.optimize import optimize_onnx
-
-        with step("fusing attention, LayerNorm and GELU; optimizing with ONNX Runtime"):
-            proto = optimize_onnx(proto)
-    _save(proto, out, force=args.force)
-    del proto
-    release_freed_memory()
-    print(f"wrote {out}")
-    if args.no_verify:
-        return EXIT_OK
-    if data is not None:
-        return _verify_int8(ckpt, out, data, report=args.report, force=args.force)
-    return verify_export(ckpt, out, report=args.report, force=args.force)
-
-
-def _int8_data(args: argparse.Namespace, spec: ModelSpec) -> Int8Data:
-    from m2pt_deploy.export.int8.cpu import int8_data
-
-    return int8_data(spec, calib_data=args.calib_data, calib_images=args.calib_images,
-                     verify_images=args.verify_images)
-
-
-def _save(proto: onnx.ModelProto, out: Path, *, force: bool) -> None:
-    from m2pt_deploy.export.onnx import save_onnx
-    from m2pt_deploy.export.optimize import save_optimized
-    from m2pt_deploy.runtime.sessions import is_optimized
-
-    if is_optimized(proto):
-        save_optimized(proto, out, force=force)
-    else:
-        save_onnx(proto, out, force=force)
-
-
-def _quantize(args: argparse.Namespace, proto: onnx.ModelProto, data: Int8Data) -> onnx.ModelProto:
-    from m2pt_deploy.cpu import int8_target
-    from m2pt_deploy.export.int8.cpu import cpu_int8_onnx
-
-    target = int8_target() if args.int8_target == "auto" else args.int8_target
-    with step(f"quantizing to int8 for {target} CPUs (Q/DQ, {len(data.calibration)} calibration inputs)"
-              + (", optimizing with ONNX Runtime" if args.optimize else "")):
-        return cpu_int8_onnx(proto, data.calibration, optimize=args.optimize, target=target)
-
-
-def _verify_int8(ckpt: Checkpoint, out: Path, data: Int8Data, *, report: str | None, force: bool) -> int:
-    from m2pt_deploy.verify.cpu_int8 import verify_int8_cpu
-
-    with step(f"verifying the int8 model in ONNX Runtime against the unmerged fp32 model "
-              f"({len(data.held_out)} {data.source})"):
-        result = verify_int8_cpu(ckpt, out, data.held_out, source=data.source)
-    print(result)
-    if report:
-        with atomic_output(report, force=force) as tmp:
-            tmp.write_text(json.dumps({**result.to_dict(), "notes": list(ckpt.notes)}, indent=2) + "\n")
-    if not result:
-        print(f"verification FAILED; the export is kept at {out} for inspection", file=sys.stderr)
-        return EXIT_CHECK_FAILED
-    return EXIT_OK
-
-
-def verify_export(ckpt: Checkpoint, onnx_path: Path, *, report: str | None, force: bool) -> int:
-    from m2pt_deploy.verify import verify_onnx
-
-    if report:
-        check_output_path(report, force=force)
-    with step("verifying against the unmerged model"):
-        result = verify_onnx(ckpt, onnx_path)
-    print(result)
-    if report:
-        result.write_json(report, force=force)
-    if not result:
-        print(f"verification FAILED; the export is kept at {onnx_path} for inspection", file=sys.stderr)
-        return EXIT_CHECK_FAILED
-    return EXIT_OK
 
 
 def _add_triton_args(parser: argparse.ArgumentParser) -> None:
@@ -248,45 +124,40 @@ def _add_triton_args(parser: argparse.ArgumentParser) -> None:
                        "inferenceservice.yaml written into the model folder")
 
 
-def export_triton(args: argparse.Namespace) -> int:
-    import tempfile
+def _onnx_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"model": model_options(args), "precision": args.precision, "opset": args.opset, "batch": args.batch,
+            "optimize": args.optimize, "calib_data": args.calib_data, "calib_images": args.calib_images,
+            "verify_images": args.verify_images, "int8_target": args.int8_target, "verify": not args.no_verify,
+            "report": args.report}
 
-    from m2pt_deploy.export.triton import check_model_folder, write_triton_repository
 
-    repo = Path(args.output or Path(args.checkpoint).parent / "model_repository")
-    name = args.name or Path(args.checkpoint).stem
-    check_model_folder(repo, name, force=args.force)
-    with tempfile.TemporaryDirectory(prefix="m2pt-triton-") as tmp:
-        args.output = str(Path(tmp) / "model.onnx")
-        status = export_onnx(args)
-        if status != EXIT_OK:
-            return status
-        precision = args.trt_accelerator.upper() if args.trt_accelerator else None
-        with step(f"writing Triton model {name} into {repo}"):
-            model_dir = write_triton_repository(
-                args.output, repo, name=name, max_batch=args.max_batch, instance_count=args.instances,
-                instance_kind=args.instance_kind, tensorrt_precision=precision, engine=args.engine,
-                storage_uri=args.storage_uri, force=args.force,
-            )
-    print(f"wrote {model_dir} (KServe: copy {repo} to {args.storage_uri}, then "
-          f"kubectl apply -f {model_dir / 'inferenceservice.yaml'})")
-    return EXIT_OK
+def _run(args: argparse.Namespace) -> ExportResult:
+    from m2pt_deploy.pipelines.export import export_onnx, export_tensorrt, export_triton
+
+    if args.format == "onnx":
+        return export_onnx(args.checkpoint, args.output, force=args.force, show=print, **_onnx_options(args))
+    if args.format == "trt":
+        return export_tensorrt(
+            args.checkpoint, args.output, model=model_options(args), precision=args.precision, opset=args.opset,
+            batch=args.batch, calib_images=args.calib_images, workspace_gb=args.workspace,
+            timing_cache=args.timing_cache, opt_level=args.opt_level, verify=not args.no_verify,
+            report=args.report, force=args.force, show=print)
+    return export_triton(
+        args.checkpoint, args.output, name=args.name, max_batch=args.max_batch, instances=args.instances,
+        instance_kind=args.instance_kind, trt_accelerator=args.trt_accelerator, engine=args.engine,
+        storage_uri=args.storage_uri, force=args.force, show=print, **_onnx_options(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.optimize and args.format != "onnx":
         raise M2ptError(f"--optimize is for --format onnx (ONNX Runtime on CPU), not --format {args.format}")
-    if args.format == "onnx":
-        return export_onnx(args)
-    if args.format == "trt":
-        from m2pt_deploy.cli.export_trt import export_trt
-
-        return export_trt(args)
-    if args.format == "triton":
-        return export_triton(args)
-    raise M2ptError(f"unknown format {args.format!r}")
+    return finish(_run(args))
 
 
 def entrypoint() -> None:
     sys.exit(run_main(main))
+
+
+if __name__ == "__main__":
+    entrypoint()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from m2pt_deploy.cli.common import (
     EXIT_OK,
@@ -17,7 +16,6 @@ from m2pt_deploy.cli.common import (
     run_main,
     step,
 )
-from m2pt_deploy.fileio import check_output_path
 
 __all__ = ["build_parser", "entrypoint", "main"]
 
@@ -47,23 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from m2pt_deploy.merge import merge_state_dict
-    from m2pt_deploy.model.build import build_vanilla, load_strict
-    from m2pt_deploy.model.checkpoint import save_checkpoint
+    from m2pt_deploy.merge import merge_checkpoint
 
-    src = Path(args.checkpoint)
-    out = check_output_path(args.output or src.with_name(f"{src.stem}_merged.safetensors"), force=args.force)
     ckpt = load_model_checkpoint(args)
     with step("merging"):
-        merged = merge_state_dict(ckpt.state_dict)
-        load_strict(build_vanilla(ckpt.spec), merged, what="merged state dict")
-    extra = {"merged_from": {"sha256": ckpt.sha256, "kind": ckpt.kind,
-                             "pathway": ckpt.pathway.to_dict() if ckpt.pathway else None}}
-    save_checkpoint(out, merged, ckpt.spec, extra={**ckpt.extra, **extra}, force=args.force)
-    layers = sum(key.endswith(".aux_weight.0") for key in ckpt.state_dict)
-    print(f"wrote {out} ({layers} pathway layers folded, {len(merged)} tensors, arch {ckpt.spec.arch})")
+        out, layers, tensors = merge_checkpoint(ckpt, args.output, force=args.force)
+    print(f"wrote {out} ({layers} pathway layers folded, {tensors} tensors, {ckpt.spec.describe()})")
     return EXIT_OK
 
 
 def entrypoint() -> None:
     sys.exit(run_main(main))
+
+
+if __name__ == "__main__":
+    entrypoint()

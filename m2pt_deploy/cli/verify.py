@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from m2pt_deploy.cli.common import (
-    EXIT_CHECK_FAILED,
-    EXIT_OK,
     HelpFormatter,
     add_model_args,
     add_version,
+    finish,
     load_model_checkpoint,
+    model_options,
     run_main,
 )
 from m2pt_deploy.errors import M2ptError, first_line
@@ -109,10 +109,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_output_path(args.report, force=args.force)
 
     if args.engine:
-        from m2pt_deploy.cli.verify_engine import verify_engine_command
+        from m2pt_deploy.pipelines.verify_engine import verify_engine_file
 
-        return verify_engine_command(args, _load_inputs(args.inputs) if args.inputs else None)
+        return finish(verify_engine_file(
+            args.checkpoint, args.engine, model=model_options(args),
+            inputs=_load_inputs(args.inputs) if args.inputs else None, batch_size=args.batch_size,
+            latency=not args.no_latency, report=args.report, force=args.force, show=print))
 
+    from m2pt_deploy.pipelines.export import ExportResult
     from m2pt_deploy.verify import check_inputs, load_onnx, verify_onnx
 
     load_onnx(args.onnx)
@@ -133,8 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(report)
     if args.report:
         report.write_json(args.report, force=args.force)
-    return EXIT_OK if report else EXIT_CHECK_FAILED
+    return finish(ExportResult((), report))
 
 
 def entrypoint() -> None:
     sys.exit(run_main(main))
+
+
+if __name__ == "__main__":
+    entrypoint()

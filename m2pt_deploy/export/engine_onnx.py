@@ -25,7 +25,7 @@ def engine_onnx(
     proto: onnx.ModelProto,
     precision: str,
     *,
-    input_size: tuple[int, int, int],
+    input_size: tuple[int, ...],
     mean: Sequence[float],
     std: Sequence[float],
     calib_images: int = 256,

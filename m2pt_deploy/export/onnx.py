@@ -29,6 +29,7 @@ from m2pt_deploy.merge import merge_model
 from m2pt_deploy.model.build import build_unmerged
 from m2pt_deploy.model.checkpoint import Checkpoint, load_checkpoint
 from m2pt_deploy.model.pathway import pathway_layers
+from m2pt_deploy.runtime.io_names import INPUT_NAME, OUTPUT_NAME
 
 __all__ = [
     "INPUT_NAME",
@@ -42,8 +43,6 @@ __all__ = [
     "save_onnx",
 ]
 
-INPUT_NAME = "pixel_values"
-OUTPUT_NAME = "logits"
 MIN_OPSET = 17
 # protobuf cannot serialise a message over 2 GiB: larger models keep weights beside the graph.
 _PROTOBUF_LIMIT = 2**31 - 1

@@ -25,7 +25,7 @@ class ArgsHints:
     """Model facts taken from ``args``, each with the note that says so."""
 
     model_name: str | None = None
-    input_size: tuple[int, int, int] | None = None
+    input_size: tuple[int, ...] | None = None
     mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     model_note: str | None = None
     input_note: str | None = None

@@ -77,7 +77,7 @@ def _is_audiomae_grid(chans: int, patch: int, num_patches: int) -> bool:
     return chans == 1 and patch == 16 and num_patches == 512
 
 
-def _grid(num_patches: int, input_size: tuple[int, int, int] | None, patch: int, chans: int,
+def _grid(num_patches: int, input_size: tuple[int, ...] | None, patch: int, chans: int,
           notes: list[str]) -> tuple[int, int]:
     if input_size is not None:
         h, w = input_size[1], input_size[2]
@@ -115,7 +115,7 @@ def infer_spec(
     state_dict: Mapping[str, Tensor],
     *,
     arch: str | None = None,
-    input_size: tuple[int, int, int] | None = None,
+    input_size: tuple[int, ...] | None = None,
     mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
     notes: list[str] | None = None,
 ) -> ModelSpec:

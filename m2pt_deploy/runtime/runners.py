@@ -21,7 +21,7 @@ from polygraphy.common import TensorMetadata
 from torch import nn
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.export.onnx import INPUT_NAME, OUTPUT_NAME
+from m2pt_deploy.runtime.io_names import INPUT_NAME, OUTPUT_NAME
 from m2pt_deploy.runtime.sessions import cpu_session
 
 __all__ = [

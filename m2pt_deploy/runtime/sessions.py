@@ -10,19 +10,29 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
-
-import onnx
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 from m2pt_deploy.errors import M2ptError, first_line
 
+if TYPE_CHECKING:  # onnx loads when a session is made, so that --help stays instant
+    import onnx
+
 __all__ = ["OPTIMIZED_KEY", "cpu_session", "cpu_session_options", "is_optimized", "ort_session",
-           "physical_cores", "session_options"]
+           "physical_cores", "require_onnxruntime", "session_options"]
 
 #: Metadata key of a model ``m2pt-export --optimize`` already optimized (no second pass at load).
 OPTIMIZED_KEY = "m2pt_deploy.optimized"
 Optimization = Literal["auto", "all", "extended", "none"]
-ModelSource = str | os.PathLike[str] | bytes | onnx.ModelProto
+ModelSource = Union[str, "os.PathLike[str]", bytes, "onnx.ModelProto"]
+
+
+def require_onnxruntime(why: str) -> None:
+    """Refuse before any work when ONNX Runtime (an extra) is missing, naming the extra to install."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise M2ptError(f"{why} needs ONNX Runtime, which is not installed: pip install 'm2pt-deploy[cpu]' "
+                        "(or 'm2pt-deploy[gpu]' on a CUDA machine)")
 
 
 def is_optimized(proto: onnx.ModelProto) -> bool:
@@ -45,6 +55,8 @@ def physical_cores() -> int:
 
 
 def _proto(model: ModelSource) -> onnx.ModelProto:
+    import onnx
+
     if isinstance(model, onnx.ModelProto):
         return model
     if isinstance(model, bytes):
@@ -107,6 +119,7 @@ def ort_session(
     :func:`session_options`; a model ONNX Runtime refuses becomes one :class:`M2ptError` line
     starting with ``what`` (naming ``path`` when given).
     """
+    import onnx
     import onnxruntime as ort
 
     if options is None:

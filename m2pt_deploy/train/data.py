@@ -1,6 +1,6 @@
 """Training data: an image folder (one sub-folder per class) or ``.npz`` arrays (``x``, ``y``).
 
-Preprocessing comes from the model's :class:`~m2pt_deploy.families.vit.ModelSpec` (input size,
+Preprocessing comes from the model's :class:`~m2pt_deploy.families.ModelSpec` (input size,
 mean, std): images get timm's standard train-time augmentation and its resize +
 centre-crop for evaluation; arrays (spectrograms, small images) are resized to the input
 size and normalised, never flipped or cropped, since that would change their meaning.
@@ -12,7 +12,7 @@ import dataclasses
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.families.vit import ModelSpec, eval_preprocessing
+from m2pt_deploy.families import ModelSpec
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -55,13 +55,26 @@ def image_transform(spec: ModelSpec, *, train: bool) -> Callable:
     """
     from timm.data import create_transform
 
-    crop_pct, interpolation = eval_preprocessing(spec)
-    return create_transform(spec.input_size, is_training=train, mean=spec.mean, std=spec.std,
+    layout = spec.model_family.input_metadata(spec)
+    crop_pct, interpolation = layout.get("crop_pct"), layout.get("interpolation") or "bilinear"
+    size = cast(tuple[int, int, int], spec.input_size)  # image families only: C, H, W
+    return create_transform(size, is_training=train, mean=spec.mean, std=spec.std,
                             interpolation=interpolation, crop_pct=crop_pct)
 
 
+def _is_image(spec: ModelSpec) -> bool:
+    return spec.model_family.modality in ("image", "spectrogram")
+
+
+def _model_ready(x: Tensor) -> Tensor:
+    return x
+
+
 def array_transform(spec: ModelSpec) -> Transform:
-    """Resize a ``[C, H, W]`` float array to the model's input and normalise it."""
+    """Resize a ``[C, H, W]`` float array to the model's input and normalise it; inputs of other
+    families (video clips, point clouds) come model-ready and pass as they are."""
+    if not _is_image(spec):
+        return _model_ready
     _, height, width = spec.input_size
     mean = torch.tensor(spec.mean, dtype=torch.float32).view(-1, 1, 1)
     std = torch.tensor(spec.std, dtype=torch.float32).view(-1, 1, 1)
@@ -138,7 +151,7 @@ def _check_readable(samples: Sequence[tuple[Path, int]]) -> None:
             raise M2ptError(f"cannot read image ({e.__class__.__name__}: {e})", path) from e
 
 
-def _load_npz(path: Path, channels: int) -> tuple[Tensor, Tensor, tuple[str, ...]]:
+def _load_npz(path: Path, spec: ModelSpec) -> tuple[Tensor, Tensor, tuple[str, ...]]:
     try:
         # allow_pickle=False: an .npz with object arrays is refused, never unpickled.
         with np.load(path, allow_pickle=False) as f:
@@ -150,12 +163,19 @@ def _load_npz(path: Path, channels: int) -> tuple[Tensor, Tensor, tuple[str, ...
     x, y = arrays["x"], arrays["y"]
     if not np.issubdtype(x.dtype, np.number) or not np.issubdtype(y.dtype, np.integer):
         raise M2ptError(f"'x' must be numeric and 'y' integer, got {x.dtype} and {y.dtype}", path)
-    if x.ndim == 3:
-        x = x[:, None]
-    if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
-        raise M2ptError(f"expected x [N, C, H, W] (or [N, H, W]) and y [N], got {x.shape} and {y.shape}", path)
-    if x.shape[1] != channels:
-        raise M2ptError(f"x has {x.shape[1]} channels, the model takes {channels}", path)
+    if not _is_image(spec):
+        shape = ", ".join(["N", *map(str, spec.input_size)])
+        if tuple(x.shape[1:]) != tuple(spec.input_size) or y.ndim != 1 or len(x) != len(y):
+            raise M2ptError(f"a {spec.model_family.title} trains on model-ready x [{shape}] and y [N], "
+                            f"got {x.shape} and {y.shape}", path)
+    else:
+        channels = spec.input_size[0]
+        if x.ndim == 3:
+            x = x[:, None]
+        if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
+            raise M2ptError(f"expected x [N, C, H, W] (or [N, H, W]) and y [N], got {x.shape} and {y.shape}", path)
+        if x.shape[1] != channels:
+            raise M2ptError(f"x has {x.shape[1]} channels, the model takes {channels}", path)
     if len(y) == 0:
         raise M2ptError("empty data set: 'y' has no samples", path)
     if y.min() < 0:
@@ -177,12 +197,15 @@ def _split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], l
     return order[n_val:], order[:n_val]
 
 
-def _source(path: str | os.PathLike[str]) -> Path:
+def _source(path: str | os.PathLike[str], spec: ModelSpec) -> Path:
     p = Path(path)
     if not p.exists():
         raise M2ptError("no such data file or folder", p)
     if p.is_file() and p.suffix != ".npz":
         raise M2ptError("data must be an image folder or an .npz file", p)
+    if p.is_dir() and not _is_image(spec) and not ((p / "train.npz").is_file() and (p / "val.npz").is_file()):
+        raise M2ptError(f"a folder of images is for image models; a {spec.model_family.title} trains on an .npz "
+                        "of model-ready inputs ('x', 'y')", p)
     return p
 
 
@@ -191,7 +214,7 @@ def _load_one(p: Path, spec: ModelSpec, *, train: bool) -> tuple[SizedDataset, t
         samples, classes = _folder_samples(p)
         return ImageFolderDataset(samples, channels=spec.input_size[0],
                                   transform=image_transform(spec, train=train)), classes
-    x, y, classes = _load_npz(p, spec.input_size[0])
+    x, y, classes = _load_npz(p, spec)
     return ArrayDataset(x, y, transform=array_transform(spec)), classes
 
 
@@ -207,12 +230,14 @@ def load_data(
     seed: int = 0,
 ) -> DataSplit:
     """Train and validation sets: ``val_data``, else ``data/train`` + ``data/val``, else a seeded split."""
-    root = _source(data)
+    root = _source(data, spec)
     if val_data is None and root.is_dir() and (root / "train").is_dir() and (root / "val").is_dir():
         root, val_data = root / "train", root / "val"
+    elif val_data is None and root.is_dir() and (root / "train.npz").is_file() and (root / "val.npz").is_file():
+        root, val_data = root / "train.npz", root / "val.npz"
     if val_data is not None:
         train_set, classes = _load_one(root, spec, train=True)
-        val_set, val_classes = _load_one(_source(val_data), spec, train=False)
+        val_set, val_classes = _load_one(_source(val_data, spec), spec, train=False)
         if val_classes != classes:
             raise M2ptError(f"validation classes {list(val_classes)[:5]} differ from training classes "
                             f"{list(classes)[:5]}", val_data)
@@ -226,7 +251,7 @@ def load_data(
             ImageFolderDataset([samples[i] for i in va], channels=c, transform=image_transform(spec, train=False)),
             classes,
         )
-    x, y, classes = _load_npz(root, spec.input_size[0])
+    x, y, classes = _load_npz(root, spec)
     tr, va = _split_indices(len(y), val_split, seed)
     transform = array_transform(spec)
     return DataSplit(ArrayDataset(x[tr], y[tr], transform=transform),

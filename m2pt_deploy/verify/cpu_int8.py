@@ -23,11 +23,10 @@ from m2pt_deploy.runtime.runners import TorchRunner
 from m2pt_deploy.runtime.sessions import cpu_session
 from m2pt_deploy.verify.numerics import compare_runners
 from m2pt_deploy.verify.result import CheckResult
-from m2pt_deploy.verify.tolerance import Tolerance
+from m2pt_deploy.verify.tolerance import INT8_CPU
 
-__all__ = ["INT8_CPU", "cpu_runner", "verify_int8_cpu"]
+__all__ = ["cpu_runner", "verify_int8_cpu"]
 
-INT8_CPU = Tolerance("int8 cpu", min_top1=0.99)
 
 
 def _cpu_note(onnx_path: str | os.PathLike[str]) -> str:

@@ -53,13 +53,13 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     return proto
 
 
-def _input_name(proto: onnx.ModelProto, path: Path, expected: tuple[int, int, int]) -> str:
-    """The one image input, checked against the checkpoint's input size."""
+def _input_name(proto: onnx.ModelProto, path: Path, expected: tuple[int, ...]) -> str:
+    """The one input, checked against the checkpoint's input size."""
     initializers = {t.name for t in proto.graph.initializer}
     inputs = [v for v in proto.graph.input if v.name not in initializers]
     if len(inputs) != 1 or not proto.graph.output:
         raise M2ptError(
-            f"expected one image input and a logits output, found inputs "
+            f"expected one input and a logits output, found inputs "
             f"{[v.name for v in inputs]}, outputs {[v.name for v in proto.graph.output]}",
             path,
         )
@@ -67,7 +67,7 @@ def _input_name(proto: onnx.ModelProto, path: Path, expected: tuple[int, int, in
         d.dim_value if d.HasField("dim_value") else None
         for d in inputs[0].type.tensor_type.shape.dim
     ]
-    if len(dims) != 4 or tuple(dims[1:]) != tuple(expected):
+    if len(dims) != len(expected) + 1 or tuple(dims[1:]) != tuple(expected):
         shown = ["N" if d is None else d for d in dims]
         raise M2ptError(
             f"input {inputs[0].name} is {shown}, the checkpoint's model takes "
@@ -77,10 +77,10 @@ def _input_name(proto: onnx.ModelProto, path: Path, expected: tuple[int, int, in
     return inputs[0].name
 
 
-def check_inputs(inputs: np.ndarray, input_size: tuple[int, int, int]) -> np.ndarray:
-    """User-given images as float32 ``[N, C, H, W]``, or an :class:`M2ptError` saying why not."""
+def check_inputs(inputs: np.ndarray, input_size: tuple[int, ...]) -> np.ndarray:
+    """User-given inputs as float32 ``[N, *input_size]``, or an :class:`M2ptError` saying why not."""
     arr = np.asarray(inputs)
-    if arr.ndim != 4 or tuple(arr.shape[1:]) != tuple(input_size):
+    if arr.ndim != len(input_size) + 1 or tuple(arr.shape[1:]) != tuple(input_size):
         expected = ", ".join(map(str, input_size))
         raise M2ptError(f"inputs have shape {list(arr.shape)}, the model takes [N, {expected}]")
     if not np.issubdtype(arr.dtype, np.floating):
@@ -93,7 +93,7 @@ def check_inputs(inputs: np.ndarray, input_size: tuple[int, int, int]) -> np.nda
 
 
 def _input_array(
-    inputs: np.ndarray | None, input_size: tuple[int, int, int], rows: int, seed: int
+    inputs: np.ndarray | None, input_size: tuple[int, ...], rows: int, seed: int
 ) -> tuple[np.ndarray, str]:
     if inputs is None:
         return seeded_inputs(input_size, rows, seed=seed), f"{rows} seeded (seed {seed})"
@@ -104,7 +104,7 @@ def _input_array(
 def _feeds(
     proto: onnx.ModelProto,
     path: Path,
-    input_size: tuple[int, int, int],
+    input_size: tuple[int, ...],
     *,
     inputs: np.ndarray | None,
     batch_size: int,

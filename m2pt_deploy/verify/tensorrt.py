@@ -17,49 +17,27 @@ import numpy as np
 import onnx
 from polygraphy.backend.base import BaseRunner
 
-from m2pt_deploy.bench.latency import LatencyComparison, compare_latency
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.engine_info import EngineInfo, check_compatible, read_engine_info
-from m2pt_deploy.export.engine_onnx import engine_onnx
-from m2pt_deploy.export.onnx import INPUT_NAME, BatchSpec, export_model, save_onnx
+from m2pt_deploy.export.onnx import INPUT_NAME
 from m2pt_deploy.export.precision import emulate_in_fp32
-from m2pt_deploy.export.tensorrt import Platform, build_engine_from_onnx, detect_platform
-from m2pt_deploy.families import ModelSpec
-from m2pt_deploy.model.build import build_unmerged, build_vanilla
+from m2pt_deploy.export.tensorrt import Platform, detect_platform
+from m2pt_deploy.model.build import build_unmerged
 from m2pt_deploy.model.checkpoint import Checkpoint
 from m2pt_deploy.runtime.runners import TorchRunner
 from m2pt_deploy.runtime.sessions import ort_session
 from m2pt_deploy.verify.numerics import compare_runners
 from m2pt_deploy.verify.result import CheckResult
-from m2pt_deploy.verify.tolerance import TOLERANCES, Tolerance
+from m2pt_deploy.verify.tolerance import TOLERANCES, engine_tolerance
 
 __all__ = [
-    "ENGINE_TOLERANCES",
     "batch_feeds",
     "engine_runner",
-    "engine_tolerance",
-    "latency_vs_vanilla",
     "onnx_precision_runner",
-    "vanilla_engine_onnx",
     "verify_engine",
     "verify_onnx_precision",
 ]
 
-ENGINE_TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance("tensorrt fp32", max_abs=1e-3, min_top1=0.0),
-    "fp16": TOLERANCES["fp16"],
-    "bf16": Tolerance("bf16", min_cosine=0.999, min_top1=0.99),
-    "int8": TOLERANCES["int8"],
-    "fp8": Tolerance("fp8", min_top1=0.98),
-}
-
-
-def engine_tolerance(precision: str) -> Tolerance:
-    try:
-        return ENGINE_TOLERANCES[precision]
-    except KeyError:
-        raise M2ptError(f"no tolerance for precision {precision!r}; known: "
-                        f"{', '.join(ENGINE_TOLERANCES)}") from None
 
 
 def batch_feeds(images: np.ndarray, batch: int) -> list[dict[str, np.ndarray]]:
@@ -159,33 +137,3 @@ def verify_engine(ckpt: Checkpoint, engine_path: str | os.PathLike[str], images:
     (result,) = compare_runners([_reference(ckpt), runner], feeds, engine_tolerance(info.precision),
                                 check=f"tensorrt {info.precision}")
     return result
-
-
-def vanilla_engine_onnx(spec: ModelSpec, precision: str, batch: BatchSpec, *,
-                        calib_images: int = 256) -> onnx.ModelProto:
-    """A never-pathway-trained ViT of the same architecture, prepared exactly like the merged export.
-
-    Merging adds no operations, so an engine built from this is the latency baseline.
-    """
-    proto = export_model(build_vanilla(spec, exportable=True), spec, batch=batch)
-    return engine_onnx(proto, precision, input_size=spec.input_size, mean=spec.mean, std=spec.std,
-                       calib_images=calib_images)
-
-
-def latency_vs_vanilla(ckpt: Checkpoint, engine_path: str | os.PathLike[str], images: np.ndarray,
-                       workdir: str | os.PathLike[str], *, rounds: int = 50,
-                       warmup: int = 5) -> LatencyComparison:
-    """Build the vanilla baseline at the merged engine's precision and profile; time both, interleaved."""
-    info = read_engine_info(engine_path)
-    profile = info.profile
-    batch = BatchSpec(profile.min[0], profile.opt[0], profile.max[0])
-    feed = batch_feeds(images[:batch.opt], batch.opt)[0]
-    profile.check_batch(len(feed[INPUT_NAME]), source=os.fspath(engine_path))
-    onnx_path = Path(workdir) / f"vanilla.{info.precision}.onnx"
-    save_onnx(vanilla_engine_onnx(ckpt.spec, info.precision, batch), onnx_path, force=True)
-    baseline = build_engine_from_onnx(onnx_path, Path(workdir) / "vanilla.engine",
-                                      precision=info.precision,  # type: ignore[arg-type]
-                                      batch=batch, force=True)
-    merged_runner, _ = engine_runner(engine_path, name="tensorrt-merged")
-    vanilla_runner, _ = engine_runner(baseline, name="tensorrt-vanilla")
-    return compare_latency("tensorrt", merged_runner, vanilla_runner, feed, rounds=rounds, warmup=warmup)

@@ -8,7 +8,8 @@ from typing import Any, Literal
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.verify.metrics import ErrorStats
 
-__all__ = ["BITWISE", "PROBE_HEAD", "TOLERANCES", "Tolerance", "tolerance_for"]
+__all__ = ["BITWISE", "ENGINE_TOLERANCES", "INT8_CPU", "PROBE_HEAD", "TOLERANCES", "Tolerance", "engine_tolerance",
+           "tolerance_for"]
 
 PrecisionName = Literal["fp32", "fp16", "int8"]
 
@@ -57,6 +58,16 @@ TOLERANCES: dict[str, Tolerance] = {
     "fp16": Tolerance("fp16", min_cosine=0.999, min_top1=0.99),
     "int8": Tolerance("int8", min_top1=0.98),
 }
+# TensorRT engines (and the reduced-precision ONNX they are built from), per builder precision.
+ENGINE_TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance("tensorrt fp32", max_abs=1e-3, min_top1=0.0),
+    "fp16": TOLERANCES["fp16"],
+    "bf16": Tolerance("bf16", min_cosine=0.999, min_top1=0.99),
+    "int8": TOLERANCES["int8"],
+    "fp8": Tolerance("fp8", min_top1=0.98),
+}
+# int8 for ONNX Runtime on CPU, judged on held-out real inputs against the fp32 model.
+INT8_CPU = Tolerance("int8 cpu", min_top1=0.99)
 # The pathway fold is the forward pass's own arithmetic: merged and unmerged agree bit for bit.
 BITWISE = Tolerance("bitwise", bitwise=True)
 # Folding the linear-probe BatchNorm into the head changes rounding (see merge.fold_probe_head).
@@ -70,3 +81,11 @@ def tolerance_for(precision: str) -> Tolerance:
         raise M2ptError(
             f"no tolerance for precision {precision!r}; known: {', '.join(TOLERANCES)}"
         ) from None
+
+
+def engine_tolerance(precision: str) -> Tolerance:
+    try:
+        return ENGINE_TOLERANCES[precision]
+    except KeyError:
+        raise M2ptError(f"no tolerance for precision {precision!r}; known: "
+                        f"{', '.join(ENGINE_TOLERANCES)}") from None

@@ -12,7 +12,7 @@ import pytest
 from m2pt_deploy.bench.accuracy import score_formats
 from m2pt_deploy.cli.bench import main
 from m2pt_deploy.cli.common import run_main
-from tests.verify.fixtures import TINY, export, make_pathway_checkpoint
+from tests.tiny import TINY, export, make_pathway_checkpoint
 
 FAST = ["--batches", "2", "--rounds", "2", "--warmup", "0", "--calib-images", "8", "--no-compile",
         "--no-export-cost"]

@@ -14,7 +14,7 @@ from m2pt_deploy.bench.cuda_report import cell_ratio, cell_rows, failed_rows, ma
 from m2pt_deploy.cli.bench import main
 from m2pt_deploy.cli.common import run_main
 from m2pt_deploy.errors import M2ptError
-from tests.conftest import TINY
+from tests.tiny import TINY
 
 TINY_ARGS = ["--arch", TINY.arch, "--model-kwargs", json.dumps(TINY.model_kwargs)]
 

@@ -8,25 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from m2pt_deploy.cli.common import run_main
-from m2pt_deploy.cli.export import main
 from m2pt_deploy.model.build import build_vanilla
-from tests.conftest import TINY, make_pathway_model, reference_state_dict
-
-
-def export(argv: list[str], capsys) -> tuple[int, str, str]:
-    code = run_main(main, argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_user_error(code: int, err: str, *needles: str) -> None:
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert code == 2
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0]
+from tests.cli.commands import assert_user_error, export
+from tests.tiny import TINY, make_pathway_model, reference_state_dict
 
 
 def test_reference_checkpoint_exports_next_to_it(reference_ckpt: Path, capsys) -> None:

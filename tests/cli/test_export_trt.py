@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from m2pt_deploy.export.tensorrt import detect_platform
-from tests.cli.test_export import assert_user_error, export
+from tests.cli.commands import assert_user_error, export
 
 pytestmark = pytest.mark.skipif(detect_platform().missing() is None,
                                 reason="these cases assert the no-TensorRT fallback; TensorRT is installed")

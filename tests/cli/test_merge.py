@@ -9,7 +9,7 @@ from m2pt_deploy.cli.common import run_main
 from m2pt_deploy.cli.merge import main
 from m2pt_deploy.model.build import build_unmerged
 from m2pt_deploy.model.checkpoint import load_checkpoint
-from tests.conftest import TINY
+from tests.tiny import TINY
 
 
 def test_merged_checkpoint_loads_in_timm_and_matches(m2pt_ckpt: Path, tmp_path: Path, capsys, input_batch) -> None:  # noqa: E501

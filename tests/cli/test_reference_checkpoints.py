@@ -24,7 +24,7 @@ from m2pt_deploy.cli.verify import main as verify_main
 from m2pt_deploy.model.build import build_vanilla, load_strict
 from m2pt_deploy.model.checkpoint import load_checkpoint, read_state_dict
 from tests.reference_formats import CORPUS, ReferenceFile
-from tests.train.conftest import tiny_spec, write_model, write_npz
+from tests.tiny import tiny_spec, write_model, write_npz
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import pytest
 
 from m2pt_deploy.cli.common import run_main
 from m2pt_deploy.cli.verify import main
+from tests.tiny import TINY, save_proto
 from tests.verify import fixtures, tamper
-from tests.verify.fixtures import TINY, save_proto
 
 # The session fixtures of tests/verify, shared rather than rebuilt.
 verify_dir = fixtures.verify_dir

@@ -9,7 +9,7 @@ from m2pt_deploy.cli.common import run_main
 from m2pt_deploy.cli.verify import main
 from m2pt_deploy.export.engine_info import read_engine_info
 from m2pt_deploy.export.tensorrt import detect_platform
-from tests.cli.test_export import assert_user_error, export
+from tests.cli.commands import assert_user_error, export
 from tests.export.test_tensorrt import FAKE_TRT_VERSION, _fake_engine, fake_gpu_machine, run_script, tool_calls
 
 

@@ -29,7 +29,7 @@ from m2pt_deploy.model.checkpoint import load_checkpoint
 def exported(tmp_path_factory) -> tuple[Path, Path]:
     from m2pt_deploy.model.checkpoint import save_checkpoint
     from m2pt_deploy.model.pathway import pathway_state_dict
-    from tests.conftest import TINY, make_pathway_model, pathway_info
+    from tests.tiny import TINY, make_pathway_model, pathway_info
 
     root = tmp_path_factory.mktemp("onnx")
     ckpt = root / "tiny.safetensors"
@@ -142,7 +142,7 @@ def test_metadata_records_the_eval_crop_and_interpolation(m2pt_ckpt) -> None:
     import timm
 
     from m2pt_deploy.export.onnx import OnnxFromCheckpoint, read_metadata
-    from tests.conftest import TINY
+    from tests.tiny import TINY
 
     meta = read_metadata(OnnxFromCheckpoint(m2pt_ckpt)())["m2pt_deploy.input"]
     cfg = timm.get_pretrained_cfg(TINY.arch)

@@ -25,8 +25,8 @@ from m2pt_deploy.runtime.sessions import (
     physical_cores,
 )
 from m2pt_deploy.verify import check_structure, verify_onnx
+from tests.tiny import TINY
 from tests.verify import fixtures
-from tests.verify.fixtures import TINY
 from tests.verify.tamper import append_identity
 
 # The session fixtures of tests/verify, shared rather than rebuilt.

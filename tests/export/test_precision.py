@@ -10,8 +10,8 @@ from m2pt_deploy.export.graph import prepare_graph
 from m2pt_deploy.export.onnx import OnnxFromCheckpoint
 from m2pt_deploy.export.precision import emulate_in_fp32, residual_adds, to_mixed_precision
 from m2pt_deploy.verify.metrics import ErrorStats, error_stats
-from m2pt_deploy.verify.tensorrt import engine_tolerance
-from tests.conftest import TINY
+from m2pt_deploy.verify.tolerance import engine_tolerance
+from tests.tiny import TINY
 
 
 def onnx_logits(model: onnx.ModelProto, images: np.ndarray) -> np.ndarray:
@@ -34,7 +34,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray, precision: str) -> tup
 def fp32_graph(tmp_path_factory) -> onnx.ModelProto:
     from m2pt_deploy.model.checkpoint import save_checkpoint
     from m2pt_deploy.model.pathway import pathway_state_dict
-    from tests.conftest import make_pathway_model, pathway_info
+    from tests.tiny import make_pathway_model, pathway_info
 
     path = tmp_path_factory.mktemp("prec") / "tiny.safetensors"
     save_checkpoint(path, pathway_state_dict(make_pathway_model()), TINY, pathway=pathway_info())

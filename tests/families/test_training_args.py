@@ -13,7 +13,7 @@ from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.model.build import build_vanilla
 from m2pt_deploy.model.checkpoint import load_checkpoint
-from tests.conftest import TINY
+from tests.tiny import TINY
 
 # A real timm width (ViT-S, 384 wide, 6 heads) kept small: one block, a 2 × 2 grid.
 SMALL = ModelSpec("vit_small_patch16_224",

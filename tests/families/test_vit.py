@@ -5,7 +5,7 @@ import pytest
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.families.vit import ModelSpec, infer_spec
 from m2pt_deploy.model.build import build_vanilla
-from tests.conftest import TINY, TINY_AUDIO, TINY_MAE
+from tests.tiny import TINY, TINY_AUDIO, TINY_MAE
 
 
 @pytest.mark.parametrize("spec", [TINY, TINY_MAE], ids=["cls-token", "mae-avg-pool"])
@@ -53,7 +53,7 @@ def test_not_a_vit() -> None:
 
 def test_a_spec_with_overrides_is_named_by_its_shape() -> None:
     """The structure line once called a 2-block 1-channel model "vanilla vit_tiny_patch16_224"."""
-    from tests.conftest import TINY_AUDIO
+    from tests.tiny import TINY_AUDIO
 
     assert TINY_AUDIO.describe() == "ViT (64 wide, 2 blocks, input 1x16x48; timm vit_tiny_patch16_224 with overrides)"
     assert ModelSpec("vit_base_patch16_224", {}, (3, 224, 224)).describe() == "vit_base_patch16_224"

@@ -12,7 +12,7 @@ from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.merge import merge_model
 from m2pt_deploy.model.build import build_unmerged, build_vanilla
 from m2pt_deploy.model.checkpoint import METADATA_KEY, load_checkpoint, read_state_dict, save_checkpoint
-from tests.conftest import TINY, TINY_MAE, make_pathway_model, pathway_info, reference_state_dict
+from tests.tiny import TINY, TINY_MAE, make_pathway_model, pathway_info, reference_state_dict
 
 
 def test_our_format_round_trips_the_model(m2pt_ckpt: Path, input_batch) -> None:

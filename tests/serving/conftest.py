@@ -27,7 +27,7 @@ START_TIMEOUT_S = 60.0
 def _tiny_checkpoint(path: Path) -> Path:
     from m2pt_deploy.model.checkpoint import save_checkpoint
     from m2pt_deploy.model.pathway import pathway_state_dict
-    from tests.conftest import TINY, make_pathway_model, pathway_info
+    from tests.tiny import TINY, make_pathway_model, pathway_info
 
     model = make_pathway_model(TINY)
     return save_checkpoint(path, pathway_state_dict(model), TINY, pathway=pathway_info(),

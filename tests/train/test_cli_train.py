@@ -8,7 +8,7 @@ import pytest
 
 from m2pt_deploy.cli.common import run_main
 from m2pt_deploy.cli.train import main
-from tests.train.conftest import tiny_spec, write_model
+from tests.tiny import tiny_spec, write_model
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.train.data import check_classes, load_data
-from tests.train.conftest import tiny_spec, write_npz
+from tests.tiny import tiny_spec, write_npz
 
 
 def _image_folder(root: Path, classes=("cat", "dog"), per_class: int = 5, size=(20, 24)) -> Path:

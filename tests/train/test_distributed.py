@@ -12,7 +12,7 @@ import pytest
 import safetensors.torch
 
 from m2pt_deploy.train import TrainConfig, train
-from tests.train.conftest import with_
+from tests.tiny import with_
 
 # Gradients are averaged by an all-reduce instead of inside one mean, so float sums run
 # in a different order and AdamW amplifies the rounding a little. Measured on this setup:

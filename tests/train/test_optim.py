@@ -15,7 +15,7 @@ from m2pt_deploy.model.pathway import add_pathways, pathway_parameters
 from m2pt_deploy.train.model import set_trainable
 from m2pt_deploy.train.optim import build_optimizer, lr_factor, param_groups
 from m2pt_deploy.train.sampling import GlobalBatchSampler, ShardSampler, micro_batch_size
-from tests.train.conftest import tiny_spec
+from tests.tiny import tiny_spec
 
 
 def _model():

@@ -20,7 +20,7 @@ from m2pt_deploy.model.build import build_unmerged
 from m2pt_deploy.model.checkpoint import load_checkpoint
 from m2pt_deploy.train import TrainConfig, train
 from m2pt_deploy.train.optim import lr_factor
-from tests.train.conftest import with_, write_image_folder
+from tests.tiny import with_, write_image_folder
 
 KILL_SCRIPT = """
 import json, os, signal, sys

@@ -21,8 +21,8 @@ from m2pt_deploy.verify import (
     onnxrt_runner,
     verify_onnx,
 )
+from tests.tiny import TINY, export, save_proto
 from tests.verify import tamper
-from tests.verify.fixtures import TINY, export, save_proto
 
 
 def _by_check(report) -> dict[str, list]:

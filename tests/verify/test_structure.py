@@ -10,8 +10,8 @@ from m2pt_deploy.export.onnx import export_model
 from m2pt_deploy.model.build import build_unmerged, build_vanilla
 from m2pt_deploy.verify import check_structure, graph_signature, structure_differences
 from m2pt_deploy.verify.structure import export_settings, value_pattern
+from tests.tiny import TINY
 from tests.verify import tamper
-from tests.verify.fixtures import TINY
 
 
 def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
+from m2pt_deploy.bench.engine_latency import latency_vs_vanilla, vanilla_engine_onnx
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.engine_onnx import engine_onnx
 from m2pt_deploy.export.onnx import BatchSpec, OnnxFromCheckpoint, read_metadata
@@ -13,17 +14,14 @@ from m2pt_deploy.export.tensorrt import Platform
 from m2pt_deploy.model.checkpoint import load_checkpoint
 from m2pt_deploy.verify.metrics import error_stats
 from m2pt_deploy.verify.tensorrt import (
-    ENGINE_TOLERANCES,
     batch_feeds,
     engine_runner,
-    engine_tolerance,
-    latency_vs_vanilla,
-    vanilla_engine_onnx,
     verify_engine,
     verify_onnx_precision,
 )
-from tests.conftest import TINY
+from m2pt_deploy.verify.tolerance import ENGINE_TOLERANCES, engine_tolerance
 from tests.export.test_tensorrt import _fake_engine
+from tests.tiny import TINY
 
 H100 = Platform("11.4.0.106", "NVIDIA H100 80GB HBM3", (9, 0))
 

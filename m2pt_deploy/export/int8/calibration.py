@@ -32,7 +32,7 @@ def sample_photos() -> list[np.ndarray]:
 
 
 def calibration_tiles(
-    input_size: tuple[int, int, int],
+    input_size: tuple[int, ...],
     mean: Sequence[float],
     std: Sequence[float],
     *,

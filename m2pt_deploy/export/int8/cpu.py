@@ -62,7 +62,7 @@ def int8_data(spec: ModelSpec, *, calib_data: str | os.PathLike[str] | None = No
     return Int8Data(calibration, held_out, "held-out photo tiles")
 
 
-def photo_tiles(input_size: tuple[int, int, int], mean: Sequence[float], std: Sequence[float], *,
+def photo_tiles(input_size: tuple[int, ...], mean: Sequence[float], std: Sequence[float], *,
                 count: int, seed: int = CALIBRATION_SEED) -> np.ndarray:
     return calibration_tiles(input_size, mean, std, count=count, seed=seed)
 

@@ -17,7 +17,7 @@ from m2pt_deploy.bench.goals import goals
 from m2pt_deploy.bench.throughput import Variant, reset_peak_rss, rows_for_batch, run_variants
 from m2pt_deploy.cli.bench import main
 from m2pt_deploy.cli.common import run_main
-from tests.verify.fixtures import TINY
+from tests.tiny import TINY
 
 FEED = {"x": np.zeros((2, 1), np.float32)}
 FEED4 = {"x": np.zeros((4, 1), np.float32)}

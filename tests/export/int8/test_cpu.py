@@ -15,7 +15,7 @@ from m2pt_deploy.export.onnx import OnnxFromCheckpoint
 from m2pt_deploy.export.optimize import save_optimized
 from m2pt_deploy.model.checkpoint import load_checkpoint
 from m2pt_deploy.verify.cpu_int8 import verify_int8_cpu
-from tests.conftest import TINY_AUDIO
+from tests.tiny import TINY_AUDIO
 
 
 @pytest.mark.parametrize("target", INT8_TARGETS)
