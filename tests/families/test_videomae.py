@@ -19,7 +19,7 @@ from m2pt_deploy.model.pathway import add_pathways, pathway_layers
 from tests.conftest import TINY
 from tests.families.video_formats import (
     TINY_VIDEO,
-    _randomise,
+    randomise_weights,
     tiny_args,
     video_pathway_model,
     videomae_args,
@@ -111,7 +111,7 @@ def test_model_matches_an_independent_forward(variant: str) -> None:
     kw = {**TINY_VIDEO.model_kwargs, **VARIANTS[variant]}
     torch.manual_seed(1)
     model = VideoMAEClassifier(**kw).eval()
-    _randomise(model, 3)
+    randomise_weights(model, 3)
     sd = model.state_dict()
     x = _video()
     with torch.no_grad():
@@ -288,7 +288,7 @@ def test_describe_and_input_metadata() -> None:
 def test_pathway_on_the_bias_free_qkv_changes_the_forward() -> None:
     torch.manual_seed(0)
     model = build_vanilla(TINY_VIDEO)
-    _randomise(model, 0)
+    randomise_weights(model, 0)
     x = _video()
     with torch.no_grad():
         before = model(x)
@@ -339,7 +339,7 @@ def exported() -> tuple[nn.Module, object, object, dict[str, Tensor]]:
     merged = merge_model(model, TINY_VIDEO, exportable=True)
     torch.manual_seed(1)
     vanilla = build_vanilla(TINY_VIDEO, exportable=True)
-    _randomise(vanilla, 9)
+    randomise_weights(vanilla, 9)
     return merged, export_model(merged, TINY_VIDEO), export_model(vanilla, TINY_VIDEO), merged_state_dict(model)
 
 
@@ -397,3 +397,21 @@ def test_reference_checkpoint_ema_and_input_override(tmp_path: Path) -> None:
     assert small.spec == TINY_VIDEO
     with pytest.raises(M2ptError, match="ema.pth: --input-size 3 3 32 32: 3 frames do not divide"):
         load_checkpoint(written.path, input_size=(3, 3, 32, 32))
+
+
+@pytest.mark.slow
+def test_full_size_videomae_v2_base_from_its_training_args() -> None:
+    """ViT-B at VideoMAE V2's real input, 16 x 224 x 224 = 1568 tokens, named by the saved args."""
+    with torch.device("meta"):
+        shapes = VideoMAEClassifier(num_classes=400).state_dict()  # shapes only, no memory
+    notes: list[str] = []
+    spec = FAMILY.infer_spec(shapes, args=vars(videomae_args()), notes=notes)
+    assert spec.arch == "videomae_v2_base" and spec.input_size == (3, 16, 224, 224)
+    assert spec.model_kwargs["num_heads"] == 12 and spec.model_kwargs["mlp_ratio"] == 4.0
+    assert "12 attention heads from args.model 'vit_base_patch16_224'" in notes
+    model = build_vanilla(spec)
+    assert model.pos_embed.shape == (1, 1568, 768)
+    assert torch.equal(model.pos_embed, sinusoid_table(1568, 768))
+    with torch.no_grad():
+        out = model(torch.randn(1, *spec.input_size, generator=torch.Generator().manual_seed(0)))
+    assert out.shape == (1, 400) and torch.isfinite(out).all()

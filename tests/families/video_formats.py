@@ -68,14 +68,14 @@ def video_pathway_model(spec: ModelSpec = TINY_VIDEO, *, seed: int = 0, lam_scal
     """A target with one pathway per layer from a same-shaped aux, random weights and random λ."""
     torch.manual_seed(seed)
     target, aux = build_vanilla(spec), build_vanilla(spec)
-    _randomise(target, seed)
-    _randomise(aux, seed + 1000)
+    randomise_weights(target, seed)
+    randomise_weights(aux, seed + 1000)
     add_pathways(target, aux, layers=("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"), block_path="blocks")
     random_lambdas(target, seed, scale=lam_scale)
     return target.eval()
 
 
-def _randomise(model: nn.Module, seed: int) -> None:
+def randomise_weights(model: nn.Module, seed: int) -> None:
     # Trained-looking weights: non-zero q/v biases and LayerNorm affines, so that a wrong bias
     # layout or a skipped norm shows in the outputs.
     gen = torch.Generator().manual_seed(seed)
