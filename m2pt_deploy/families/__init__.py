@@ -3,9 +3,11 @@
 
 from m2pt_deploy.families.base import FamilyOption, ModelFamily, ModelSpec
 from m2pt_deploy.families.registry import detect_family, family_names, get_family, register_family
+from m2pt_deploy.families.videomae import VideoMAEFamily
 from m2pt_deploy.families.vit import ViTFamily
 
-__all__ = ["FamilyOption", "ModelFamily", "ModelSpec", "ViTFamily", "detect_family", "family_names",
+__all__ = ["FamilyOption", "ModelFamily", "ModelSpec", "VideoMAEFamily", "ViTFamily", "detect_family", "family_names",
            "get_family", "register_family"]
 
 register_family(ViTFamily())
+register_family(VideoMAEFamily())

@@ -1,0 +1,446 @@
+"""The ``videomae`` family: VideoMAE V2's fine-tuning ViT, M2PT's video (Kinetics-400) target.
+
+The model keeps VideoMAE V2's state-dict keys (``patch_embed.proj`` Conv3d, ``blocks.N.attn.qkv``
+without bias plus ``q_bias`` / ``v_bias``, ``fc_norm``, ``head``), so reference checkpoints load
+strictly and a merged model is the vanilla one. Two facts are not in the weights: the head count
+(read from ``args.model`` or the standard width table) and the input's frames × height × width,
+which fix the size of the sinusoidal position table (a non-persistent buffer, never saved).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.families.base import IMAGENET_MEAN, IMAGENET_STD, FamilyOption, ModelFamily, ModelSpec
+
+__all__ = ["DEFAULT_INPUT", "VideoMAEClassifier", "VideoMAEFamily", "sinusoid_table"]
+
+#: VideoMAE V2's fine-tuning input: 3 channels, 16 frames, 224 × 224 (C, T, H, W).
+DEFAULT_INPUT = (3, 16, 224, 224)
+_LN_EPS = 1e-6
+# VideoMAE V2's registered models (modeling_finetune.py): width and heads of each size.
+_SIZES = {"small": (384, 6), "base": (768, 12), "large": (1024, 16), "huge": (1280, 16), "giant": (1408, 16)}
+_SIZE_BY_WIDTH = {width: size for size, (width, _) in _SIZES.items()}
+# "videomae_v2_base" (ours) or VideoMAE V2's own "vit_base_patch16_224".
+_ARCH_NAME = re.compile(r"^(?:videomae_v2_(?P<ours>[a-z]+)|vit_(?P<theirs>[a-z]+)_patch(?P<patch>\d+)_\d+)$")
+_CHECKED = ("embed_dim", "depth", "in_chans", "patch_size", "tubelet_size", "num_classes", "mlp_ratio",
+            "qkv_bias", "init_values", "use_mean_pooling")
+
+
+def sinusoid_table(num_positions: int, dim: int) -> Tensor:
+    """The fixed position table, shape ``[1, num_positions, dim]``.
+
+    Angle ``pos / 10000^(2⌊j/2⌋/dim)``; even columns take its sine, odd ones its cosine. Computed
+    in float64 and only then cast to float32, as the reference (numpy) does, so that the table is
+    the one the checkpoint was trained with, not one rounded differently.
+    """
+    pos = torch.arange(num_positions, dtype=torch.float64)[:, None]
+    exponent = (2 * (torch.arange(dim) // 2)).to(torch.float64) / dim
+    angle = pos / torch.pow(torch.tensor(10000.0, dtype=torch.float64), exponent)
+    table = torch.empty_like(angle)
+    table[:, 0::2] = torch.sin(angle[:, 0::2])
+    table[:, 1::2] = torch.cos(angle[:, 1::2])
+    return table.to(torch.float32).unsqueeze(0)
+
+
+class PatchEmbed(nn.Module):
+    """Tubelets of ``tubelet × patch × patch`` voxels → tokens, flattened in (T′, H′, W′) order."""
+
+    def __init__(self, *, in_chans: int, embed_dim: int, tubelet_size: int, patch_size: int,
+                 input_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        kernel = (tubelet_size, patch_size, patch_size)
+        self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=kernel, stride=kernel)
+        self.input_shape = input_shape
+        self.num_patches = (input_shape[0] // tubelet_size) * (input_shape[1] // patch_size) * (
+            input_shape[2] // patch_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if tuple(x.shape[2:]) != self.input_shape:
+            # NOTE the position table is built for one T × H × W; another size would either fail
+            # to broadcast or, with the same token count, silently meet the wrong positions.
+            raise ValueError(f"input frames x height x width {tuple(x.shape[2:])} vs the model's {self.input_shape}")
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a bias-free ``qkv`` and separate ``q_bias`` / ``v_bias``."""
+
+    def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
+        self.v_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, c = x.shape
+        bias = None
+        if self.q_bias is not None and self.v_bias is not None:
+            bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
+        # NOTE read .weight here, not self.qkv(x): a parametrize pathway lives behind .weight.
+        qkv = F.linear(x, self.qkv.weight, bias)
+        q, k, v = qkv.reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; ``gamma_1`` / ``gamma_2`` layer scale when ``init_values > 0``."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, *, qkv_bias: bool, init_values: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=_LN_EPS)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=_LN_EPS)
+        self.mlp = Mlp(dim, mlp_hidden)
+        self.gamma_1 = nn.Parameter(torch.full((dim,), init_values)) if init_values > 0 else None
+        self.gamma_2 = nn.Parameter(torch.full((dim,), init_values)) if init_values > 0 else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.gamma_1 is None or self.gamma_2 is None:
+            x = x + self.attn(self.norm1(x))
+            return x + self.mlp(self.norm2(x))
+        x = x + self.gamma_1 * self.attn(self.norm1(x))
+        return x + self.gamma_2 * self.mlp(self.norm2(x))
+
+
+class VideoMAEClassifier(nn.Module):
+    """VideoMAE V2's fine-tuning ``VisionTransformer`` (no cls token), in eval-only form.
+
+    Input ``(B, in_chans, num_frames, H, W)``. Dropout and drop-path are left out: deployment only
+    runs eval mode, where they are identities. ``use_mean_pooling=False`` is the reference's
+    ``--use_cls`` variant: a final ``norm`` on the first token, no ``fc_norm``.
+    """
+
+    def __init__(
+        self,
+        *,
+        img_size: Sequence[int] | int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 400,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        num_frames: int = 16,
+        tubelet_size: int = 2,
+        init_values: float = 0.0,
+        use_mean_pooling: bool = True,
+    ) -> None:
+        super().__init__()
+        h, w = (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
+        self.num_classes, self.num_features, self.embed_dim = num_classes, embed_dim, embed_dim
+        self.patch_embed = PatchEmbed(in_chans=in_chans, embed_dim=embed_dim, tubelet_size=tubelet_size,
+                                      patch_size=patch_size, input_shape=(num_frames, h, w))
+        self.register_buffer("pos_embed", sinusoid_table(self.patch_embed.num_patches, embed_dim), persistent=False)
+        # round(): the giant's ratio 48/11 does not survive int(dim * ratio) once inferred as hidden / dim.
+        hidden = round(embed_dim * mlp_ratio)
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, hidden, qkv_bias=qkv_bias, init_values=init_values) for _ in range(depth)
+        )
+        self.norm: nn.Module = nn.Identity() if use_mean_pooling else nn.LayerNorm(embed_dim, eps=_LN_EPS)
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=_LN_EPS) if use_mean_pooling else None
+        self.head: nn.Module = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(_init_weights)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.patch_embed(x) + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        if self.fc_norm is not None:
+            return self.fc_norm(x.mean(1))
+        return self.norm(x[:, 0])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.forward_features(x))
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shapes:
+    """What the weights show."""
+
+    width: int
+    chans: int
+    tubelet: int
+    patch: int
+    depth: int
+    mlp_ratio: float
+    num_classes: int
+    qkv_bias: bool
+    layer_scale: bool
+    mean_pooling: bool
+
+
+def _shapes(state_dict: Mapping[str, Tensor]) -> _Shapes:
+    weight = state_dict.get("patch_embed.proj.weight")
+    if weight is None or weight.ndim != 5:
+        sample = ", ".join(list(state_dict)[:3])
+        raise M2ptError(f"not a VideoMAE V2 checkpoint: no 5-D patch_embed.proj.weight (keys: {sample}, ...)")
+    if "pos_embed" in state_dict:
+        raise M2ptError("a learned pos_embed (VideoMAE's --use_learnable_pos_emb) is not supported: "
+                        "only the fixed sinusoidal table of the fine-tuning scripts")
+    width, chans, tubelet, patch, patch_w = (int(d) for d in weight.shape)
+    if patch != patch_w:
+        raise M2ptError(f"non-square patches {patch}x{patch_w} are not supported")
+    blocks = {int(k.split(".")[1]) for k in state_dict if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    if not blocks:
+        raise M2ptError("not a VideoMAE V2 checkpoint: no blocks.N weights")
+    head = state_dict.get("head.weight")
+    return _Shapes(
+        width=width, chans=chans, tubelet=tubelet, patch=patch, depth=max(blocks) + 1,
+        mlp_ratio=state_dict["blocks.0.mlp.fc1.weight"].shape[0] / width,
+        num_classes=int(head.shape[0]) if head is not None else 0,
+        qkv_bias="blocks.0.attn.q_bias" in state_dict,
+        layer_scale="blocks.0.gamma_1" in state_dict,
+        mean_pooling="fc_norm.weight" in state_dict,
+    )
+
+
+def _named_size(name: str, *, what: str, width: int, patch: int) -> tuple[str, int]:
+    """``(size, heads)`` of an architecture name, checked against the weights."""
+    m = _ARCH_NAME.match(name)
+    size = (m["ours"] or m["theirs"]) if m else None
+    if size not in _SIZES:
+        raise M2ptError(f"{what} {name!r} is not a VideoMAE V2 architecture "
+                        f"(videomae_v2_<size> or vit_<size>_patch16_224, size one of {', '.join(_SIZES)})")
+    named_width, heads = _SIZES[size]
+    if named_width != width:
+        raise M2ptError(f"{what} {name!r} is {named_width} wide, the weights are {width} wide")
+    if m is not None and m["patch"] is not None and int(m["patch"]) != patch:
+        raise M2ptError(f"{what} {name!r} has patch {m['patch']}, the weights' Conv3d has patch {patch}")
+    return size, heads
+
+
+def _heads(shapes: _Shapes, *, arch: str | None, args: Mapping[str, Any], option: int | None,
+           notes: list[str]) -> tuple[str, int]:
+    """``(arch, num_heads)``: --num-heads, then --arch, then args.model, then the width table."""
+    width = shapes.width
+    arch_name = f"videomae_v2_{_SIZE_BY_WIDTH[width]}" if width in _SIZE_BY_WIDTH else f"videomae_v2_w{width}"
+    if arch is not None:
+        size, heads = _named_size(arch, what="--arch", width=width, patch=shapes.patch)
+        arch_name = f"videomae_v2_{size}"
+    elif isinstance(args.get("model"), str):
+        model = args["model"]
+        m = _ARCH_NAME.match(model)
+        if m is not None and (m["ours"] or m["theirs"]) in _SIZES:
+            size, heads = _named_size(model, what="args.model", width=width, patch=shapes.patch)
+            notes.append(f"{heads} attention heads from args.model {model!r}")
+        else:
+            heads = 0
+            notes.append(f"args.model {model!r} is not a VideoMAE V2 architecture: heads from the width")
+    else:
+        heads = 0
+    if option is not None:
+        if width % option:
+            raise M2ptError(f"--num-heads {option} does not divide the width {width}")
+        return arch_name, option
+    if heads:
+        return arch_name, heads
+    if width in _SIZE_BY_WIDTH:
+        return arch_name, _SIZES[_SIZE_BY_WIDTH[width]][1]
+    heads = max(1, width // 64)
+    notes.append(f"assumed {heads} attention head(s) of 64 channels for width {width} "
+                 "(not in the weights; pass --num-heads to override)")
+    return arch_name, heads
+
+
+def _four(input_size: Sequence[int]) -> tuple[int, int, int, int]:
+    if len(input_size) != 4:
+        raise M2ptError(f"a VideoMAE V2's --input-size is C T H W (4 numbers), got {len(input_size)}: "
+                        f"{' '.join(map(str, input_size))}")
+    c, t, h, w = (int(v) for v in input_size)
+    return c, t, h, w
+
+
+def _input(shapes: _Shapes, input_size: tuple[int, ...] | None, args: Mapping[str, Any],
+           notes: list[str]) -> tuple[int, int, int, int]:
+    """``(C, T, H, W)``: the user's --input-size, then args.num_frames / args.input_size, then defaults."""
+    tubelet = args.get("tubelet_size")
+    if isinstance(tubelet, int) and tubelet != shapes.tubelet:
+        raise M2ptError(f"args.tubelet_size is {tubelet}, the weights' Conv3d has tubelet {shapes.tubelet}")
+    if input_size is not None:
+        c, t, h, w = _four(input_size)
+        source = f"--input-size {c} {t} {h} {w}"
+    else:
+        frames, side = _int_arg(args, "num_frames"), _int_arg(args, "input_size")
+        t = frames * (_int_arg(args, "num_segments") or 1) if frames else DEFAULT_INPUT[1]
+        h = w = side or DEFAULT_INPUT[2]
+        c = shapes.chans
+        if frames or side:
+            source = "args.num_frames / args.input_size"
+            notes.append(f"input {t} x {h} x {w} (frames x height x width) from {source}")
+        else:
+            source = "the default input"
+            notes.append(f"assumed VideoMAE V2's default input {c} x {t} x {h} x {w} (C x T x H x W): the "
+                         "position table is not in the weights; pass --input-size C T H W to override")
+    if c != shapes.chans:
+        raise M2ptError(f"--input-size says {c} channels, the checkpoint has {shapes.chans}")
+    if min(t, h, w) < 1:
+        raise M2ptError(f"{source}: every size must be positive")
+    if t % shapes.tubelet:
+        raise M2ptError(f"{source}: {t} frames do not divide into tubelets of {shapes.tubelet} (the weights' Conv3d)")
+    if h % shapes.patch or w % shapes.patch:
+        raise M2ptError(f"{source}: {h} x {w} does not divide into {shapes.patch} x {shapes.patch} patches "
+                        "(the weights' Conv3d)")
+    return c, t, h, w
+
+
+def _int_arg(args: Mapping[str, Any], name: str) -> int | None:
+    value = args.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _mean_std(chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    # VideoMAE V2's datasets normalise with ImageNet statistics (its timm _cfg's 0.5s are unused).
+    return (IMAGENET_MEAN, IMAGENET_STD) if chans == 3 else ((0.5,) * chans, (0.5,) * chans)
+
+
+class VideoMAEFamily(ModelFamily):
+    """VideoMAE V2 fine-tuned video classifiers (``Video/`` of the M2PT reference)."""
+
+    name = "videomae"
+    title = "VideoMAE V2"
+    input_axes = ("channels", "frames", "height", "width")
+    modality = "video"
+    options = (FamilyOption("num_heads", "attention heads (not in the weights; default from args.model "
+                                         "or the standard width table)"),)
+
+    def recognizes(self, state_dict: Mapping[str, Tensor]) -> bool:
+        weight = state_dict.get("patch_embed.proj.weight")
+        return weight is not None and weight.ndim == 5
+
+    def infer_spec(
+        self,
+        state_dict: Mapping[str, Tensor],
+        *,
+        arch: str | None = None,
+        input_size: tuple[int, ...] | None = None,
+        args: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        notes: list[str] | None = None,
+    ) -> ModelSpec:
+        """Shapes give width, channels, tubelet, patch, depth, MLP ratio and classes; the head count
+        and T × H × W come from the user, then ``args``, then VideoMAE V2's defaults (noted)."""
+        from m2pt_deploy.families.training_args import check_against_args
+
+        opts = self.check_options(options)
+        notes = notes if notes is not None else []
+        args = args or {}
+        shapes = _shapes(state_dict)
+        arch_name, heads = _heads(shapes, arch=arch, args=args, option=opts["num_heads"], notes=notes)
+        c, t, h, w = _input(shapes, input_size, args, notes)
+        mean, std = _mean_std(c)
+        kwargs: dict[str, Any] = {
+            "embed_dim": shapes.width, "depth": shapes.depth, "num_heads": heads, "mlp_ratio": shapes.mlp_ratio,
+            "patch_size": shapes.patch, "tubelet_size": shapes.tubelet, "num_frames": t, "img_size": (h, w),
+            "in_chans": c, "num_classes": shapes.num_classes, "qkv_bias": shapes.qkv_bias,
+            # Only whether gammas exist matters once weights load; 0.1 is VideoMAE's layer-scale init.
+            "init_values": 0.1 if shapes.layer_scale else 0.0,
+            "use_mean_pooling": shapes.mean_pooling,
+        }
+        spec = ModelSpec(arch_name, kwargs, (c, t, h, w), mean=mean, std=std, family=self.name)
+        pooling = args.get("use_mean_pooling")
+        if isinstance(pooling, bool) and pooling != shapes.mean_pooling:
+            raise M2ptError(f"args.use_mean_pooling is {pooling}, but the weights have "
+                            f"{'fc_norm' if shapes.mean_pooling else 'no fc_norm'}")
+        notes.extend(check_against_args(spec, args))
+        return spec
+
+    def check_spec(self, spec: ModelSpec, state_dict: Mapping[str, Tensor]) -> None:
+        """Refuse a declared spec the shapes contradict, before building anything."""
+        if len(spec.input_size) != 4:
+            raise M2ptError(f"the config's input size {spec.input_size} is not C T H W")
+        heads = spec.model_kwargs.get("num_heads")
+        inferred = self.infer_spec(state_dict, input_size=spec.input_size,
+                                   options={"num_heads": heads} if isinstance(heads, int) else None)
+        for key in _CHECKED:
+            declared, actual = spec.model_kwargs.get(key), inferred.model_kwargs[key]
+            if key == "init_values" and declared is not None:
+                declared, actual = declared > 0, actual > 0  # layer scale present or not
+            if declared is not None and declared != actual:
+                raise M2ptError(f"the config says {key} {declared!r}, the weights have {actual!r}")
+        kw = spec.model_kwargs
+        declared_input = (kw.get("in_chans"), kw.get("num_frames"), *tuple(kw.get("img_size") or (None, None)))
+        if declared_input != tuple(spec.input_size):
+            raise M2ptError(f"the config's model input {declared_input} disagrees with its input size "
+                            f"{tuple(spec.input_size)}")
+
+    def override(self, spec: ModelSpec, state_dict: Mapping[str, Tensor], *, arch: str | None = None,
+                 input_size: tuple[int, ...] | None = None, options: Mapping[str, Any] | None = None) -> ModelSpec:
+        """A declared spec with --arch / --input-size / --num-heads applied; the declared head
+        count stays unless --arch or --num-heads says otherwise."""
+        given = {k: v for k, v in self.check_options(options).items() if v is not None}
+        if arch is None and input_size is None and not given:
+            return spec
+        heads = given.get("num_heads", None if arch is not None else spec.model_kwargs.get("num_heads"))
+        new = self.infer_spec(state_dict, arch=arch, input_size=input_size or spec.input_size,
+                              options={"num_heads": heads})
+        return new if arch is not None else dataclasses.replace(new, arch=spec.arch)
+
+    def build(self, spec: ModelSpec, *, exportable: bool = False) -> nn.Module:
+        """``exportable`` changes nothing: the attention is plain tensor ops either way."""
+        try:
+            return VideoMAEClassifier(**spec.model_kwargs).eval()
+        except (TypeError, ValueError) as e:
+            raise M2ptError(f"cannot build {spec.arch} with {spec.model_kwargs}: {e}") from e
+
+    def with_input_size(self, spec: ModelSpec, input_size: tuple[int, ...]) -> ModelSpec:
+        c, t, h, w = _four(input_size)
+        kw = spec.model_kwargs
+        tubelet, patch = int(kw["tubelet_size"]), int(kw["patch_size"])
+        if t < 1 or t % tubelet:
+            raise M2ptError(f"--input-size {c} {t} {h} {w}: {t} frames do not divide into tubelets of {tubelet}")
+        if h < 1 or w < 1 or h % patch or w % patch:
+            raise M2ptError(f"--input-size {c} {t} {h} {w}: {h} x {w} does not divide into {patch} x {patch} patches")
+        mean, std = (spec.mean, spec.std) if len(spec.mean) == c else _mean_std(c)
+        kwargs = {**kw, "in_chans": c, "num_frames": t, "img_size": (h, w)}
+        return dataclasses.replace(spec, model_kwargs=kwargs, input_size=(c, t, h, w), mean=mean, std=std)
+
+    def describe(self, spec: ModelSpec) -> str:
+        kw = spec.model_kwargs
+        c, t, h, w = spec.input_size
+        return (f"VideoMAE V2 ({spec.arch}: {kw['embed_dim']} wide, {kw['depth']} blocks, {kw['num_heads']} heads, "
+                f"tubelet {kw['tubelet_size']}, patch {kw['patch_size']}; input {c}x{t}x{h}x{w})")
+
+    def input_metadata(self, spec: ModelSpec) -> dict[str, Any]:
+        c, t, h, w = spec.input_size
+        kw = spec.model_kwargs
+        return {**super().input_metadata(spec), "channels": c, "frames": t, "height": h, "width": w,
+                "tubelet_size": kw["tubelet_size"], "patch_size": kw["patch_size"]}
