@@ -113,10 +113,10 @@ def export_onnx(
         raise M2ptError("--optimize takes fp32 or int8: ONNX Runtime's CPU provider has no fp16 fast path")
     if precision == "int8" and calib_images < 1:
         raise M2ptError(f"--calib-images {calib_images}: need at least 1")
+    shape = parse_batch(batch) if batch else DYNAMIC_BATCH
     if batch and ":" in batch:
         raise M2ptError(f"--batch {batch} is a TensorRT profile (MIN:OPT:MAX, for --format trt); ONNX "
                         "takes one number for a static batch, or nothing for a dynamic one")
-    shape = parse_batch(batch) if batch else DYNAMIC_BATCH
     if verify or optimize or precision == "int8":
         require_onnxruntime("verifying the export" if verify else "--optimize and int8")
     out = check_output_path(output or _source_path(checkpoint).with_suffix(".onnx"), force=force)

@@ -58,7 +58,7 @@ def _mismatch(p: Path) -> None:
     (lambda p: p.write_bytes(b"\x00" * 3), ["truncated or empty file"]),
     (lambda p: p.write_bytes(b"definitely not a checkpoint"), ["not a readable PyTorch checkpoint"]),
     (_pickle_with_code, ["needs code to run", "getcwd"]),
-    (lambda p: torch.save({"conv.weight": torch.zeros(2, 2)}, p), ["not a ViT checkpoint"]),
+    (lambda p: torch.save({"conv.weight": torch.zeros(2, 2)}, p), ["cannot recognise the model family"]),
     (_nan, ["pos_embed contains NaN"]),
     (_mismatch, ["blocks.0.attn.qkv: target weight (192, 64) vs aux #0 weight (64, 64)"]),
 ], ids=["missing", "truncated", "not-a-checkpoint", "pickle-code", "not-a-vit", "nan", "aux-mismatch"])

@@ -70,7 +70,9 @@ def test_metadata_describes_input_and_source(exported) -> None:
     meta = read_metadata(onnx.load(path))
     assert meta["m2pt_deploy.input"] == {"name": INPUT_NAME, "channels": 3, "height": 32, "width": 32,
                                          "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                                         "crop_pct": 0.9, "interpolation": "bicubic"}
+                                         "crop_pct": 0.9, "interpolation": "bicubic", "modality": "image",
+                                         "layout": ["batch", "channels", "height", "width"], "shape": [3, 32, 32]}
+    assert meta["m2pt_deploy.family"] == "vit"
     assert meta["m2pt_deploy.source_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert meta["m2pt_deploy.lambda"]["layers"] == 8 and len(meta["m2pt_deploy.lambda"]["aux"]) == 2
     assert meta["m2pt_deploy.arch"] == "vit_tiny_patch16_224"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TRT_MODULES = ["m2pt_deploy/export/tensorrt.py", "m2pt_deploy/verify/tensorrt.py"]
 # `make` installs the published stubs here (--no-deps: they require the real wheels).
 PUBLISHED_STUBS = Path(sys.prefix) / "trt-stubs"

@@ -76,7 +76,7 @@ def test_default_target_is_this_cpu(fp32_graph, calib) -> None:  # noqa: F811
 
 def test_fp8_calibration_streams_one_batch_at_a_time(fp32_graph, calib, monkeypatch) -> None:  # noqa: F811
     """ONNX Runtime's fp8 calibrator is fed one batch per collection, so memory stays flat."""
-    from m2pt_deploy.export import quantize
+    from m2pt_deploy.export.int8 import quantize
 
     readers: list[quantize._Reader] = []
 
