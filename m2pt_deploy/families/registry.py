@@ -14,7 +14,7 @@ from torch import Tensor
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.families.base import ModelFamily
 
-__all__ = ["detect_family", "family_names", "get_family", "register_family"]
+__all__ = ["detect_family", "family_names", "get_family", "register_family", "unregister_family"]
 
 _FAMILIES: dict[str, ModelFamily] = {}
 
@@ -29,6 +29,15 @@ def register_family(family: ModelFamily, *, replace: bool = False) -> ModelFamil
     _FAMILIES.pop(family.name, None)
     _FAMILIES[family.name] = family
     return family
+
+
+def unregister_family(name: str) -> ModelFamily:
+    """Forget a registered family (a test's, or one to be replaced); returns it."""
+    _builtins()
+    try:
+        return _FAMILIES.pop(name)
+    except KeyError:
+        raise M2ptError(f"unknown model family {name!r} (known: {', '.join(_FAMILIES)})") from None
 
 
 def family_names() -> tuple[str, ...]:

@@ -122,8 +122,6 @@ def ort_session(
     import onnx
     import onnxruntime as ort
 
-    if options is None:
-        options = session_options(model, **option_kwargs)
     source: str | bytes
     if isinstance(model, onnx.ModelProto):
         source = model.SerializeToString()
@@ -132,6 +130,8 @@ def ort_session(
     else:
         source = os.fspath(model)
     try:
+        if options is None:  # reading the model to choose its optimization level may fail too
+            options = session_options(model, **option_kwargs)
         return ort.InferenceSession(source, options, providers=list(providers))
     except Exception as e:  # onnxruntime raises its own untyped exceptions
         raise M2ptError(f"{what}: {first_line(e)}", path) from None

@@ -16,7 +16,7 @@ from m2pt_deploy.merge import merge_model, merged_state_dict
 from m2pt_deploy.model.build import build_unmerged, build_vanilla
 from m2pt_deploy.model.checkpoint import load_checkpoint
 from m2pt_deploy.model.pathway import add_pathways, pathway_layers
-from tests.conftest import TINY
+from tests.tiny import TINY
 from tests.families.video_formats import (
     TINY_VIDEO,
     randomise_weights,

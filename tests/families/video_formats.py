@@ -20,7 +20,7 @@ from torch import nn
 from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.model.build import build_vanilla
 from m2pt_deploy.model.pathway import add_pathways
-from tests.conftest import random_lambdas, reference_state_dict
+from tests.tiny import random_lambdas, reference_state_dict
 
 # 64 wide = one 64-wide head, which shape inference assumes; 4 frames of 32 × 32 in tubelets of
 # 2 × 8 × 8 give 2 · 4 · 4 = 32 tokens.

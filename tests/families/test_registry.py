@@ -1,0 +1,119 @@
+"""A family registered from Python goes through the whole pipeline: load, merge, export, verify."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.families import ModelFamily, ModelSpec, detect_family, get_family, register_family, unregister_family
+from m2pt_deploy.merge import merge_model
+from m2pt_deploy.model.build import build_unmerged
+from m2pt_deploy.model.checkpoint import PathwayInfo, load_checkpoint, save_checkpoint
+from m2pt_deploy.model.pathway import add_pathways, pathway_layers, pathway_state_dict
+from m2pt_deploy.pipelines.export import export_onnx
+
+
+class Block(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, 2 * width)
+        self.fc2 = nn.Linear(2 * width, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.fc2(torch.relu(self.fc1(self.norm(x))))
+
+
+class TokenMLP(nn.Module):
+    """A user's transformer-like model that no built-in family knows: (B, 4, 8) tokens."""
+
+    def __init__(self, width: int, depth: int, classes: int) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, width)
+        self.layers = nn.Sequential(*(Block(width) for _ in range(depth)))
+        self.out = nn.Linear(width, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.layers(self.embed(x)).mean(dim=1))
+
+
+class TokenMLPFamily(ModelFamily):
+    name = "token_mlp"
+    title = "token MLP"
+    block_path = "layers"
+    pathway_layers = ("fc1", "fc2")
+    head = "out"
+    input_axes = ("tokens", "features")
+    modality = "tokens"
+
+    def recognizes(self, state_dict: Mapping[str, Tensor]) -> bool:
+        return "embed.weight" in state_dict and "layers.0.fc1.weight" in state_dict
+
+    def infer_spec(self, state_dict: Mapping[str, Tensor], *, arch: str | None = None,
+                   input_size: tuple[int, ...] | None = None, args: Mapping[str, Any] | None = None,
+                   options: Mapping[str, Any] | None = None, notes: list[str] | None = None) -> ModelSpec:
+        self.check_options(options)
+        width = state_dict["embed.weight"].shape[0]
+        depth = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("layers."))
+        kwargs = {"width": width, "depth": depth, "classes": state_dict["out.weight"].shape[0]}
+        return ModelSpec("token_mlp", kwargs, (4, 8), (), (), family=self.name)
+
+    def check_spec(self, spec: ModelSpec, state_dict: Mapping[str, Tensor]) -> None:
+        if spec.model_kwargs != self.infer_spec(state_dict).model_kwargs:
+            raise M2ptError("the config disagrees with the weights")
+
+    def build(self, spec: ModelSpec, *, exportable: bool = False) -> nn.Module:
+        kw = spec.model_kwargs
+        return TokenMLP(kw["width"], kw["depth"], kw["classes"]).eval()
+
+
+@pytest.fixture
+def token_family() -> Iterator[ModelFamily]:
+    family = register_family(TokenMLPFamily())
+    yield family
+    unregister_family(family.name)
+
+
+def _pathway_checkpoint(path: Path, family: ModelFamily) -> Path:
+    torch.manual_seed(0)
+    spec = family.infer_spec(TokenMLP(16, 2, 3).state_dict())
+    target, aux = family.build(spec), family.build(spec)
+    add_pathways(target, aux, layers=family.pathway_layers, block_path=family.block_path)
+    for p in pathway_layers(target).values():
+        p.scales[0].data.fill_(0.3)
+    info = PathwayInfo(family.pathway_layers, family.block_path, "scalar", ({"modality": "x", "sha256": None},))
+    return save_checkpoint(path, pathway_state_dict(target), spec, pathway=info)
+
+
+def test_a_registered_family_is_recognised_and_named(token_family: ModelFamily) -> None:
+    assert detect_family(TokenMLP(16, 2, 3).state_dict()) is token_family
+    assert get_family("token_mlp") is token_family
+    with pytest.raises(ValueError, match="already registered"):
+        register_family(TokenMLPFamily())
+
+
+def test_unknown_weights_and_names_are_one_line_errors() -> None:
+    with pytest.raises(M2ptError, match="cannot recognise the model family"):
+        detect_family(TokenMLP(16, 2, 3).state_dict())
+    with pytest.raises(M2ptError, match="unknown model family 'nope'"):
+        get_family("nope")
+
+
+def test_the_pipeline_reaches_a_user_family_through_the_registry(token_family: ModelFamily, tmp_path: Path,
+                                                                 capsys) -> None:
+    ckpt = load_checkpoint(_pathway_checkpoint(tmp_path / "tok.safetensors", token_family))
+    assert ckpt.spec.family == "token_mlp" and ckpt.pathway is not None
+    assert ckpt.pathway.block_path == "layers"
+    unmerged = build_unmerged(ckpt)
+    x = torch.randn(5, 4, 8)
+    merged = merge_model(unmerged, ckpt.spec)
+    assert torch.equal(merged(x), unmerged(x))
+    result = export_onnx(ckpt, tmp_path / "tok.onnx", model=None)
+    assert result.passed, str(result.verdict)
+    assert "PASSED: 3/3 checks passed" in str(result.verdict)
