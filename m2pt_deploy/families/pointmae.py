@@ -322,8 +322,10 @@ class PointMAEFamily(ModelFamily):
         for key, value in actual.items():
             if kw.get(key) is not None and kw[key] != value:
                 raise M2ptError(f"the config says {key} {kw[key]!r}, the weights have {value!r}")
-        settings = {o.name: kw.get(o.name) for o in self.options}
-        _check_grouping(settings, actual["embed_dim"])  # type: ignore[arg-type]
+        missing = [o.name for o in self.options if kw.get(o.name) is None]
+        if missing:
+            raise M2ptError(f"the config's model_kwargs lack {', '.join(missing)} (a Point-MAE spec records them)")
+        _check_grouping({o.name: kw[o.name] for o in self.options}, actual["embed_dim"])
         if _two(spec.input_size) != kw["npoints"]:
             raise M2ptError(f"the config's npoints {kw['npoints']} disagrees with its input size {spec.input_size}")
 

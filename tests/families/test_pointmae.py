@@ -129,6 +129,10 @@ def test_check_spec_and_override() -> None:
     wrong = dataclasses.replace(TINY_POINT, model_kwargs={**TINY_POINT.model_kwargs, "depth": 3})
     with pytest.raises(M2ptError, match="the config says depth 3, the weights have 2"):
         FAMILY.check_spec(wrong, sd)
+    bare = dataclasses.replace(TINY_POINT, model_kwargs={k: v for k, v in TINY_POINT.model_kwargs.items()
+                                                         if k != "num_heads"})
+    with pytest.raises(M2ptError, match="the config's model_kwargs lack num_heads"):
+        FAMILY.check_spec(bare, sd)
     assert FAMILY.override(TINY_POINT, sd) is TINY_POINT
     bigger = FAMILY.override(TINY_POINT, sd, input_size=(512, 3))
     assert bigger.input_size == (512, 3) and bigger.model_kwargs["npoints"] == 512
