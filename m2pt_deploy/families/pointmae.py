@@ -48,7 +48,6 @@ def farthest_point_sample(xyz: Tensor, num_group: int) -> Tensor:
     the CUDA kernel does the same within a thread but not always across its threads, so
     clouds with exactly tied distances may get other (equally far) centres there.
     """
-    batch, num_points, _ = xyz.shape
     eligible = (xyz * xyz).sum(-1) > _FPS_MIN_SQUARED_NORM  # (B, N)
     nearest = torch.full_like(xyz[..., 0], _FPS_INIT)
     index = torch.zeros_like(xyz[:, :1, 0], dtype=torch.long)  # (B, 1): the first centre is point 0
