@@ -3,6 +3,7 @@
 ``videomae`` (VideoMAE V2) and ``pointmae`` (Point-MAE); add yours with :func:`register_family`."""
 
 from m2pt_deploy.families.base import FamilyOption, ModelFamily, ModelSpec
+from m2pt_deploy.families.pointmae import PointMAEFamily
 from m2pt_deploy.families.registry import (
     detect_family,
     family_names,
@@ -13,8 +14,9 @@ from m2pt_deploy.families.registry import (
 from m2pt_deploy.families.videomae import VideoMAEFamily
 from m2pt_deploy.families.vit import ViTFamily
 
-__all__ = ["FamilyOption", "ModelFamily", "ModelSpec", "VideoMAEFamily", "ViTFamily", "detect_family", "family_names",
-           "get_family", "register_family", "unregister_family"]
+__all__ = ["FamilyOption", "ModelFamily", "ModelSpec", "PointMAEFamily", "VideoMAEFamily", "ViTFamily",
+           "detect_family", "family_names", "get_family", "register_family", "unregister_family"]
 
 register_family(ViTFamily())
 register_family(VideoMAEFamily())
+register_family(PointMAEFamily())

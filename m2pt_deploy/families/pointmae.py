@@ -1,0 +1,379 @@
+"""The ``pointmae`` family: Point-MAE's ``PointTransformer`` classifier (M2PT's Point target).
+
+The model takes raw points (B, N, 3) and groups them itself: farthest point sampling picks
+``num_group`` centres, each centre's ``group_size`` nearest points (minus the centre) go
+through a mini-PointNet, and the tokens plus a cls token run through a ViT whose position
+embedding (an MLP on the centres) is added before every block. The grouping is written
+with plain tensor ops (ArgMax, Min, Gather, TopK) so that an ONNX export takes raw points.
+
+The state-dict keys are Point-MAE's (``encoder.first_conv.0.weight``,
+``blocks.blocks.0.attn.qkv.weight``, ``cls_head_finetune.8.bias``, ...). Width, depth, MLP
+ratio and class count are read off the shapes; the grouping and the head count are not
+visible in the weights and are family options with Point-MAE's defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.families.base import FamilyOption, ModelFamily, ModelSpec
+
+__all__ = ["ARCH", "PointMAEFamily", "PointTransformer", "farthest_point_sample", "group_points",
+           "knn_indices"]
+
+ARCH = "point_mae"
+# pointnet2_ops' kernel starts its running distances at 1e10 and never picks a point this
+# close to the origin (squared norm) after the first centre.
+_FPS_INIT = 1e10
+_FPS_MIN_SQUARED_NORM = 1e-3
+_HEAD_HIDDEN = 256
+_POS_HIDDEN = 128
+
+
+def farthest_point_sample(xyz: Tensor, num_group: int) -> Tensor:
+    """Indices (B, num_group) of farthest point sampling, as pointnet2_ops' CUDA kernel picks them.
+
+    The first centre is point 0; each next one is the argmax of every point's squared
+    distance to its nearest centre so far. Like the kernel, points with squared norm
+    <= 1e-3 are never picked after the first. The loop runs ``num_group - 1`` times in
+    Python, so tracing unrolls it into that many ArgMax / Gather / Min steps.
+
+    Ties: ``torch.argmax`` and ONNX ArgMax both take the lowest index among equal maxima;
+    the CUDA kernel does the same within a thread but not always across its threads, so
+    clouds with exactly tied distances may get other (equally far) centres there.
+    """
+    eligible = (xyz * xyz).sum(-1) > _FPS_MIN_SQUARED_NORM  # (B, N)
+    nearest = torch.full_like(xyz[..., 0], _FPS_INIT)
+    index = torch.zeros_like(xyz[:, :1, 0], dtype=torch.long)  # (B, 1): the first centre is point 0
+    chosen = [index]
+    for _ in range(num_group - 1):
+        centre = torch.gather(xyz, 1, index.unsqueeze(-1).expand(-1, -1, 3))  # (B, 1, 3)
+        nearest = torch.minimum(nearest, ((xyz - centre) ** 2).sum(-1))
+        index = torch.where(eligible, nearest, -1.0).argmax(dim=1, keepdim=True)
+        chosen.append(index)
+    return torch.cat(chosen, dim=1)
+
+
+def knn_indices(xyz: Tensor, centres: Tensor, k: int) -> Tensor:
+    """Indices (B, G, k) of each centre's ``k`` nearest points by squared distance (TopK, smallest).
+
+    The distance is the sum of squared coordinate differences (no ``|a|² - 2ab + |b|²``
+    shortcut, whose cancellation would reorder near neighbours). Ties at the k-th distance
+    are broken by torch's and ONNX Runtime's TopK (the lower index first in ORT); the
+    encoder max-pools over the group, so the order within a group does not matter.
+    """
+    dist = ((centres.unsqueeze(2) - xyz.unsqueeze(1)) ** 2).sum(-1)  # (B, G, N)
+    return dist.topk(k, dim=-1, largest=False, sorted=True).indices
+
+
+def group_points(xyz: Tensor, num_group: int, group_size: int) -> tuple[Tensor, Tensor]:
+    """``(neighbourhoods (B, G, K, 3) relative to their centres, centres (B, G, 3))``."""
+    batch = xyz.shape[0]
+    centre_idx = farthest_point_sample(xyz, num_group)
+    centres = torch.gather(xyz, 1, centre_idx.unsqueeze(-1).expand(-1, -1, 3))
+    idx = knn_indices(xyz, centres, group_size).reshape(batch, num_group * group_size, 1)
+    neighbours = torch.gather(xyz, 1, idx.expand(-1, -1, 3)).reshape(batch, num_group, group_size, 3)
+    return neighbours - centres.unsqueeze(2), centres
+
+
+class _Encoder(nn.Module):
+    """Point-MAE's mini-PointNet: one token of ``width`` features per group."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.width = width
+        self.first_conv = nn.Sequential(nn.Conv1d(3, 128, 1), nn.BatchNorm1d(128), nn.ReLU(inplace=True),
+                                        nn.Conv1d(128, 256, 1))
+        self.second_conv = nn.Sequential(nn.Conv1d(512, 512, 1), nn.BatchNorm1d(512), nn.ReLU(inplace=True),
+                                         nn.Conv1d(512, width, 1))
+
+    def forward(self, groups: Tensor) -> Tensor:
+        batch, num_group, size, _ = groups.shape
+        x = self.first_conv(groups.reshape(batch * num_group, size, 3).transpose(1, 2))  # (BG, 256, K)
+        pooled = x.max(dim=2, keepdim=True).values
+        x = self.second_conv(torch.cat([pooled.expand(-1, -1, size), x], dim=1))
+        return x.max(dim=2).values.reshape(batch, num_group, self.width)
+
+
+class _Attention(nn.Module):
+    def __init__(self, width: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (width // num_heads) ** -0.5
+        self.qkv = nn.Linear(width, 3 * width, bias=False)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, tokens, width = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, width // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(batch, tokens, width))
+
+
+class _Mlp(nn.Module):
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class _Block(nn.Module):
+    def __init__(self, width: int, num_heads: int, hidden: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.attn = _Attention(width, num_heads)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = _Mlp(width, hidden)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class _Blocks(nn.Module):
+    """Point-MAE's ``TransformerEncoder``: the position is added before every block."""
+
+    def __init__(self, width: int, depth: int, num_heads: int, hidden: int) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(_Block(width, num_heads, hidden) for _ in range(depth))
+
+    def forward(self, x: Tensor, pos: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x + pos)
+        return x
+
+
+class PointTransformer(nn.Module):
+    """Point-MAE's fine-tuning classifier with its exact state-dict keys (no drop path: eval only).
+
+    Args:
+        embed_dim: token width (``trans_dim``; the encoder's output, ``encoder_dims``, is the same).
+        depth: number of transformer blocks.
+        num_heads: attention heads (6 in every Point-MAE config).
+        mlp_ratio: MLP hidden width over ``embed_dim``.
+        num_classes: classifier outputs (``cls_dim``).
+        num_group: centres picked by farthest point sampling.
+        group_size: nearest points per centre.
+    """
+
+    def __init__(self, *, embed_dim: int = 384, depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0,
+                 num_classes: int = 40, num_group: int = 64, group_size: int = 32) -> None:
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"num_heads {num_heads} does not divide embed_dim {embed_dim}")
+        self.num_group, self.group_size = num_group, group_size
+        self.encoder = _Encoder(embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.cls_pos = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        nn.init.trunc_normal_(self.cls_pos, std=0.02)
+        self.pos_embed = nn.Sequential(nn.Linear(3, _POS_HIDDEN), nn.GELU(), nn.Linear(_POS_HIDDEN, embed_dim))
+        self.blocks = _Blocks(embed_dim, depth, num_heads, round(embed_dim * mlp_ratio))
+        self.norm = nn.LayerNorm(embed_dim)
+        self.cls_head_finetune = nn.Sequential(
+            nn.Linear(2 * embed_dim, _HEAD_HIDDEN), nn.BatchNorm1d(_HEAD_HIDDEN), nn.ReLU(inplace=True),
+            nn.Dropout(0.5),
+            nn.Linear(_HEAD_HIDDEN, _HEAD_HIDDEN), nn.BatchNorm1d(_HEAD_HIDDEN), nn.ReLU(inplace=True),
+            nn.Dropout(0.5),
+            nn.Linear(_HEAD_HIDDEN, num_classes),
+        )
+
+    def forward(self, points: Tensor) -> Tensor:
+        neighbourhoods, centres = group_points(points, self.num_group, self.group_size)
+        tokens = self.encoder(neighbourhoods)
+        batch = tokens.shape[0]
+        x = torch.cat([self.cls_token.expand(batch, -1, -1), tokens], dim=1)
+        pos = torch.cat([self.cls_pos.expand(batch, -1, -1), self.pos_embed(centres)], dim=1)
+        x = self.norm(self.blocks(x, pos))
+        return self.cls_head_finetune(torch.cat([x[:, 0], x[:, 1:].max(dim=1).values], dim=-1))
+
+
+# ---------------------------------------------------------------------------------------------
+# The family
+
+_OPTIONS = (
+    FamilyOption("npoints", "points per cloud (the input is npoints x 3)", 1024),
+    FamilyOption("num_group", "centres picked by farthest point sampling", 64),
+    FamilyOption("group_size", "nearest points grouped round each centre", 32),
+    FamilyOption("num_heads", "attention heads (not visible in the weights; Point-MAE uses 6)", 6),
+)
+_BLOCKS = "blocks.blocks"
+
+
+def _shape(sd: Mapping[str, Tensor], key: str) -> tuple[int, ...]:
+    if key not in sd:
+        sample = ", ".join(list(sd)[:3])
+        raise M2ptError(f"not a Point-MAE classifier: no {key} (keys: {sample}, ...)")
+    return tuple(sd[key].shape)
+
+
+def _architecture(sd: Mapping[str, Tensor]) -> dict[str, Any]:
+    """Width, depth, MLP ratio and classes from the shapes, each cross-checked once."""
+    width = _shape(sd, "cls_token")[-1]
+    checks = {
+        "cls_pos": (_shape(sd, "cls_pos")[-1], width),
+        "encoder.second_conv.3.weight (encoder_dims)": (_shape(sd, "encoder.second_conv.3.weight")[0], width),
+        "pos_embed.2.weight": (_shape(sd, "pos_embed.2.weight")[0], width),
+        "blocks.blocks.0.attn.qkv.weight": (_shape(sd, f"{_BLOCKS}.0.attn.qkv.weight"), (3 * width, width)),
+        "cls_head_finetune.0.weight": (_shape(sd, "cls_head_finetune.0.weight")[1], 2 * width),
+    }
+    for key, (actual, expected) in checks.items():
+        if actual != expected:
+            raise M2ptError(f"{key} has {actual}, the cls token's width {width} implies {expected}")
+    prefix = _BLOCKS + "."
+    depth = 1 + max(int(k[len(prefix):].split(".", 1)[0]) for k in sd if k.startswith(prefix))
+    hidden = _shape(sd, f"{_BLOCKS}.0.mlp.fc1.weight")[0]
+    return {"embed_dim": width, "depth": depth, "mlp_ratio": hidden / width,
+            "num_classes": _shape(sd, "cls_head_finetune.8.weight")[0]}
+
+
+def _two(input_size: tuple[int, ...]) -> int:
+    if len(input_size) != 2 or input_size[1] != 3:
+        raise M2ptError(f"a Point-MAE's --input-size is N 3 (points x xyz), got {' '.join(map(str, input_size))}")
+    return int(input_size[0])
+
+
+def _check_grouping(settings: Mapping[str, int], width: int) -> None:
+    for name, value in settings.items():
+        if not isinstance(value, int) or value < 1:
+            raise M2ptError(f"--{name.replace('_', '-')} must be a whole number of at least 1, got {value!r}")
+    npoints, num_group, group_size = settings["npoints"], settings["num_group"], settings["group_size"]
+    if npoints < num_group:
+        raise M2ptError(f"--npoints {npoints} is fewer than --num-group {num_group}: "
+                        f"farthest point sampling picks {num_group} distinct centres from the cloud")
+    if group_size > npoints:
+        raise M2ptError(f"--group-size {group_size} is more than --npoints {npoints}: "
+                        f"each group takes its {group_size} nearest points from the cloud")
+    if width % settings["num_heads"]:
+        raise M2ptError(f"--num-heads {settings['num_heads']} does not divide the width {width} "
+                        f"(pass the head count the model was trained with)")
+
+
+class PointMAEFamily(ModelFamily):
+    """Point-MAE ``PointTransformer`` classifiers (ModelNet40, ScanObjectNN fine-tunes)."""
+
+    name = "pointmae"
+    title = "Point-MAE"
+    block_path = _BLOCKS
+    head = "cls_head_finetune"
+    input_axes = ("points", "xyz")
+    modality = "points"
+    options = _OPTIONS
+
+    def recognizes(self, state_dict: Mapping[str, Tensor]) -> bool:
+        conv = state_dict.get("encoder.first_conv.0.weight")
+        return (conv is not None and conv.ndim == 3 and f"{_BLOCKS}.0.attn.qkv.weight" in state_dict
+                and "cls_token" in state_dict)
+
+    def infer_spec(
+        self,
+        state_dict: Mapping[str, Tensor],
+        *,
+        arch: str | None = None,
+        input_size: tuple[int, ...] | None = None,
+        args: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+        notes: list[str] | None = None,
+    ) -> ModelSpec:
+        """Architecture from the shapes; grouping and heads from ``options`` / ``input_size``,
+        then the training ``args`` (a Point-MAE config's names), then Point-MAE's defaults."""
+        settings = self.check_options(options)
+        given = {k for k, v in (options or {}).items() if v is not None}
+        notes = notes if notes is not None else []
+        if input_size is not None:
+            npoints = _two(input_size)
+            if "npoints" in given and settings["npoints"] != npoints:
+                raise M2ptError(f"--input-size says {npoints} points, --npoints says {settings['npoints']}")
+            settings["npoints"] = npoints
+            given.add("npoints")
+        from_args = [k for k in settings if k not in given and isinstance((args or {}).get(k), int)]
+        for key in from_args:
+            settings[key] = int((args or {})[key])
+        if from_args:
+            notes.append(f"from the training args: {', '.join(f'{k} {settings[k]}' for k in from_args)}")
+        assumed = [k for k in settings if k not in given and k not in from_args]
+        if {"npoints", "num_group", "group_size"} & set(assumed):
+            notes.append(f"assumed Point-MAE's grouping: {settings['npoints']} points, {settings['num_group']} "
+                         f"groups of {settings['group_size']} (pass --npoints/--num-group/--group-size)")
+        if "num_heads" in assumed:
+            notes.append(f"assumed {settings['num_heads']} attention heads, as in every Point-MAE config "
+                         "(not visible in the weights; pass --num-heads)")
+        kwargs = {**_architecture(state_dict), **settings}
+        _check_grouping(settings, kwargs["embed_dim"])
+        if arch is not None and arch != ARCH:
+            raise M2ptError(f"--arch {arch}: a Point-MAE model is {ARCH!r} (its shape comes from the weights)")
+        return ModelSpec(ARCH, kwargs, (settings["npoints"], 3), mean=(), std=(), family=self.name)
+
+    def check_spec(self, spec: ModelSpec, state_dict: Mapping[str, Tensor]) -> None:
+        kw = spec.model_kwargs
+        actual = _architecture(state_dict)
+        for key, value in actual.items():
+            if kw.get(key) is not None and kw[key] != value:
+                raise M2ptError(f"the config says {key} {kw[key]!r}, the weights have {value!r}")
+        missing = [o.name for o in self.options if kw.get(o.name) is None]
+        if missing:
+            raise M2ptError(f"the config's model_kwargs lack {', '.join(missing)} (a Point-MAE spec records them)")
+        _check_grouping({o.name: kw[o.name] for o in self.options}, actual["embed_dim"])
+        if _two(spec.input_size) != kw["npoints"]:
+            raise M2ptError(f"the config's npoints {kw['npoints']} disagrees with its input size {spec.input_size}")
+
+    def override(self, spec: ModelSpec, state_dict: Mapping[str, Tensor], *, arch: str | None = None,
+                 input_size: tuple[int, ...] | None = None, options: Mapping[str, Any] | None = None) -> ModelSpec:
+        """The declared grouping and heads with the user's values on top; an ``input_size``
+        replaces the declared ``npoints`` (the base default would call them a contradiction)."""
+        given = {k: v for k, v in self.check_options(options).items() if (options or {}).get(k) is not None}
+        if arch is not None and arch != spec.arch:
+            raise M2ptError(f"--arch {arch}: a Point-MAE model is {ARCH!r} (its shape comes from the weights)")
+        if input_size is None and not given:
+            return spec
+        declared = {o.name: spec.model_kwargs.get(o.name) for o in self.options}
+        if input_size is not None and "npoints" not in given:
+            declared.pop("npoints")
+        return self.infer_spec(state_dict, input_size=input_size, options={**declared, **given})
+
+    def build(self, spec: ModelSpec, *, exportable: bool = False) -> nn.Module:
+        """``exportable`` changes nothing: the grouping is already written in exportable ops."""
+        kw = spec.model_kwargs
+        try:
+            model = PointTransformer(embed_dim=kw["embed_dim"], depth=kw["depth"], num_heads=kw["num_heads"],
+                                     mlp_ratio=kw["mlp_ratio"], num_classes=kw["num_classes"],
+                                     num_group=kw["num_group"], group_size=kw["group_size"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise M2ptError(f"cannot build a Point-MAE model from {kw}: {type(e).__name__}: {e}") from e
+        return model.eval()
+
+    def with_input_size(self, spec: ModelSpec, input_size: tuple[int, ...]) -> ModelSpec:
+        npoints = _two(input_size)
+        settings = {o.name: spec.model_kwargs[o.name] for o in self.options} | {"npoints": npoints}
+        _check_grouping(settings, spec.model_kwargs["embed_dim"])
+        return dataclasses.replace(spec, model_kwargs={**spec.model_kwargs, "npoints": npoints},
+                                   input_size=(npoints, 3))
+
+    def example_input(self, spec: ModelSpec, batch: int, *, seed: int = 0) -> Tensor:
+        """Seeded uniform points in [-1, 1]³: continuous values, so FPS and KNN meet no ties
+        (a standard-normal cloud would work too; a unit cube reads like normalised shapes)."""
+        gen = torch.Generator().manual_seed(seed)
+        return torch.rand((batch, *spec.input_size), generator=gen) * 2 - 1
+
+    def describe(self, spec: ModelSpec) -> str:
+        kw = spec.model_kwargs
+        return (f"Point-MAE ({kw['embed_dim']} wide, {kw['depth']} blocks, {kw['num_heads']} heads; "
+                f"{kw['npoints']} points in {kw['num_group']} groups of {kw['group_size']})")
+
+    def input_metadata(self, spec: ModelSpec) -> dict[str, Any]:
+        """Raw xyz, not normalised by the model (mean/std are empty): Point-MAE's loaders centre
+        and scale each cloud to the unit sphere before it reaches the model."""
+        kw = spec.model_kwargs
+        return {**super().input_metadata(spec), "points": kw["npoints"], "num_group": kw["num_group"],
+                "group_size": kw["group_size"], "sampling": "farthest point sampling from point 0, kNN"}
