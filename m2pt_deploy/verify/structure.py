@@ -222,6 +222,8 @@ def _randomise(model: nn.Module, pattern: Pattern) -> None:
                 value.fill_(float(role.removeprefix("const:")))
             elif role.startswith("same:"):
                 value.copy_(state[role.removeprefix("same:")])
+            elif key.endswith("running_var"):
+                value.uniform_(0.5, 1.5)  # a variance (Point-MAE's BatchNorm): positive, or its fold is NaN
             else:
                 value.normal_(0.0, 0.02)
 

@@ -19,6 +19,8 @@ from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.model.build import build_vanilla
 from m2pt_deploy.model.checkpoint import load_checkpoint, save_checkpoint
 from tests.cli.commands import assert_user_error, export
+from tests.families.point_formats import OPTIONS as POINT_OPTIONS
+from tests.families.point_formats import TINY_POINT, point_mae_builder
 from tests.families.video_formats import TINY_VIDEO, write_videomae_checkpoint
 from tests.tiny import TINY
 
@@ -104,3 +106,58 @@ def test_image_training_data_is_refused_for_video(tmp_path: Path, capsys) -> Non
     code = run_main(train_main, [str(target), "--data", str(tmp_path / "images.npz"), "--num-classes", "2",
                                  "--out", str(tmp_path / "run"), "--epochs", "1"])
     assert_user_error(code, capsys.readouterr().err, "trains on model-ready x [N, 3, 4, 32, 32]")
+
+
+@pytest.fixture(scope="module")
+def point_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return point_mae_builder(tmp_path_factory.mktemp("point")).path
+
+
+def _point_flags() -> list[str]:
+    return [f"--{k.replace('_', '-')}={v}" for k, v in POINT_OPTIONS.items()]
+
+
+def test_a_point_mae_builder_checkpoint_exports_verified(point_ckpt: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "points.onnx"
+    code, stdout, err = export(["--format", "onnx", str(point_ckpt), "-o", str(out), *_point_flags()], capsys)
+    _passed_all_three(code, stdout, err)
+    proto = onnx.load(out)
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"TopK", "ArgMax"} <= ops, "the exported model groups raw points itself"
+    meta = read_metadata(proto)
+    assert meta["m2pt_deploy.family"] == "pointmae"
+    assert meta["m2pt_deploy.input"]["shape"] == [128, 3]
+    code, stdout, err = run_main(verify_main, [str(point_ckpt), "--onnx", str(out), *_point_flags()]), \
+        *capsys.readouterr()
+    _passed_all_three(code, stdout, err)
+
+
+@pytest.mark.parametrize(("argv", "needles"), [
+    (["--npoints=8", "--num-group=16", "--group-size=4"], ["--npoints 8 is fewer than --num-group 16"]),
+    (["--npoints=128", "--num-group=16", "--group-size=200"], ["200"]),
+    (["--input-size", "3", "32", "32"], ["--input-size"]),
+], ids=["fewer-points-than-groups", "group-larger-than-cloud", "image-size"])
+def test_bad_point_settings_are_one_line_errors(point_ckpt: Path, tmp_path: Path, capsys, argv, needles) -> None:
+    out = tmp_path / "p.onnx"
+    code, _, err = export(["--format", "onnx", str(point_ckpt), "-o", str(out), "--num-heads=3", *argv], capsys)
+    assert_user_error(code, err, *needles)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_point_target_trains_and_merges(tmp_path: Path, capsys) -> None:
+    spec: ModelSpec = TINY_POINT
+    target = save_checkpoint(tmp_path / "target.safetensors", build_vanilla(spec).state_dict(), spec)
+    aux = save_checkpoint(tmp_path / "aux.safetensors", build_vanilla(spec).state_dict(), spec)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "clouds.npz", x=rng.uniform(-1, 1, (16, *spec.input_size)).astype(np.float32),
+             y=np.arange(16) % 2)
+    code = run_main(train_main, [str(target), "--aux", f"points={aux}", "--data", str(tmp_path / "clouds.npz"),
+                                 "--num-classes", "2", "--out", str(tmp_path / "run"), "--epochs", "1",
+                                 "--batch-size", "8"])
+    assert code == 0, capsys.readouterr().err
+    trained = load_checkpoint(tmp_path / "run" / "last.safetensors")
+    assert trained.spec.family == "pointmae" and trained.pathway is not None
+    assert trained.pathway.block_path == "blocks.blocks"
+    merged = tmp_path / "merged.safetensors"
+    assert run_main(merge_main, [str(tmp_path / "run" / "last.safetensors"), "-o", str(merged)]) == 0
+    assert load_checkpoint(merged).pathway is None
