@@ -23,7 +23,6 @@ from m2pt_deploy.merge import merge_model, merged_state_dict
 from m2pt_deploy.model.build import build_unmerged, build_vanilla
 from m2pt_deploy.model.checkpoint import load_checkpoint
 from m2pt_deploy.model.pathway import pathway_layers
-from tests.tiny import TINY, random_lambdas
 from tests.families.point_formats import (
     BLOCK_PATH,
     OPTIONS,
@@ -32,6 +31,7 @@ from tests.families.point_formats import (
     make_point_pathway_model,
     point_mae_builder,
 )
+from tests.tiny import TINY, random_lambdas
 
 FAMILY = PointMAEFamily()
 

@@ -16,7 +16,6 @@ from m2pt_deploy.merge import merge_model, merged_state_dict
 from m2pt_deploy.model.build import build_unmerged, build_vanilla
 from m2pt_deploy.model.checkpoint import load_checkpoint
 from m2pt_deploy.model.pathway import add_pathways, pathway_layers
-from tests.tiny import TINY
 from tests.families.video_formats import (
     TINY_VIDEO,
     randomise_weights,
@@ -25,6 +24,7 @@ from tests.families.video_formats import (
     videomae_args,
     write_videomae_checkpoint,
 )
+from tests.tiny import TINY
 
 FAMILY = VideoMAEFamily()
 LAYERS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
