@@ -66,7 +66,7 @@ def _peak_rss_mb(pid: int) -> float | None:
 class _Server:
     def __init__(self, model: str, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "m2pt_deploy.cli.serve", model, "--port", "0", *args],
+            [sys.executable, "-m", "m2pt_deploy.cli.serve", model, "--port", "0", "--grpc-port", "0", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
