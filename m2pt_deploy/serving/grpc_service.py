@@ -244,7 +244,11 @@ class GrpcInferenceService(_servicer_base()):  # type: ignore[misc]
 
     @_rpc("model_ready")
     async def ModelReady(self, request: Any, context: Any) -> Any:
-        self.state.model(request.name, request.version or None)
+        # As Triton: an unknown model or version is not an error here, just not ready.
+        try:
+            self.state.model(request.name, request.version or None)
+        except ProtocolError:
+            return self.pb.ModelReadyResponse(ready=False)
         return self.pb.ModelReadyResponse(ready=not self.state.draining)
 
     @_rpc("server")

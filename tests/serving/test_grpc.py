@@ -165,7 +165,8 @@ def test_classification_parameter_is_refused(stub):
 def test_unknown_model_metadata_and_unimplemented_methods(client, stub):
     assert status_of(lambda: client.get_model_metadata("nope")) == (
         "StatusCode.NOT_FOUND", "unknown model 'nope'; serving vit")
-    assert status_of(lambda: client.is_model_ready("nope"))[0] == "StatusCode.NOT_FOUND"
+    assert client.is_model_ready("nope") is False  # as Triton: not ready, no error
+    assert client.is_model_ready("vit", "7") is False
     assert status_of(lambda: client.get_inference_statistics("vit")) == (
         "StatusCode.UNIMPLEMENTED", "ModelStatistics is not implemented by m2pt-serve")
 
