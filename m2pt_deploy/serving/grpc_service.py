@@ -169,6 +169,8 @@ def _rpc(endpoint: str) -> Callable[[Method], Method]:
             try:
                 if method.__name__ not in _OPEN_METHODS:
                     self._authorize(context)
+                if isinstance(request, _Undecodable):
+                    raise ProtocolError(f"request is not a valid {request.kind} protobuf message")
                 response = await method(self, request, context)
             except _Refused as e:
                 code, message = e.code, e.message
@@ -337,13 +339,50 @@ for _name in dir(GrpcInferenceService):
         setattr(GrpcInferenceService, _name, _unimplemented(_name))
 
 
+class _Undecodable:
+    """A request whose bytes are not the method's protobuf message (refused as INVALID_ARGUMENT)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+
+def _parser(message_class: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        from google.protobuf.message import DecodeError
+
+        try:
+            return message_class.FromString(data)
+        except DecodeError:
+            return _Undecodable(message_class.DESCRIPTOR.full_name)
+
+    return parse
+
+
+def _handlers(servicer: GrpcInferenceService) -> Any:
+    """The service's method handlers, as ``add_GRPCInferenceServiceServicer_to_server`` builds
+    them, but with a parser that turns undecodable bytes into INVALID_ARGUMENT (gRPC's own would
+    answer UNKNOWN with the parser's exception)."""
+    import grpc
+    from tritonclient.grpc import service_pb2
+
+    service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers = {}
+    for method in service.methods:
+        kind = ("stream_stream" if method.client_streaming else "unary_unary")
+        make = getattr(grpc, f"{kind}_rpc_method_handler")
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=_parser(getattr(service_pb2, method.input_type.name)),
+            response_serializer=lambda message: message.SerializeToString())
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
 def create_grpc_server(state: ServerState, host: str, port: int) -> tuple[Any, int]:
     """A ``grpc.aio`` server for ``state`` bound to ``host:port`` (0: a free port), not started.
 
     Call inside the event loop that runs the HTTP server; returns the server and its port.
     """
     import grpc
-    from tritonclient.grpc import service_pb2_grpc
 
     config = state.config
     server = grpc.aio.server(
@@ -355,7 +394,7 @@ def create_grpc_server(state: ServerState, host: str, port: int) -> tuple[Any, i
         ],
         maximum_concurrent_rpcs=config.max_queue * max(1, len(state.models)) + _PROBE_SLOTS,
     )
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(GrpcInferenceService(state), server)
+    server.add_generic_rpc_handlers((_handlers(GrpcInferenceService(state)),))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)
