@@ -1,4 +1,4 @@
-"""m2pt-serve: serve an exported ONNX model or a Triton model repository over KServe v2 HTTP."""
+"""m2pt-serve: serve an exported ONNX model or a Triton model repository over KServe v2 HTTP and gRPC."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from m2pt_deploy.cli.common import EXIT_OK, HelpFormatter, add_version, run_main
 from m2pt_deploy.errors import M2ptError
@@ -30,14 +31,15 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
 
 _EPILOG = """\
 examples:
-  m2pt-serve vit.onnx                                 # model "vit" on http://127.0.0.1:8000
+  m2pt-serve vit.onnx                                 # model "vit" on http://127.0.0.1:8000, gRPC on :8001
+  m2pt-serve vit.onnx --port 0 --grpc-port 0          # free ports, both printed
   m2pt-serve models/ --port 8001                      # a repository from m2pt-export --format triton
   M2PT_SERVE_API_KEY=secret m2pt-serve vit.onnx --host 0.0.0.0   # reachable from elsewhere: set a key
   m2pt-serve vit_int8_cpu.onnx --max-batch 16 --max-delay-ms 5 --threads 4
 
   curl -s localhost:8000/v2/models/vit                # KServe v2 metadata
   curl -s -X POST localhost:8000/v2/models/vit/classify --data-binary @cat.jpg   # image models
-  (any KServe v2 client works too, e.g. tritonclient.http)
+  (any KServe v2 client works too, e.g. tritonclient.http, or tritonclient.grpc on port 8001)
 """
 
 
@@ -47,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         prog="m2pt-serve",
         description="Serve one exported ONNX file (as model <file stem>) or a Triton-layout "
-                    "model repository through ONNX Runtime, over the KServe v2 HTTP protocol "
-                    "(JSON and binary tensors), with dynamic batching and Prometheus metrics.",
+                    "model repository through ONNX Runtime, over the KServe v2 protocol as Triton "
+                    "speaks it: HTTP (JSON and binary tensors) and gRPC, sharing one dynamic "
+                    "batcher, the limits, the API key and Prometheus metrics.",
     )
     add_version(parser)
     parser.add_argument("model", metavar="MODEL_OR_REPOSITORY",
@@ -58,12 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="address to bind (default 127.0.0.1; anything else is reachable from "
                           "other machines)")
     net.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one (default 8000)")
+    net.add_argument("--grpc-port", type=int, default=8001,
+                     help="KServe v2 gRPC port, on the same host (Triton's default 8001); 0 picks a "
+                          "free one (default 8001)")
+    net.add_argument("--no-grpc", action="store_true", help="serve HTTP only")
     net.add_argument("--api-key-env", default=DEFAULT_KEY_ENV, metavar="VAR",
                      help=f"environment variable holding an API key; when set, every request but "
                           f"the health probes needs it as 'Authorization: Bearer KEY' or "
-                          f"'X-API-Key: KEY' (default {DEFAULT_KEY_ENV})")
+                          f"'X-API-Key: KEY' (HTTP headers, or gRPC call metadata) "
+                          f"(default {DEFAULT_KEY_ENV})")
     net.add_argument("--max-body-mb", type=_positive(float), default=64.0,
-                     help="largest request body accepted; larger ones get 413 (default 64)")
+                     help="largest request body (HTTP) or message (gRPC) accepted; larger ones get "
+                          "413 / RESOURCE_EXHAUSTED (default 64)")
     net.add_argument("--body-timeout-s", type=_positive(float), default=10.0,
                      help="an upload that sends nothing for this long gets 408 and its connection "
                           "is closed (default 10)")
@@ -104,8 +113,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from m2pt_deploy.serving.runtime import load_models, resolve_providers
     from m2pt_deploy.serving.server import bind, is_loopback, run_server
 
-    if not 0 <= args.port <= 65535:
-        raise M2ptError(f"--port {args.port}: expected 0 to 65535")
+    for flag, port in (("--port", args.port), ("--grpc-port", args.grpc_port)):
+        if not 0 <= port <= 65535:
+            raise M2ptError(f"{flag} {port}: expected 0 to 65535")
+    if not args.no_grpc:
+        from m2pt_deploy.serving.grpc_service import require_grpc
+
+        require_grpc()
     providers = resolve_providers(args.providers)
     if args.threads < 0:
         raise M2ptError(f"--threads {args.threads}: expected 0 or more")
@@ -132,8 +146,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"warning: no API key (set {args.api_key_env}) on a non-loopback address",
               file=sys.stderr)
     shown = f"[{host}]" if ":" in host else host
-    print(f"serving on http://{shown}:{port}", flush=True)
-    run_server(state, sock, drain_timeout_s=args.drain_timeout_s, log_level=args.log_level)
+
+    def started(server: Any) -> None:
+        # printed once both listen and the batchers run: "serving on" means ready
+        if server.grpc_port is not None:
+            print(f"serving gRPC on {shown}:{server.grpc_port}", flush=True)
+        print(f"serving on http://{shown}:{port}", flush=True)
+
+    run_server(state, sock, drain_timeout_s=args.drain_timeout_s, log_level=args.log_level,
+               started=started, grpc_port=None if args.no_grpc else args.grpc_port)
     print("stopped", flush=True)
     return EXIT_OK
 

@@ -40,7 +40,7 @@ from m2pt_deploy.serving.protocol import (
 )
 from m2pt_deploy.serving.runtime import OrtModel
 
-__all__ = ["ServeConfig", "ServerState", "create_app"]
+__all__ = ["Deadline", "ServeConfig", "ServerState", "create_app", "model_feed", "off_loop"]
 
 log = logging.getLogger("m2pt_deploy.serving")
 
@@ -63,7 +63,7 @@ _INLINE_PARSE_BYTES = 64 << 10
 T = TypeVar("T")
 
 
-class _Deadline:
+class Deadline:
     """The request timeout, counted from the first byte: it covers reading, parsing and decoding."""
 
     def __init__(self, timeout_s: float) -> None:
@@ -114,12 +114,12 @@ class ServerState:
                                 f"{model.version}", status=404)
         return model
 
-    async def run(self, model: OrtModel, feed: Mapping[str, np.ndarray], deadline: _Deadline,
+    async def run(self, model: OrtModel, feed: Mapping[str, np.ndarray], deadline: Deadline,
                   admission: Admission, arrival: Arrival) -> dict[str, np.ndarray]:
         return await self.batchers[model.name].submit(feed, timeout_s=deadline.remaining(),
                                                       arrival=arrival, admission=admission)
 
-    async def body(self, request: Any, deadline: _Deadline) -> bytes:
+    async def body(self, request: Any, deadline: Deadline) -> bytes:
         return await read_body(request, self.config.max_body_bytes, idle_timeout_s=self.config.body_timeout_s,
                                deadline=deadline.end, timeout_s=deadline.timeout_s)
 
@@ -206,16 +206,22 @@ async def _model_config(request: Any, state: ServerState) -> Any:
     })
 
 
-def _parse_for(model: OrtModel, config: ServeConfig, body: bytes,
-               header_length: str | None) -> tuple[InferRequest, dict[str, np.ndarray]]:
-    parsed = parse_infer_request(body, header_length, allow_nonfinite=config.allow_nonfinite)
+def model_feed(model: OrtModel, parsed: InferRequest) -> dict[str, np.ndarray]:
+    """The feed for ``model`` from a parsed request of either protocol: names, datatypes, shapes
+    and the repository's ``max_batch_size`` checked, as Triton checks them."""
     feed = validate_request(parsed, model.inputs, model.outputs)
     rows = next(iter(feed.values())).shape[0]
     if model.max_batch is not None and model.batchable and rows > model.max_batch:
         # Triton's check and wording for a repository model's max_batch_size
         raise ProtocolError(f"inference request batch-size must be <= {model.max_batch} for "
                             f"'{model.name}'")
-    return parsed, feed
+    return feed
+
+
+def _parse_for(model: OrtModel, config: ServeConfig, body: bytes,
+               header_length: str | None) -> tuple[InferRequest, dict[str, np.ndarray]]:
+    parsed = parse_infer_request(body, header_length, allow_nonfinite=config.allow_nonfinite)
+    return parsed, model_feed(model, parsed)
 
 
 async def _in_thread(work: Callable[[], T]) -> T:
@@ -224,14 +230,14 @@ async def _in_thread(work: Callable[[], T]) -> T:
     return await asyncio.get_running_loop().run_in_executor(None, work)
 
 
-async def _off_loop(size: int, work: Callable[[], T]) -> T:
+async def off_loop(size: int, work: Callable[[], T]) -> T:
     return work() if size < _INLINE_PARSE_BYTES else await _in_thread(work)
 
 
 async def _infer(request: Any, state: ServerState) -> Any:
     from starlette.responses import Response
 
-    deadline = _Deadline(state.config.request_timeout_s)
+    deadline = Deadline(state.config.request_timeout_s)
     model = state.model(request.path_params["name"], request.path_params.get("version"))
     batcher = state.batchers[model.name]
     # Queue-full is decided before a byte of the body is read; the batcher hears of a request
@@ -241,7 +247,7 @@ async def _infer(request: Any, state: ServerState) -> Any:
         with batcher.arriving() as arrival:
             work = functools.partial(_parse_for, model, state.config, body,
                                      request.headers.get(HEADER_LENGTH))
-            parsed, feed = await deadline.within(_off_loop(len(body), work))
+            parsed, feed = await deadline.within(off_loop(len(body), work))
             deadline.shorten(parsed.timeout_us)
             outputs = await state.run(model, feed, deadline, admission, arrival)
     content, headers = encode_infer_response(model.name, model.version, parsed, outputs)
@@ -265,7 +271,7 @@ async def _classify(request: Any, state: ServerState) -> Any:
     if spec is None or len(model.inputs) != 1:
         raise ProtocolError(f"model '{model.name}' has no m2pt_deploy.input metadata for image "
                             "preprocessing; use /infer with tensors")
-    deadline = _Deadline(state.config.request_timeout_s)
+    deadline = Deadline(state.config.request_timeout_s)
     batcher = state.batchers[model.name]
     with batcher.admitting() as admission:
         body = await state.body(request, deadline)

@@ -1,7 +1,9 @@
 """A closed-loop load generator for KServe v2 servers, bounded in requests and in time.
 
-Each client is a thread with one keep-alive HTTP connection that sends its next request as
-soon as the previous one is answered, so ``clients`` is the number of requests in flight.
+Each client is a thread with one keep-alive HTTP connection (or one gRPC channel) that sends its
+next request as soon as the previous one is answered, so ``clients`` is the number of requests in
+flight. gRPC clients send pre-serialized ``ModelInferRequest`` bytes, so neither protocol pays for
+building its message in the timed loop.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from m2pt_deploy.serving.protocol import HEADER_LENGTH
 
-__all__ = ["LoadResult", "binary_infer_body", "merge_results", "run_load"]
+__all__ = ["LoadResult", "binary_infer_body", "grpc_infer_request", "merge_results", "run_grpc_load",
+           "run_load"]
 
 
 @dataclasses.dataclass
@@ -112,11 +115,51 @@ def _client(host: str, port: int, path: str, body: bytes, headers: dict[str, str
 
 def run_load(host: str, port: int, path: str, body: bytes, headers: dict[str, str], *,
              clients: int, max_requests: int, max_seconds: float) -> LoadResult:
+    return _run(clients, max_requests, max_seconds,
+                lambda budget, latencies, errors: _client(host, port, path, body, dict(headers),
+                                                          budget, latencies, errors))
+
+
+def grpc_infer_request(model: str, inputs: Mapping[str, np.ndarray], datatypes: Mapping[str, str]) -> bytes:
+    """A serialized ``ModelInferRequest`` with raw input contents, as ``tritonclient.grpc`` sends."""
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name=model)
+    for name, array in inputs.items():
+        request.inputs.add(name=name, datatype=datatypes[name], shape=list(array.shape))
+        request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
+    return request.SerializeToString()  # type: ignore[no-any-return]
+
+
+def _grpc_client(target: str, request: bytes, budget: _Budget, latencies: list[float],
+                 errors: list[str]) -> None:
+    import grpc
+
+    with grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", -1)]) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        while budget.take():
+            start = time.perf_counter()
+            try:
+                call(request, timeout=60)
+            except grpc.RpcError as e:
+                errors.append(f"{e.code().name}: {e.details()}")
+                continue
+            latencies.append((time.perf_counter() - start) * 1000)
+
+
+def run_grpc_load(target: str, request: bytes, *, clients: int, max_requests: int,
+                  max_seconds: float) -> LoadResult:
+    """As :func:`run_load`, over KServe v2 gRPC to ``host:port`` with one channel per client."""
+    return _run(clients, max_requests, max_seconds,
+                lambda budget, latencies, errors: _grpc_client(target, request, budget, latencies, errors))
+
+
+def _run(clients: int, max_requests: int, max_seconds: float,
+         client: Callable[[_Budget, list[float], list[str]], None]) -> LoadResult:
     budget = _Budget(max_requests, max_seconds)
     latencies: list[float] = []
     errors: list[str] = []
-    threads = [threading.Thread(target=_client, args=(host, port, path, body, dict(headers),
-                                                      budget, latencies, errors), daemon=True)
+    threads = [threading.Thread(target=client, args=(budget, latencies, errors), daemon=True)
                for _ in range(clients)]
     start = time.perf_counter()
     for t in threads:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 __all__ = ["ServingMetrics"]
 
@@ -21,11 +22,12 @@ class ServingMetrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
-        labels = ("model", "endpoint")
-        self.requests = Counter("m2pt_requests", "HTTP requests answered",
+        # code: the HTTP status, or for gRPC the status code's name (OK, INVALID_ARGUMENT, ...)
+        labels = ("model", "endpoint", "protocol")
+        self.requests = Counter("m2pt_requests", "Requests answered, HTTP and gRPC",
                                 (*labels, "code"), registry=self.registry)
-        self.errors = Counter("m2pt_request_errors", "Requests answered with a 4xx or 5xx code",
-                              (*labels, "code"), registry=self.registry)
+        self.errors = Counter("m2pt_request_errors", "Requests answered with a 4xx or 5xx code, "
+                              "or a gRPC status other than OK", (*labels, "code"), registry=self.registry)
         self.latency = Histogram("m2pt_request_latency_seconds", "Time from request to response",
                                  labels, buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.batch_size = Histogram("m2pt_batch_size", "Rows per model call after batching",
@@ -33,11 +35,13 @@ class ServingMetrics:
         self.queue_depth = Gauge("m2pt_queue_depth", "Requests waiting for the model",
                                  ("model",), registry=self.registry)
 
-    def observe_request(self, model: str, endpoint: str, code: int, seconds: float) -> None:
-        self.requests.labels(model, endpoint, str(code)).inc()
-        if code >= 400:
-            self.errors.labels(model, endpoint, str(code)).inc()
-        self.latency.labels(model, endpoint).observe(seconds)
+    def observe_request(self, model: str, endpoint: str, code: int | str, seconds: float, *,
+                        protocol: Literal["http", "grpc"] = "http") -> None:
+        """``code``: an HTTP status (an error from 400), or a gRPC status name (an error unless OK)."""
+        self.requests.labels(model, endpoint, protocol, str(code)).inc()
+        if code != "OK" and (isinstance(code, str) or code >= 400):
+            self.errors.labels(model, endpoint, protocol, str(code)).inc()
+        self.latency.labels(model, endpoint, protocol).observe(seconds)
 
     def batch_observer(self, model: str) -> Callable[[int], None]:
         return self.batch_size.labels(model).observe

@@ -27,6 +27,7 @@ __all__ = [
     "ProtocolError",
     "RequestedOutput",
     "TensorSpec",
+    "check_finite",
     "encode_infer_response",
     "json_depth",
     "parse_infer_request",
@@ -223,7 +224,7 @@ def _parse_input(raw: Any, index: int, binary: memoryview, offset: int) -> tuple
     return name, array, offset + size
 
 
-def _check_finite(where: str, array: np.ndarray) -> None:
+def check_finite(where: str, array: np.ndarray) -> None:
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise ProtocolError(f"{where}: holds NaN or Inf values (or JSON numbers past "
                             f"{_NAMES[array.dtype]}'s range); non-finite inputs are refused")
@@ -273,7 +274,7 @@ def parse_infer_request(
         if name in inputs:
             raise ProtocolError(f"input '{name}' is given twice")
         if not allow_nonfinite:
-            _check_finite(f"input '{name}'", array)
+            check_finite(f"input '{name}'", array)
         inputs[name] = array
     if offset != len(binary):
         raise ProtocolError(f"body has {len(binary) - offset} bytes of binary data that no "

@@ -1,8 +1,9 @@
-"""Run the app under uvicorn on a socket we bind ourselves.
+"""Run the app under uvicorn on a socket we bind ourselves, and gRPC beside it on the same loop.
 
 Binding first turns "port in use" into a one-line user error and makes ``--port 0`` work
-(the caller learns the real port). On SIGTERM/SIGINT the server stops accepting, readiness
-turns 503, in-flight requests finish (up to ``drain_timeout_s``), then the batchers drain.
+(the caller learns the real port). The gRPC server is bound before HTTP starts and started once
+the batchers run. On SIGTERM/SIGINT the server stops accepting, readiness turns 503, in-flight
+gRPC calls finish (up to ``drain_timeout_s``), then in-flight HTTP requests, then the batchers drain.
 """
 
 from __future__ import annotations
@@ -51,11 +52,20 @@ def run_server(
     drain_timeout_s: float = 30.0,
     log_level: str = "warning",
     started: Callable[[Any], None] | None = None,
+    grpc_host: str | None = None,
+    grpc_port: int | None = None,
 ) -> None:
-    """Serve until a signal; blocks. ``started(server)`` runs once the loop is up."""
+    """Serve until a signal; blocks. ``started(server)`` runs once the loop is up.
+
+    ``grpc_port`` (0: a free one) adds KServe v2 gRPC on ``grpc_host`` (default: the HTTP
+    socket's address); ``server.grpc_port`` then holds the bound port.
+    """
     import uvicorn
 
     class _Server(uvicorn.Server):
+        grpc_server: Any = None
+        grpc_port: int | None = None
+
         def handle_exit(self, sig: int, frame: Any) -> None:
             state.draining = True
             super().handle_exit(sig, frame)
@@ -75,9 +85,24 @@ def run_server(
                     signal.signal(sig, handler)
 
         async def startup(self, sockets: Any = None) -> None:
+            if grpc_port is not None:
+                from m2pt_deploy.serving.grpc_service import create_grpc_server
+
+                host = grpc_host or sock.getsockname()[0]
+                self.grpc_server, self.grpc_port = create_grpc_server(state, host, grpc_port)
             await super().startup(sockets=sockets)
+            if self.should_exit:  # startup failed; uvicorn has said why
+                return
+            if self.grpc_server is not None:
+                await self.grpc_server.start()
             if started is not None:
                 started(self)
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            # gRPC first: its calls in flight still need the batchers the HTTP lifespan closes
+            if self.grpc_server is not None:
+                await self.grpc_server.stop(grace=drain_timeout_s)
+            await super().shutdown(sockets=sockets)
 
     config = uvicorn.Config(create_app(state), log_level=log_level, lifespan="on",
                             timeout_graceful_shutdown=max(1, round(drain_timeout_s)), access_log=False)

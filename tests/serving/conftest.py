@@ -55,11 +55,13 @@ class ServerProcess:
 
     def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "m2pt_deploy.cli.serve", *args, "--port", "0"],
+            [sys.executable, "-m", "m2pt_deploy.cli.serve", *args, "--port", "0",
+             *(() if "--no-grpc" in args or "--grpc-port" in args else ("--grpc-port", "0"))],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, **(env or {})},
         )
         self.banner: list[str] = []
+        self.grpc_target: str | None = None  # host:port of KServe v2 gRPC, unless --no-grpc
         self.url = self._wait_for_url()
         self.host_port = self.url.removeprefix("http://")
         self._wait_ready()
@@ -72,6 +74,9 @@ class ServerProcess:
             if not line:
                 raise RuntimeError(f"m2pt-serve exited: {self.proc.wait()} {self.proc.stderr.read()}")
             self.banner.append(line.rstrip())
+            grpc = re.match(r"serving gRPC on (\S+)", line)
+            if grpc:
+                self.grpc_target = grpc.group(1)
             match = re.match(r"serving on (http://\S+)", line)
             if match:
                 return match.group(1)
@@ -170,3 +175,24 @@ def start_inproc_server(model, **config):
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.01)
     return f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread
+
+
+def start_inproc_servers(model, **config):
+    """Serve ``model`` as "vit" over HTTP and gRPC from one event loop in a thread, as m2pt-serve
+    does; returns ``(url, grpc_target, server, thread)``; stop as for :func:`start_inproc_server`."""
+    from m2pt_deploy.serving.app import ServeConfig, ServerState
+    from m2pt_deploy.serving.server import bind, run_server
+
+    sock = bind("127.0.0.1", 0)
+    up: list = []
+    state = ServerState({"vit": model}, ServeConfig(**config))
+    thread = threading.Thread(target=run_server, args=(state, sock), daemon=True,
+                              kwargs={"started": up.append, "grpc_port": 0, "log_level": "error",
+                                      "drain_timeout_s": 2})
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not up and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert up, "in-process server did not start"
+    server = up[0]
+    return f"http://127.0.0.1:{sock.getsockname()[1]}", f"127.0.0.1:{server.grpc_port}", server, thread

@@ -1,0 +1,406 @@
+"""KServe v2 over gRPC: Triton's ``GRPCInferenceService``, beside HTTP on the same event loop.
+
+The servicer implements the service definition that ``tritonclient[grpc]`` ships
+(``tritonclient.grpc.service_pb2_grpc``), so Triton's own gRPC client works unmodified. It shares
+everything with HTTP: the :class:`~m2pt_deploy.serving.app.ServerState` (models, batchers, draining
+flag), the request checks (``validate_request``, ``max_batch_size``, NaN/Inf refusal), the API key
+and the Prometheus metrics (``protocol="grpc"``, ``code`` the gRPC status name).
+
+Bounds decided before any work, as HTTP decides them:
+
+- ``grpc.max_receive_message_length`` is the HTTP body limit: gRPC refuses a larger message from
+  its length prefix (RESOURCE_EXHAUSTED) before a handler runs;
+- ``maximum_concurrent_rpcs`` is the queue limit (plus room for probes), so messages held in memory
+  are bounded like HTTP bodies in upload;
+- the queue place is taken before a tensor is decoded; a full queue is UNAVAILABLE, as in Triton;
+- a tensor's element count is checked against its shape before an array is built.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from m2pt_deploy import __version__
+from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.serving.app import Deadline, ServerState, model_feed, off_loop
+from m2pt_deploy.serving.batching import Draining, Overloaded, RequestTimeout
+from m2pt_deploy.serving.protocol import (
+    DATATYPES,
+    InferRequest,
+    ProtocolError,
+    RequestedOutput,
+    check_finite,
+)
+
+__all__ = ["GRPC_STATUS", "GrpcInferenceService", "create_grpc_server", "parse_grpc_request", "require_grpc"]
+
+log = logging.getLogger("m2pt_deploy.serving")
+
+# The HTTP status a refusal carries -> the gRPC status code it becomes (Triton's mapping).
+GRPC_STATUS = {
+    400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND", 408: "DEADLINE_EXCEEDED",
+    413: "RESOURCE_EXHAUSTED", 415: "INVALID_ARGUMENT", 500: "INTERNAL", 503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+# Which InferTensorContents field carries each datatype (FP16 travels only as raw contents).
+_TYPED_FIELD = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
+    "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
+    "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents",
+}
+_OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})  # as HTTP's health probes
+_PROBE_SLOTS = 32  # concurrent RPCs allowed past the queue limit: probes and metadata
+_MAX_GRPC_MESSAGE = (1 << 31) - 1
+
+
+class _Refused(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _given_key(metadata: Sequence[tuple[str, str | bytes]] | None) -> bytes:
+    """The API key from ``x-api-key: KEY`` or ``authorization: Bearer KEY`` call metadata."""
+    values = {k.lower(): v for k, v in metadata or () if isinstance(v, str)}
+    if "x-api-key" in values:
+        return values["x-api-key"].encode()
+    scheme, _, token = values.get("authorization", "").partition(" ")
+    return token.strip().encode() if scheme.lower() == "bearer" else b""
+
+
+def _typed_values(tensor: Any, where: str, count: int, dtype: np.dtype) -> np.ndarray:
+    field = _TYPED_FIELD.get(tensor.datatype)
+    if field is None:
+        raise ProtocolError(f"{where}: {tensor.datatype} has no typed contents field; send it "
+                            "in raw_input_contents")
+    values = getattr(tensor.contents, field)
+    if len(values) != count:
+        raise ProtocolError(f"{where}: contents.{field} has {len(values)} elements, shape "
+                            f"{list(tensor.shape)} needs {count}")
+    if dtype.kind in "iu" and dtype.itemsize < 4 and count:
+        wide = np.asarray(values, np.int64)
+        info = np.iinfo(dtype)
+        if wide.min() < info.min or wide.max() > info.max:
+            raise ProtocolError(f"{where}: contents.{field} holds values outside "
+                                f"{tensor.datatype}'s range [{info.min}, {info.max}]")
+        return wide.astype(dtype)
+    return np.asarray(values, dtype=dtype)
+
+
+def _decode_input(tensor: Any, raw: bytes | None) -> np.ndarray:
+    where = f"input '{tensor.name}'"
+    if tensor.datatype not in DATATYPES:
+        raise ProtocolError(f"{where}: datatype {tensor.datatype!r} is not supported "
+                            f"(supported: {', '.join(DATATYPES)})")
+    dtype = DATATYPES[tensor.datatype]
+    shape = tuple(tensor.shape)
+    if any(d < 0 for d in shape):
+        raise ProtocolError(f"{where}: 'shape' must be non-negative integers, got {list(shape)}")
+    count = math.prod(shape)  # a Python int: a huge shape is compared, never allocated
+    if raw is None:
+        return _typed_values(tensor, where, count, dtype).reshape(shape)
+    if tensor.HasField("contents") and tensor.contents.ByteSize():
+        raise ProtocolError(f"{where}: given both in contents and in raw_input_contents")
+    if len(raw) != count * dtype.itemsize:
+        raise ProtocolError(f"{where}: raw_input_contents has {len(raw)} bytes, shape "
+                            f"{list(shape)} of {tensor.datatype} needs {count * dtype.itemsize}")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def _timeout_us(parameters: Any) -> int | None:
+    if "timeout" not in parameters:
+        return None
+    timeout = parameters["timeout"]
+    if timeout.WhichOneof("parameter_choice") != "int64_param":
+        return None
+    return timeout.int64_param if timeout.int64_param > 0 else None
+
+
+def parse_grpc_request(request: Any, *, allow_nonfinite: bool) -> InferRequest:
+    """A ``ModelInferRequest`` as the protocol-neutral :class:`InferRequest`; every defect is a
+    ``ProtocolError`` (INVALID_ARGUMENT)."""
+    if not request.inputs:
+        raise ProtocolError("'inputs' must be a non-empty list")
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise ProtocolError(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} "
+                            "inputs; give one per input, in input order, or none")
+    inputs: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(request.inputs):
+        if tensor.name in inputs:
+            raise ProtocolError(f"input '{tensor.name}' is given twice")
+        array = _decode_input(tensor, raw[i] if raw else None)
+        if not allow_nonfinite:
+            check_finite(f"input '{tensor.name}'", array)
+        inputs[tensor.name] = array
+    outputs = []
+    for out in request.outputs:
+        if "classification" in out.parameters:
+            raise ProtocolError(f"output '{out.name}': the classification extension is not "
+                                "supported; use POST /v2/models/{name}/classify over HTTP")
+        outputs.append(RequestedOutput(out.name, binary=True))
+    return InferRequest(id=request.id or None, inputs=inputs, outputs=outputs or None,
+                        binary_output=True, timeout_us=_timeout_us(request.parameters))
+
+
+Method = Callable[[Any, Any, Any], Awaitable[Any]]
+
+
+def _rpc(endpoint: str) -> Callable[[Method], Method]:
+    """Authorise, map refusals to gRPC status codes, and count and time every answer."""
+
+    def wrap(method: Method) -> Method:
+        @functools.wraps(method)
+        async def handler(self: GrpcInferenceService, request: Any, context: Any) -> Any:
+            import grpc
+
+            start = time.perf_counter()
+            name = getattr(request, "model_name", "")
+            code, message, response = "OK", "", None
+            try:
+                if method.__name__ not in _OPEN_METHODS:
+                    self._authorize(context)
+                if isinstance(request, _Undecodable):
+                    raise ProtocolError(f"request is not a valid {request.kind} protobuf message")
+                response = await method(self, request, context)
+            except _Refused as e:
+                code, message = e.code, e.message
+            except ProtocolError as e:
+                code, message = GRPC_STATUS.get(e.status, "INTERNAL"), e.message
+            except Overloaded:
+                code, message = "UNAVAILABLE", "server is overloaded; retry later"
+            except Draining:
+                code, message = "UNAVAILABLE", "server is shutting down"
+            except RequestTimeout:
+                code, message = "DEADLINE_EXCEEDED", "request timed out"
+            except Exception:
+                log.exception("gRPC %s failed", method.__name__)
+                code, message = "INTERNAL", "internal server error"
+            state = self.state
+            state.metrics.observe_request(name if name in state.models else "", endpoint, code,
+                                          time.perf_counter() - start, protocol="grpc")
+            if code != "OK":
+                await context.abort(getattr(grpc.StatusCode, code), message)
+            return response
+
+        return handler
+
+    return wrap
+
+
+def require_grpc() -> None:
+    """Refuse with one line when the gRPC libraries are missing (they come with the serve extra)."""
+    try:
+        import grpc  # noqa: F401
+        from tritonclient.grpc import service_pb2_grpc  # noqa: F401
+    except (ImportError, RuntimeError):  # tritonclient.grpc raises RuntimeError without grpcio
+        raise M2ptError("gRPC serving needs grpcio and tritonclient[grpc]: pip install "
+                        "'m2pt-deploy[serve]', or pass --no-grpc") from None
+
+
+def _servicer_base() -> type:
+    from tritonclient.grpc import service_pb2_grpc
+
+    return service_pb2_grpc.GRPCInferenceServiceServicer  # type: ignore[no-any-return]
+
+
+class GrpcInferenceService(_servicer_base()):  # type: ignore[misc]
+    """The KServe v2 / Triton gRPC service over a :class:`ServerState`.
+
+    Implemented: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig,
+    ModelInfer. Every other method (streaming, statistics, repository, shared memory, trace,
+    logging) answers UNIMPLEMENTED.
+    """
+
+    def __init__(self, state: ServerState) -> None:
+        from tritonclient.grpc import model_config_pb2, service_pb2
+
+        self.state = state
+        self.pb = service_pb2
+        self.config_pb = model_config_pb2
+        key = state.config.api_key
+        self._key = key.encode() if key else None
+
+    def _authorize(self, context: Any) -> None:
+        if self._key is not None and not hmac.compare_digest(
+            _given_key(context.invocation_metadata()), self._key
+        ):
+            raise _Refused("UNAUTHENTICATED", "missing or wrong API key")
+
+    @_rpc("live")
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return self.pb.ServerLiveResponse(live=True)
+
+    @_rpc("ready")
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return self.pb.ServerReadyResponse(ready=not self.state.draining)
+
+    @_rpc("model_ready")
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        # As Triton: an unknown model or version is not an error here, just not ready.
+        try:
+            self.state.model(request.name, request.version or None)
+        except ProtocolError:
+            return self.pb.ModelReadyResponse(ready=False)
+        return self.pb.ModelReadyResponse(ready=not self.state.draining)
+
+    @_rpc("server")
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return self.pb.ServerMetadataResponse(
+            name="m2pt-serve", version=__version__,
+            extensions=["binary_tensor_data", "model_configuration"])
+
+    @_rpc("metadata")
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        model = self.state.model(request.name, request.version or None)
+        tensor = self.pb.ModelMetadataResponse.TensorMetadata
+        return self.pb.ModelMetadataResponse(
+            name=model.name, versions=[model.version], platform=model.platform,
+            inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in model.inputs],
+            outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in model.outputs])
+
+    @_rpc("config")
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        model = self.state.model(request.name, request.version or None)
+        batcher = self.state.batchers[model.name]
+        pb, batched = self.config_pb, model.batchable
+
+        def dims(shape: tuple[int, ...]) -> list[int]:
+            return list(shape[1:] if batched else shape)
+
+        config = pb.ModelConfig(
+            name=model.name, platform=model.platform,
+            max_batch_size=batcher.max_batch if batched else 0,
+            input=[pb.ModelInput(name=t.name, data_type=pb.DataType.Value(f"TYPE_{t.datatype}"),
+                                 dims=dims(t.shape)) for t in model.inputs],
+            output=[pb.ModelOutput(name=t.name, data_type=pb.DataType.Value(f"TYPE_{t.datatype}"),
+                                   dims=dims(t.shape)) for t in model.outputs],
+            dynamic_batching=pb.ModelDynamicBatching(
+                max_queue_delay_microseconds=int(batcher.max_delay_s * 1e6)))
+        return self.pb.ModelConfigResponse(config=config)
+
+    @_rpc("infer")
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        state = self.state
+        deadline = Deadline(state.config.request_timeout_s)
+        client_left = context.time_remaining()
+        if client_left is not None:
+            deadline.shorten(int(client_left * 1e6))
+        model = state.model(request.model_name, request.model_version or None)
+        batcher = state.batchers[model.name]
+        # The message is already in (within the receive limit); the queue place is still decided
+        # before a tensor is decoded.
+        with batcher.admitting() as admission, batcher.arriving() as arrival:
+            size = sum(len(r) for r in request.raw_input_contents)
+            parse = functools.partial(self._feed, model, request)
+            parsed, feed = await deadline.within(off_loop(size, parse))
+            deadline.shorten(parsed.timeout_us)
+            outputs = await state.run(model, feed, deadline, admission, arrival)
+        return self._response(model, parsed, outputs)
+
+    def _feed(self, model: Any, request: Any) -> tuple[InferRequest, dict[str, np.ndarray]]:
+        parsed = parse_grpc_request(request, allow_nonfinite=self.state.config.allow_nonfinite)
+        return parsed, model_feed(model, parsed)
+
+    def _response(self, model: Any, parsed: InferRequest, outputs: dict[str, np.ndarray]) -> Any:
+        names = [o.name for o in parsed.outputs] if parsed.outputs else list(outputs)
+        response = self.pb.ModelInferResponse(model_name=model.name, model_version=model.version,
+                                              id=parsed.id or "")
+        for name in names:
+            array = outputs[name]
+            array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+            datatype = next(t.datatype for t in model.outputs if t.name == name)
+            response.outputs.add(name=name, datatype=datatype, shape=array.shape)
+            response.raw_output_contents.append(array.tobytes())
+        return response
+
+
+def _unimplemented(name: str) -> Callable[..., Awaitable[None]]:
+    async def method(self: GrpcInferenceService, request: Any, context: Any) -> None:
+        import grpc
+
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not implemented by m2pt-serve")
+
+    method.__name__ = name
+    return method
+
+
+for _name in dir(GrpcInferenceService):
+    if _name[0].isupper() and _name not in vars(GrpcInferenceService):
+        setattr(GrpcInferenceService, _name, _unimplemented(_name))
+
+
+class _Undecodable:
+    """A request whose bytes are not the method's protobuf message (refused as INVALID_ARGUMENT)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+
+def _parser(message_class: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        from google.protobuf.message import DecodeError
+
+        try:
+            return message_class.FromString(data)
+        except DecodeError:
+            return _Undecodable(message_class.DESCRIPTOR.full_name)
+
+    return parse
+
+
+def _handlers(servicer: GrpcInferenceService) -> Any:
+    """The service's method handlers, as ``add_GRPCInferenceServiceServicer_to_server`` builds
+    them, but with a parser that turns undecodable bytes into INVALID_ARGUMENT (gRPC's own would
+    answer UNKNOWN with the parser's exception)."""
+    import grpc
+    from tritonclient.grpc import service_pb2
+
+    service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers = {}
+    for method in service.methods:
+        kind = ("stream_stream" if method.client_streaming else "unary_unary")
+        make = getattr(grpc, f"{kind}_rpc_method_handler")
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=_parser(getattr(service_pb2, method.input_type.name)),
+            response_serializer=lambda message: message.SerializeToString())
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def create_grpc_server(state: ServerState, host: str, port: int) -> tuple[Any, int]:
+    """A ``grpc.aio`` server for ``state`` bound to ``host:port`` (0: a free port), not started.
+
+    Call inside the event loop that runs the HTTP server; returns the server and its port.
+    """
+    import grpc
+
+    config = state.config
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", min(config.max_body_bytes, _MAX_GRPC_MESSAGE)),
+            ("grpc.max_send_message_length", -1),
+            # without this a second server may bind the same port silently (SO_REUSEPORT)
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=config.max_queue * max(1, len(state.models)) + _PROBE_SLOTS,
+    )
+    server.add_generic_rpc_handlers((_handlers(GrpcInferenceService(state)),))
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        raise M2ptError(f"cannot listen on {address} for gRPC: address in use or unavailable "
+                        "(--grpc-port 0 picks a free port, --no-grpc turns gRPC off)")
+    return server, bound
