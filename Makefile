@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# Published TensorRT type stubs for mypy, outside sys.path (--no-deps: they require the
 	# real TensorRT wheels, which cannot be installed here).
 	$(PIP) install --quiet --no-deps --target $(VENV)/trt-stubs tensorrt-stubs==10.13.0.35.1
+	# A real tritonserver (python backend, CPU) for the serving differential test, outside
+	# sys.path (--no-deps: the wheel pins numpy < 2, which the project does not use).
+	$(PIP) install --quiet --no-deps --target $(VENV)/pytriton nvidia-pytriton==0.7.0
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,9 @@ def _peak_rss_mb(pid: int) -> float | None:
 class _Server:
     """One m2pt-serve child on free ports; ``host``, ``port`` and ``grpc_target`` once ready."""
 
-    def __init__(self, model: str, *args: str) -> None:
+    def __init__(self, command: Sequence[str], model: str, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "m2pt_deploy.cli.serve", model, "--port", "0", "--grpc-port", "0", *args],
+            [*command, model, "--port", "0", "--grpc-port", "0", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         self.grpc_target = ""
@@ -128,6 +129,7 @@ class _Load:
 def run_serving_benchmark(
     model: str,
     *,
+    serve_command: Sequence[str],
     clients: tuple[int, ...] = (1, 8, 32),
     requests: int = 300,
     duration_s: float = 15.0,
@@ -138,7 +140,8 @@ def run_serving_benchmark(
     warmup: int = 10,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Benchmark ``m2pt-serve`` serving ``model`` (an .onnx file or a one-model repository).
+    """Benchmark ``m2pt-serve`` serving ``model`` (an .onnx file or a one-model repository);
+    ``serve_command`` starts the server (the CLI passes its own ``m2pt-serve``).
 
     Returns the report: ``machine``, ``model``, ``settings``, ``levels`` (per client count, per
     mode: requests/s, p50/p95/p99 ms, errors; ``speedup`` = batching on / off over HTTP,
@@ -155,9 +158,9 @@ def run_serving_benchmark(
     batching = ("--max-batch", str(max_batch), "--max-delay-ms", str(max_delay_ms), *common)
     servers: dict[str, _Server] = {}
     try:
-        servers["off"] = _Server(str(model_path), "--max-batch", "1", *common)
-        servers["on"] = _Server(str(model_path), *batching)
-        servers["grpc"] = _Server(str(model_path), *batching)
+        servers["off"] = _Server(serve_command, str(model_path), "--max-batch", "1", *common)
+        servers["on"] = _Server(serve_command, str(model_path), *batching)
+        servers["grpc"] = _Server(serve_command, str(model_path), *batching)
         for mode, server in servers.items():
             load.check(server, mode)
             load.run(server, mode, clients=1, max_requests=warmup, max_seconds=30)

@@ -51,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.output:
         check_output_path(args.output, force=args.force)
     report = run_serving_benchmark(
-        args.model, clients=tuple(args.clients), requests=args.requests, duration_s=args.duration_s,
+        args.model, serve_command=(sys.executable, "-m", "m2pt_deploy.cli.serve"), clients=tuple(args.clients),
+        requests=args.requests, duration_s=args.duration_s,
         max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, threads=args.threads,
         rounds=args.rounds, warmup=args.warmup)
     print(serving_table(report))

@@ -268,6 +268,11 @@ async def _classify(request: Any, state: ServerState) -> Any:
 
     model = state.model(request.path_params["name"])
     spec = input_spec(model.metadata)
+    layout = model.metadata.get("m2pt_deploy.input")
+    modality = layout.get("modality") if isinstance(layout, dict) else None
+    if modality not in (None, "image", "spectrogram"):
+        raise ProtocolError(f"/classify takes images; model '{model.name}' takes {modality} "
+                            f"({', '.join(layout.get('layout', []))}): send tensors to /infer (KServe v2)")
     if spec is None or len(model.inputs) != 1:
         raise ProtocolError(f"model '{model.name}' has no m2pt_deploy.input metadata for image "
                             "preprocessing; use /infer with tensors")

@@ -66,7 +66,7 @@ class InputSpec:
 def input_spec(metadata: Mapping[str, Any]) -> InputSpec | None:
     """The ``m2pt_deploy.input`` entry as an :class:`InputSpec`, or None when absent or unusable."""
     raw = metadata.get("m2pt_deploy.input")
-    if not isinstance(raw, dict):
+    if not isinstance(raw, dict) or raw.get("modality", "image") not in ("image", "spectrogram"):
         return None
     try:
         return InputSpec(str(raw["name"]), int(raw["channels"]), int(raw["height"]),

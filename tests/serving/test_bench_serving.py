@@ -4,6 +4,7 @@ timing is asserted here), for HTTP with batching off and on and for gRPC."""
 from __future__ import annotations
 
 import json
+import sys
 
 from m2pt_deploy.bench.serving import MODES, run_serving_benchmark, serving_table
 from m2pt_deploy.cli.common import EXIT_BAD_INPUT, EXIT_OK, run_main
@@ -39,7 +40,8 @@ def test_bench_reports_every_level_and_mode(tiny_onnx, tmp_path, capsys):
 
 
 def test_library_function_is_the_harness(tiny_onnx):
-    report = run_serving_benchmark(str(tiny_onnx), clients=(2,), requests=6, duration_s=20, rounds=2,
+    report = run_serving_benchmark(str(tiny_onnx), serve_command=(sys.executable, "-m", "m2pt_deploy.cli.serve"),
+                                   clients=(2,), requests=6, duration_s=20, rounds=2,
                                    warmup=1, progress=False)
     check_report(report, [2], 6)
     assert report["settings"]["rounds"] == 2 and "gRPC" in report["settings"]["protocol"]
