@@ -231,4 +231,7 @@ def _rename_output(nodes: Iterable[onnx.NodeProto], old: str, new: str) -> None:
 
 def _round(values: np.ndarray, dtype: int) -> np.ndarray:
     np_type = onnx.helper.tensor_dtype_to_np_dtype(dtype)
-    return values.astype(np.float32).astype(np_type)
+    # Out-of-range constants become ±inf, as an IEEE cast makes them (Point-MAE's farthest-point
+    # sampling starts its running distances at 1e10: inf in fp16 keeps its meaning, "farther than all").
+    with np.errstate(over="ignore"):
+        return values.astype(np.float32).astype(np_type)

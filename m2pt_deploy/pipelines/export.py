@@ -236,6 +236,10 @@ def export_tensorrt(
         raise M2ptError(f"--calib-images {calib_images}: need at least 1")
     ckpt = load_for_export(checkpoint, model)
     spec = ckpt.spec
+    photos = spec.model_family.modality in ("image", "spectrogram") and spec.input_size[0] == 3
+    if precision in ("int8", "fp8") and not photos:
+        raise M2ptError(f"--format trt --precision {precision} calibrates on RGB photo tiles; a {spec.model_family.title} "
+                        "with its own inputs is built in fp32, fp16 or bf16 (TensorRT calibration data: not yet)")
     with step(f"exporting {spec.arch} to {precision} ONNX for TensorRT (batch profile {shape})"):
         proto = engine_onnx(OnnxFromCheckpoint(ckpt, opset=opset, batch=shape)(), precision,
                             input_size=spec.input_size, mean=spec.mean, std=spec.std, calib_images=calib_images)
@@ -245,7 +249,9 @@ def export_tensorrt(
         from m2pt_deploy.export.int8.cpu import VERIFY_IMAGES as HELD_OUT
         from m2pt_deploy.verify.tensorrt import verify_onnx_precision
 
-        images = calibration_tiles(spec.input_size, spec.mean, spec.std, count=HELD_OUT, seed=VERIFY_SEED)
+        # Held-out inputs: photo tiles for RGB models, the family's seeded example inputs otherwise.
+        images = calibration_tiles(spec.input_size, spec.mean, spec.std, count=HELD_OUT, seed=VERIFY_SEED) \
+            if photos else spec.model_family.example_input(spec, HELD_OUT, seed=VERIFY_SEED).numpy()
         with step(f"verifying the {precision} ONNX in ONNX Runtime against the unmerged model"):
             check = verify_onnx_precision(ckpt, onnx_path, images, precision=precision)
         show(check)

@@ -41,8 +41,8 @@ __all__ = [
 
 
 def batch_feeds(images: np.ndarray, batch: int) -> list[dict[str, np.ndarray]]:
-    if images.ndim != 4 or len(images) == 0:
-        raise M2ptError(f"images must be a non-empty [N, C, H, W] array, got shape {images.shape}")
+    if images.ndim < 2 or len(images) == 0:
+        raise M2ptError(f"inputs must be a non-empty [N, ...] array, got shape {images.shape}")
     x = np.ascontiguousarray(images, dtype=np.float32)
     return [{INPUT_NAME: x[i:i + batch]} for i in range(0, len(x), batch)]
 

@@ -161,3 +161,26 @@ def test_a_point_target_trains_and_merges(tmp_path: Path, capsys) -> None:
     merged = tmp_path / "merged.safetensors"
     assert run_main(merge_main, [str(tmp_path / "run" / "last.safetensors"), "-o", str(merged)]) == 0
     assert load_checkpoint(merged).pathway is None
+
+
+def test_point_and_video_models_get_trt_hand_off_and_triton_repositories(point_ckpt: Path, video_ckpt: Path,
+                                                                          tmp_path: Path, capsys) -> None:
+    """--format trt verifies the fp16 ONNX on the family's own inputs, then hands the build to a GPU
+    machine (no TensorRT here); --format triton writes the family's input dims into config.pbtxt."""
+    from m2pt_deploy.export.tensorrt import detect_platform
+
+    if detect_platform().missing() is None:
+        pytest.skip(reason="asserts the no-TensorRT hand-off; this machine has TensorRT")
+    engine = tmp_path / "points.engine"
+    code, stdout, err = export(["--format", "trt", str(point_ckpt), "-o", str(engine), "--precision", "fp16",
+                                *_point_flags()], capsys)
+    assert_user_error(code, err, "TensorRT is not installed", "points.engine.build.sh")
+    assert "PASSED | fp16 onnx | onnxrt:points.fp16.onnx vs torch-unmerged" in stdout
+    code, _, err = export(["--format", "trt", str(point_ckpt), "-o", str(tmp_path / "p8.engine"), "--precision",
+                           "int8", *_point_flags()], capsys)
+    assert_user_error(code, err, "calibrates on RGB photo tiles")
+    code, stdout, err = export(["--format", "triton", str(video_ckpt), "-o", str(tmp_path / "repo"),
+                                "--name", "clips"], capsys)
+    assert code == 0, err
+    config = (tmp_path / "repo" / "clips" / "config.pbtxt").read_text()
+    assert "dims: [ 3, 4, 32, 32 ]" in config
