@@ -238,8 +238,9 @@ def export_tensorrt(
     spec = ckpt.spec
     photos = spec.model_family.modality in ("image", "spectrogram") and spec.input_size[0] == 3
     if precision in ("int8", "fp8") and not photos:
-        raise M2ptError(f"--format trt --precision {precision} calibrates on RGB photo tiles; a {spec.model_family.title} "
-                        "with its own inputs is built in fp32, fp16 or bf16 (TensorRT calibration data: not yet)")
+        raise M2ptError(f"--format trt --precision {precision} calibrates on RGB photo tiles; a "
+                        f"{spec.model_family.title} with its own inputs is built in fp32, fp16 or bf16 "
+                        "(TensorRT calibration data: not yet)")
     with step(f"exporting {spec.arch} to {precision} ONNX for TensorRT (batch profile {shape})"):
         proto = engine_onnx(OnnxFromCheckpoint(ckpt, opset=opset, batch=shape)(), precision,
                             input_size=spec.input_size, mean=spec.mean, std=spec.std, calib_images=calib_images)

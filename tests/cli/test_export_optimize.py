@@ -14,10 +14,6 @@ from m2pt_deploy.cli.common import run_main
 from m2pt_deploy.cli.export import main
 from m2pt_deploy.cpu import int8_target
 from m2pt_deploy.runtime.sessions import is_optimized
-from tests.verify import fixtures
-
-verify_dir = fixtures.verify_dir
-pathway_ckpt_path = fixtures.pathway_ckpt_path
 
 
 def _export(argv: list[str], capsys) -> tuple[int, str, str]:

@@ -10,15 +10,8 @@ import pytest
 from m2pt_deploy.cli.common import run_main
 from m2pt_deploy.cli.verify import main
 from tests.tiny import TINY, save_proto
-from tests.verify import fixtures, tamper
+from tests.verify import tamper
 
-# The session fixtures of tests/verify, shared rather than rebuilt.
-verify_dir = fixtures.verify_dir
-pathway_ckpt_path = fixtures.pathway_ckpt_path
-pathway_ckpt = fixtures.pathway_ckpt
-good_onnx = fixtures.good_onnx
-good_proto = fixtures.good_proto
-static_onnx = fixtures.static_onnx
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

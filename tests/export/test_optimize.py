@@ -26,15 +26,8 @@ from m2pt_deploy.runtime.sessions import (
 )
 from m2pt_deploy.verify import check_structure, verify_onnx
 from tests.tiny import TINY
-from tests.verify import fixtures
 from tests.verify.tamper import append_identity
 
-# The session fixtures of tests/verify, shared rather than rebuilt.
-verify_dir = fixtures.verify_dir
-pathway_ckpt_path = fixtures.pathway_ckpt_path
-pathway_ckpt = fixtures.pathway_ckpt
-good_onnx = fixtures.good_onnx
-good_proto = fixtures.good_proto
 
 # Fused attention and SkipLayerNormalization reorder float sums; nothing else changes.
 FP32_FUSION_TOL = 1e-5
