@@ -16,25 +16,14 @@ from m2pt_deploy.model.checkpoint import Checkpoint, load_checkpoint, save_check
 from m2pt_deploy.model.pathway import (
     pathway_state_dict,
 )
-from tests.tiny import (  # noqa: F401
-    LAYERS,
-    NUM_CLASSES,
+from tests.tiny import (
     TINY,
-    TINY_AUDIO,
-    TINY_MAE,
     TRAINED_EPOCHS,
     export,
     make_pathway_checkpoint,
     make_pathway_model,
     pathway_info,
-    random_lambdas,
     reference_state_dict,
-    save_proto,
-    tiny_spec,
-    with_,
-    write_image_folder,
-    write_model,
-    write_npz,
 )
 
 

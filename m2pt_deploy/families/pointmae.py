@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from timm.layers import Mlp
 from torch import Tensor, nn
 
 from m2pt_deploy.errors import M2ptError
@@ -117,24 +118,13 @@ class _Attention(nn.Module):
         return self.proj((attn @ v).transpose(1, 2).reshape(batch, tokens, width))
 
 
-class _Mlp(nn.Module):
-    def __init__(self, width: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(width, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, width)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class _Block(nn.Module):
     def __init__(self, width: int, num_heads: int, hidden: int) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(width)
         self.attn = _Attention(width, num_heads)
         self.norm2 = nn.LayerNorm(width)
-        self.mlp = _Mlp(width, hidden)
+        self.mlp = Mlp(width, hidden)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.norm1(x))

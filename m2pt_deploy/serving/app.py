@@ -269,7 +269,8 @@ async def _classify(request: Any, state: ServerState) -> Any:
     model = state.model(request.path_params["name"])
     spec = input_spec(model.metadata)
     layout = model.metadata.get("m2pt_deploy.input")
-    modality = layout.get("modality") if isinstance(layout, dict) else None
+    layout = layout if isinstance(layout, dict) else {}
+    modality = layout.get("modality")
     if modality not in (None, "image", "spectrogram"):
         raise ProtocolError(f"/classify takes images; model '{model.name}' takes {modality} "
                             f"({', '.join(layout.get('layout', []))}): send tensors to /infer (KServe v2)")

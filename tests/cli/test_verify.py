@@ -13,7 +13,6 @@ from tests.tiny import TINY, save_proto
 from tests.verify import tamper
 
 
-
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     code = run_main(main, [str(a) for a in argv])
     out, err = capsys.readouterr()

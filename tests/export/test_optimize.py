@@ -28,7 +28,6 @@ from m2pt_deploy.verify import check_structure, verify_onnx
 from tests.tiny import TINY
 from tests.verify.tamper import append_identity
 
-
 # Fused attention and SkipLayerNormalization reorder float sums; nothing else changes.
 FP32_FUSION_TOL = 1e-5
 DEPTH = TINY.model_kwargs["depth"]

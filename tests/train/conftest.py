@@ -8,23 +8,8 @@ import pytest
 import torch
 
 from m2pt_deploy.train import TrainConfig
-from tests.tiny import (  # noqa: F401
-    LAYERS,
-    NUM_CLASSES,
-    TINY,
-    TINY_AUDIO,
-    TINY_MAE,
-    TRAINED_EPOCHS,
-    export,
-    make_pathway_checkpoint,
-    make_pathway_model,
-    pathway_info,
-    random_lambdas,
-    reference_state_dict,
-    save_proto,
+from tests.tiny import (
     tiny_spec,
-    with_,
-    write_image_folder,
     write_model,
     write_npz,
 )
