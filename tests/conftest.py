@@ -92,8 +92,9 @@ def good_onnx(pathway_ckpt: Checkpoint, verify_dir: Path) -> Path:
     return export(pathway_ckpt, verify_dir / "pathway.onnx")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def good_proto(good_onnx: Path) -> onnx.ModelProto:
+    """A fresh copy per test: tests edit it (tamper, fuse), and a shared one would carry the edits."""
     return onnx.load(good_onnx)
 
 

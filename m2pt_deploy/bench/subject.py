@@ -21,7 +21,7 @@ from torch import nn
 
 from m2pt_deploy.bench.latency import pathway_pair, trained_like
 from m2pt_deploy.errors import M2ptError, first_line
-from m2pt_deploy.export.onnx import read_metadata
+from m2pt_deploy.export.metadata import read_metadata
 from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.families.base import IMAGENET_MEAN, IMAGENET_STD
 from m2pt_deploy.fileio import sha256_file

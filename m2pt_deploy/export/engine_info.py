@@ -25,9 +25,10 @@ from typing import Any, Literal
 import onnx
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.export.onnx import BatchSpec, parse_batch, read_metadata
+from m2pt_deploy.export.metadata import read_metadata
+from m2pt_deploy.export.onnx import BatchSpec, parse_batch
 from m2pt_deploy.export.profiles import ShapeProfile, profile_for
-from m2pt_deploy.export.vocabulary import PRECISIONS
+from m2pt_deploy.export.vocabulary import PRECISIONS, EnginePrecision
 from m2pt_deploy.fileio import atomic_output, sha256_file
 
 __all__ = [
@@ -48,7 +49,7 @@ __all__ = [
     "write_sidecar",
 ]
 
-TrtPrecision = Literal["fp32", "fp16", "bf16", "int8", "fp8"]
+TrtPrecision = EnginePrecision
 ApiPath = Literal["strong-typing", "builder-flags"]
 API_PATHS: tuple[str, ...] = ("strong-typing", "builder-flags")
 FORMAT_VERSION = 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import onnx
@@ -11,6 +10,7 @@ from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.graph import prepare_graph
 from m2pt_deploy.export.int8.calibration import calibration_tiles
 from m2pt_deploy.export.int8.quantize import quantize_qdq
+from m2pt_deploy.export.metadata import set_metadata
 from m2pt_deploy.export.precision import to_mixed_precision
 
 __all__ = ["CALIBRATION_SEED", "VERIFY_SEED", "engine_onnx"]
@@ -40,14 +40,5 @@ def engine_onnx(
         proto = quantize_qdq(proto, precision, tiles, target="vnni")  # type: ignore[arg-type]
     elif precision != "fp32":
         raise M2ptError(f"precision {precision!r}: choose one of fp32, fp16, bf16, int8, fp8")
-    _set_precision(proto, precision)
+    set_metadata(proto, PRECISION_KEY, precision)  # the graph's precision now, not the export's fp32
     return proto
-
-
-def _set_precision(proto: onnx.ModelProto, precision: str) -> None:
-    """The metadata must name the precision the graph now has, not the export's fp32."""
-    for prop in proto.metadata_props:
-        if prop.key == PRECISION_KEY:
-            prop.value = json.dumps(precision)
-            return
-    proto.metadata_props.add(key=PRECISION_KEY, value=json.dumps(precision))

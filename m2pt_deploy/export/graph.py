@@ -8,12 +8,25 @@ the runners agree on what to feed without reading the graph.
 
 from __future__ import annotations
 
+from typing import Any
+
 import onnx
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.export.onnx import INPUT_NAME, OUTPUT_NAME
+from m2pt_deploy.runtime.io_names import INPUT_NAME, OUTPUT_NAME
 
-__all__ = ["prepare_graph"]
+__all__ = ["copy_model_fields", "import_graph", "prepare_graph"]
+
+
+def import_graph(proto: onnx.ModelProto) -> Any:
+    """``gs.import_onnx``, leaving ``proto`` as it was: graphsurgeon keeps a reference to the
+    proto's opset list and appends to it on export (a fused ``com.microsoft`` node would add its
+    domain to the caller's model), so the graph gets its own copy."""
+    import onnx_graphsurgeon as gs
+
+    graph = gs.import_onnx(proto)
+    graph.import_domains = [onnx.helper.make_opsetid(o.domain, o.version) for o in proto.opset_import]
+    return graph
 
 
 def prepare_graph(
@@ -22,7 +35,7 @@ def prepare_graph(
     """Fold constants, clean up, sort topologically and name the one input and output."""
     import onnx_graphsurgeon as gs
 
-    graph = gs.import_onnx(proto)
+    graph = import_graph(proto)
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise M2ptError(
             f"expected one input and one output, got {len(graph.inputs)} and {len(graph.outputs)}")
@@ -30,11 +43,11 @@ def prepare_graph(
     graph.inputs[0].name = input_name
     graph.outputs[0].name = output_name
     out = gs.export_onnx(graph)
-    _copy_model_fields(proto, out)
+    copy_model_fields(proto, out)
     return out
 
 
-def _copy_model_fields(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
+def copy_model_fields(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
     """graphsurgeon rebuilds the ModelProto; keep what describes the model, not the graph."""
     dst.producer_name, dst.producer_version = src.producer_name, src.producer_version
     dst.doc_string = src.doc_string

@@ -10,11 +10,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import onnx
 import torch
@@ -22,7 +21,8 @@ from torch import nn
 
 from m2pt_deploy import __version__
 from m2pt_deploy.errors import M2ptError, first_line
-from m2pt_deploy.export.vocabulary import DEFAULT_OPSET, DYNAMIC_BATCH_RANGE
+from m2pt_deploy.export.metadata import encode_metadata
+from m2pt_deploy.export.vocabulary import DEFAULT_OPSET, DYNAMIC_BATCH_RANGE, FloatPrecision
 from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.fileio import atomic_output
 from m2pt_deploy.merge import merge_model
@@ -39,14 +39,13 @@ __all__ = [
     "export_model",
     "lambda_summary",
     "parse_batch",
-    "read_metadata",
     "save_onnx",
 ]
 
 MIN_OPSET = 17
 # protobuf cannot serialise a message over 2 GiB: larger models keep weights beside the graph.
 _PROTOBUF_LIMIT = 2**31 - 1
-Precision = Literal["fp32", "fp16"]
+Precision = FloatPrecision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,17 +168,6 @@ def _relink_external_data(graph_path: Path, location: str) -> None:
     onnx.save_model(proto, graph_path)
 
 
-def read_metadata(proto: onnx.ModelProto) -> dict[str, Any]:
-    """The ``metadata_props`` written by :class:`OnnxFromCheckpoint`, JSON values decoded."""
-    out: dict[str, Any] = {}
-    for prop in proto.metadata_props:
-        try:
-            out[prop.key] = json.loads(prop.value)
-        except json.JSONDecodeError:
-            out[prop.key] = prop.value
-    return out
-
-
 class OnnxFromCheckpoint:
     """Lazy loader: checkpoint → merged vanilla model → ``onnx.ModelProto`` with metadata."""
 
@@ -227,7 +215,7 @@ class OnnxFromCheckpoint:
         }
         if "labels" in ckpt.extra:
             fields["m2pt_deploy.labels"] = ckpt.extra["labels"]
-        return {k: json.dumps(v, sort_keys=True) for k, v in fields.items()}
+        return encode_metadata(fields)
 
     def __call__(self) -> onnx.ModelProto:
         ckpt = self.load()

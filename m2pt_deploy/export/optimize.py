@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import tempfile
@@ -38,6 +37,8 @@ import numpy as np
 import onnx
 
 from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.export.graph import copy_model_fields, import_graph
+from m2pt_deploy.export.metadata import set_metadata
 from m2pt_deploy.fileio import atomic_output
 from m2pt_deploy.runtime.sessions import OPTIMIZED_KEY, is_optimized, ort_session
 
@@ -48,7 +49,6 @@ __all__ = [
     "optimize_onnx",
     "ort_optimize",
     "save_optimized",
-    "set_metadata",
 ]
 
 _MS = "com.microsoft"
@@ -70,7 +70,7 @@ def fuse_attention(proto: onnx.ModelProto, *, kind: AttentionKind = "Attention")
     """
     import onnx_graphsurgeon as gs
 
-    graph = gs.import_onnx(proto)
+    graph = import_graph(proto)
     fused = 0
     for node in list(graph.nodes):
         match = _match_attention(node)
@@ -100,7 +100,7 @@ def fuse_attention(proto: onnx.ModelProto, *, kind: AttentionKind = "Attention")
     out_proto = gs.export_onnx(graph)
     if fused and not any(o.domain == _MS for o in out_proto.opset_import):
         out_proto.opset_import.append(onnx.helper.make_opsetid(_MS, 1))
-    _copy_model_fields(proto, out_proto)
+    copy_model_fields(proto, out_proto)
     return out_proto, fused
 
 
@@ -175,12 +175,6 @@ def _scale(nodes: Sequence[Any], head_dim: int) -> float | None:
     return None
 
 
-def _copy_model_fields(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
-    dst.producer_name, dst.producer_version = src.producer_name, src.producer_version
-    del dst.metadata_props[:]
-    dst.metadata_props.extend(src.metadata_props)
-
-
 def _heads_and_hidden(proto: onnx.ModelProto) -> tuple[int, int]:
     for node in proto.graph.node:
         if node.domain == _MS and node.op_type in ("Attention", "MultiHeadAttention"):
@@ -200,7 +194,7 @@ def transformer_fusions(proto: onnx.ModelProto) -> onnx.ModelProto:
     with _quiet():
         model = optimize_model(work, model_type="vit", num_heads=heads, hidden_size=hidden, opt_level=0)
     out = model.model
-    _copy_model_fields(proto, out)
+    copy_model_fields(proto, out)
     return out
 
 
@@ -213,7 +207,7 @@ def ort_optimize(proto: onnx.ModelProto) -> onnx.ModelProto:
         ort_session(src, optimization="extended", optimized_model_path=dst,
                     what="ONNX Runtime could not optimize the graph")
         out = onnx.load_model(dst)
-    _copy_model_fields(proto, out)
+    copy_model_fields(proto, out)
     return out
 
 
@@ -245,14 +239,6 @@ def optimize_onnx(proto: onnx.ModelProto, *, attention: AttentionKind | None = "
               "fused_ops": fused_op_counts(out)}
     set_metadata(out, OPTIMIZED_KEY, record)
     return out
-
-
-def set_metadata(proto: onnx.ModelProto, key: str, value: Any) -> None:
-    for prop in proto.metadata_props:
-        if prop.key == key:
-            prop.value = json.dumps(value, sort_keys=True)
-            return
-    proto.metadata_props.add(key=key, value=json.dumps(value, sort_keys=True))
 
 
 def save_optimized(proto: onnx.ModelProto, path: str | os.PathLike[str], *, force: bool = False) -> Path:

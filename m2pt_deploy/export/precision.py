@@ -17,13 +17,13 @@ exactly where the artifact stores bf16; that is what bf16 is verified with here.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
-from typing import Literal
 
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
 from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.export.vocabulary import LowPrecision
 
 __all__ = [
     "FP32_OPS",
@@ -35,7 +35,6 @@ __all__ = [
     "to_mixed_precision",
 ]
 
-LowPrecision = Literal["fp16", "bf16"]
 FP32_OPS: tuple[str, ...] = ("LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt")
 # An allow-list, not a block-list: an op nobody has looked at stays in fp32.
 LOW_PRECISION_OPS = frozenset({

@@ -161,7 +161,7 @@ def _write_model(model: str | os.PathLike[str] | onnx.ModelProto, proto: onnx.Mo
 
 
 def _labels(proto: onnx.ModelProto) -> list[str] | None:
-    from m2pt_deploy.export.onnx import read_metadata
+    from m2pt_deploy.export.metadata import read_metadata
 
     labels = read_metadata(proto).get("m2pt_deploy.labels")
     return [str(x) for x in labels] if isinstance(labels, list) else None

@@ -15,10 +15,10 @@ import os
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.export.vocabulary import DEFAULT_OPSET, ONNX_PRECISIONS, VERIFY_IMAGES
+from m2pt_deploy.export.vocabulary import DEFAULT_OPSET, ONNX_PRECISIONS, VERIFY_IMAGES, FloatPrecision
 from m2pt_deploy.fileio import atomic_output, check_output_path
 from m2pt_deploy.heap import release_freed_memory
 from m2pt_deploy.model.checkpoint import Checkpoint, load_checkpoint
@@ -125,7 +125,7 @@ def export_onnx(
     ckpt = load_for_export(checkpoint, model)
     # Calibration and held-out inputs are read (and refused) before the export's minutes.
     data = _int8_data(ckpt, calib_data, calib_images, verify_images) if precision == "int8" else None
-    float_precision: Literal["fp32", "fp16"] = "fp16" if precision == "fp16" else "fp32"
+    float_precision: FloatPrecision = "fp16" if precision == "fp16" else "fp32"
     loader = OnnxFromCheckpoint(ckpt, opset=opset, precision=float_precision, batch=shape)
     shown = "dynamic batch" if shape == DYNAMIC_BATCH else f"batch {shape}"
     with step(f"merging and exporting {ckpt.spec.arch} to ONNX (opset {opset}, {float_precision}, {shown})"):

@@ -12,12 +12,14 @@ import dataclasses
 import functools
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
 
 from m2pt_deploy import __version__
+from m2pt_deploy.heap import release_freed_memory
 from m2pt_deploy.serving.batching import (
     Admission,
     Arrival,
@@ -60,6 +62,11 @@ class ServeConfig:
 
 # Bodies past this are parsed on a worker thread; smaller ones parse faster than a thread hop.
 _INLINE_PARSE_BYTES = 64 << 10
+# Bodies this large are parsed one at a time per server (a JSON tensor of 8 M numbers builds ~300 MB
+# of Python floats before it becomes an array): concurrent large uploads wait their turn instead of
+# stacking their parses in RSS, and the freed heap is handed back to the OS after each.
+_LARGE_PARSE_BYTES = 8 << 20
+_large_lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 T = TypeVar("T")
 
 
@@ -231,7 +238,34 @@ async def _in_thread(work: Callable[[], T]) -> T:
 
 
 async def off_loop(size: int, work: Callable[[], T]) -> T:
-    return work() if size < _INLINE_PARSE_BYTES else await _in_thread(work)
+    """``work`` (parsing a body of ``size`` bytes) inline when small, else on a worker thread; large
+    ones one at a time (see ``_LARGE_PARSE_BYTES``)."""
+    if size < _INLINE_PARSE_BYTES:
+        return work()
+    if size < _LARGE_PARSE_BYTES:
+        return await _in_thread(work)
+    loop = asyncio.get_running_loop()
+    lane = _large_lanes.setdefault(loop, asyncio.Semaphore(1))
+    await lane.acquire()
+    future = loop.run_in_executor(None, functools.partial(_then_trim, work))
+    # The lane frees when the parse really ends: a request that gives up (its deadline) cannot
+    # cancel a running thread, so it must not let the next large parse start beside it.
+    future.add_done_callback(lambda _: lane.release())
+    return await asyncio.shield(future)
+
+
+def trim_soon(delay_s: float = 0.5) -> None:
+    """Hand the heap back to the OS shortly after a large request, once its body, arrays and any
+    error (whose traceback holds them) are gone: RSS returns toward its baseline after a spike."""
+    loop = asyncio.get_running_loop()
+    loop.call_later(delay_s, lambda: loop.run_in_executor(None, release_freed_memory))
+
+
+def _then_trim(work: Callable[[], T]) -> T:
+    try:
+        return work()
+    finally:
+        release_freed_memory()
 
 
 async def _infer(request: Any, state: ServerState) -> Any:
@@ -242,16 +276,22 @@ async def _infer(request: Any, state: ServerState) -> Any:
     batcher = state.batchers[model.name]
     # Queue-full is decided before a byte of the body is read; the batcher hears of a request
     # only once its body is in, so a stalled upload holds no batch back.
-    with batcher.admitting() as admission:
-        body = await state.body(request, deadline)
-        with batcher.arriving() as arrival:
-            work = functools.partial(_parse_for, model, state.config, body,
-                                     request.headers.get(HEADER_LENGTH))
-            parsed, feed = await deadline.within(off_loop(len(body), work))
-            deadline.shorten(parsed.timeout_us)
-            outputs = await state.run(model, feed, deadline, admission, arrival)
-    content, headers = encode_infer_response(model.name, model.version, parsed, outputs)
-    return Response(content, headers=headers)
+    received = 0
+    try:
+        with batcher.admitting() as admission:
+            body = await state.body(request, deadline)
+            received = len(body)
+            with batcher.arriving() as arrival:
+                work = functools.partial(_parse_for, model, state.config, body,
+                                         request.headers.get(HEADER_LENGTH))
+                parsed, feed = await deadline.within(off_loop(len(body), work))
+                deadline.shorten(parsed.timeout_us)
+                outputs = await state.run(model, feed, deadline, admission, arrival)
+        content, headers = encode_infer_response(model.name, model.version, parsed, outputs)
+        return Response(content, headers=headers)
+    finally:
+        if received >= _LARGE_PARSE_BYTES:
+            trim_soon()
 
 
 def _top_k_param(request: Any, state: ServerState, num_classes: int) -> int:

@@ -6,7 +6,6 @@ file's ``metadata_props``, decoded the same way as ``export.onnx.read_metadata``
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -18,6 +17,7 @@ import numpy as np
 from m2pt_deploy.cpu import INT8_TARGETS, int8_target, weaker_than
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.int8.quantize import INT8_TARGET_KEY
+from m2pt_deploy.export.metadata import decode_metadata
 from m2pt_deploy.runtime.sessions import ort_session
 from m2pt_deploy.serving.protocol import TensorSpec
 
@@ -66,16 +66,6 @@ def _spec(node: Any) -> TensorSpec:
     return TensorSpec(node.name, datatype, shape)
 
 
-def _decode_metadata(props: Mapping[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in props.items():
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 class OrtModel:
     """One served model: an ONNX Runtime session plus what the protocol needs to describe it."""
 
@@ -97,7 +87,7 @@ class OrtModel:
         self.providers = self.session.get_providers()
         self.inputs = tuple(_spec(n) for n in self.session.get_inputs())
         self.outputs = tuple(_spec(n) for n in self.session.get_outputs())
-        self.metadata = _decode_metadata(self.session.get_modelmeta().custom_metadata_map)
+        self.metadata = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
         self.max_batch = max_batch
 
     def int8_warning(self) -> str | None:

@@ -32,7 +32,7 @@ __all__ = ["cpu_runner", "verify_int8_cpu"]
 def _cpu_note(onnx_path: str | os.PathLike[str]) -> str:
     import onnx
 
-    from m2pt_deploy.export.onnx import read_metadata
+    from m2pt_deploy.export.metadata import read_metadata
 
     meta = read_metadata(onnx.load_model(os.fspath(onnx_path), load_external_data=False))
     quantized = meta.get(INT8_TARGET_KEY) or {}

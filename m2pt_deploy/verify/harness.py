@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 from polygraphy.backend.base import BaseRunner
 
 from m2pt_deploy.errors import M2ptError, first_line
-from m2pt_deploy.export.onnx import read_metadata
+from m2pt_deploy.export.metadata import read_metadata
 from m2pt_deploy.merge import merge_model
 from m2pt_deploy.model.build import build_unmerged
 from m2pt_deploy.model.checkpoint import Checkpoint, load_checkpoint

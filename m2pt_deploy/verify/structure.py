@@ -28,14 +28,10 @@ import torch
 from torch import Tensor, nn
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.export.onnx import (
-    DYNAMIC_BATCH,
-    BatchSpec,
-    convert_fp16,
-    export_model,
-    read_metadata,
-)
+from m2pt_deploy.export.metadata import read_metadata
+from m2pt_deploy.export.onnx import DYNAMIC_BATCH, BatchSpec, convert_fp16, export_model
 from m2pt_deploy.export.optimize import optimize_onnx
+from m2pt_deploy.export.vocabulary import ONNX_PRECISIONS
 from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.model.build import build_vanilla
 from m2pt_deploy.runtime.sessions import is_optimized
@@ -261,7 +257,7 @@ def reference_signature(
     ``like``: the candidate's (merged) state dict, whose constant and repeated tensors
     the reference copies (see the note at the top). Cached per process.
     """
-    if settings.precision not in ("fp32", "fp16", "int8"):
+    if settings.precision not in ONNX_PRECISIONS:
         raise M2ptError(
             f"the structure check exports a vanilla reference in fp32, fp16 or int8, "
             f"not {settings.precision}"

@@ -12,13 +12,13 @@ import torch
 
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export import onnx as onnx_export
+from m2pt_deploy.export.metadata import read_metadata
 from m2pt_deploy.export.onnx import (
     INPUT_NAME,
     OUTPUT_NAME,
     BatchSpec,
     OnnxFromCheckpoint,
     parse_batch,
-    read_metadata,
     save_onnx,
 )
 from m2pt_deploy.model.build import build_unmerged
@@ -143,7 +143,8 @@ def test_metadata_records_the_eval_crop_and_interpolation(m2pt_ckpt) -> None:
     """The server's /classify reads them to preprocess as training evaluated (timm's data config)."""
     import timm
 
-    from m2pt_deploy.export.onnx import OnnxFromCheckpoint, read_metadata
+    from m2pt_deploy.export.metadata import read_metadata
+    from m2pt_deploy.export.onnx import OnnxFromCheckpoint
     from tests.tiny import TINY
 
     meta = read_metadata(OnnxFromCheckpoint(m2pt_ckpt)())["m2pt_deploy.input"]

@@ -13,7 +13,8 @@ import pytest
 
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.int8.cpu import cpu_int8_onnx, photo_tiles
-from m2pt_deploy.export.optimize import fuse_attention, optimize_onnx, save_optimized, set_metadata
+from m2pt_deploy.export.metadata import set_metadata
+from m2pt_deploy.export.optimize import fuse_attention, optimize_onnx, save_optimized
 from m2pt_deploy.merge import merge_model
 from m2pt_deploy.model.build import build_unmerged
 from m2pt_deploy.model.checkpoint import Checkpoint
@@ -34,8 +35,8 @@ DEPTH = TINY.model_kwargs["depth"]
 
 
 @pytest.fixture(scope="module")
-def optimized(good_proto: onnx.ModelProto) -> onnx.ModelProto:
-    return optimize_onnx(good_proto)
+def optimized(good_onnx: Path) -> onnx.ModelProto:
+    return optimize_onnx(onnx.load(good_onnx))
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,8 @@ from m2pt_deploy.export.engine_info import (
     write_sidecar,
 )
 from m2pt_deploy.export.graph import prepare_graph
-from m2pt_deploy.export.onnx import BatchSpec, parse_batch, read_metadata
+from m2pt_deploy.export.metadata import read_metadata
+from m2pt_deploy.export.onnx import BatchSpec, parse_batch
 from m2pt_deploy.export.profiles import ShapeProfile, profile_for
 from m2pt_deploy.export.tensorrt import (
     BuildOptions,

@@ -9,7 +9,8 @@ import pytest
 from m2pt_deploy.bench.engine_latency import latency_vs_vanilla, vanilla_engine_onnx
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.engine_onnx import engine_onnx
-from m2pt_deploy.export.onnx import BatchSpec, OnnxFromCheckpoint, read_metadata
+from m2pt_deploy.export.metadata import read_metadata
+from m2pt_deploy.export.onnx import BatchSpec, OnnxFromCheckpoint
 from m2pt_deploy.export.tensorrt import Platform
 from m2pt_deploy.model.checkpoint import load_checkpoint
 from m2pt_deploy.verify.metrics import error_stats
@@ -51,8 +52,12 @@ def test_feeds_split_images_into_batches() -> None:
     feeds = batch_feeds(np.zeros((10, 3, 4, 4)), 4)
     assert [f["pixel_values"].shape[0] for f in feeds] == [4, 4, 2]
     assert all(f["pixel_values"].dtype == np.float32 for f in feeds)
-    with pytest.raises(M2ptError, match=r"non-empty \[N, C, H, W\] array, got shape \(3, 4, 4\)"):
-        batch_feeds(np.zeros((3, 4, 4)), 1)
+    # Any family's inputs: a point cloud batch is [N, points, 3]; only no rows or no sample axis is refused.
+    assert [f["pixel_values"].shape for f in batch_feeds(np.zeros((3, 8, 3)), 2)] == [(2, 8, 3), (1, 8, 3)]
+    with pytest.raises(M2ptError, match=r"non-empty \[N, \.\.\.\] array, got shape \(0, 4, 4\)"):
+        batch_feeds(np.zeros((0, 4, 4)), 1)
+    with pytest.raises(M2ptError, match=r"got shape \(3,\)"):
+        batch_feeds(np.zeros(3), 1)
 
 
 @pytest.mark.parametrize("precision", ["int8", "bf16"])

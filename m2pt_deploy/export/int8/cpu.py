@@ -21,7 +21,8 @@ from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.graph import prepare_graph
 from m2pt_deploy.export.int8.calibration import calibration_tiles, load_calibration_data
 from m2pt_deploy.export.int8.quantize import quantize_qdq
-from m2pt_deploy.export.optimize import optimize_onnx, set_metadata
+from m2pt_deploy.export.metadata import set_metadata
+from m2pt_deploy.export.optimize import optimize_onnx
 from m2pt_deploy.export.vocabulary import VERIFY_IMAGES
 from m2pt_deploy.families import ModelSpec
 
