@@ -6,10 +6,8 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from m2pt_deploy.cli.common import EXIT_OK, HelpFormatter, add_version, run_main
-from m2pt_deploy.errors import M2ptError
 
 __all__ = ["build_parser", "entrypoint", "main"]
 
@@ -109,53 +107,18 @@ def _api_key(var: str) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from m2pt_deploy.serving.app import ServeConfig, ServerState
-    from m2pt_deploy.serving.runtime import load_models, resolve_providers
-    from m2pt_deploy.serving.server import bind, is_loopback, run_server
+    from m2pt_deploy.serving.app import ServeConfig
+    from m2pt_deploy.serving.server import serve
 
-    for flag, port in (("--port", args.port), ("--grpc-port", args.grpc_port)):
-        if not 0 <= port <= 65535:
-            raise M2ptError(f"{flag} {port}: expected 0 to 65535")
-    if not args.no_grpc:
-        from m2pt_deploy.serving.grpc_service import require_grpc
-
-        require_grpc()
-    providers = resolve_providers(args.providers)
-    if args.threads < 0:
-        raise M2ptError(f"--threads {args.threads}: expected 0 or more")
-    models = load_models(args.model, providers=providers, threads=args.threads)
     config = ServeConfig(
         max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
         request_timeout_s=args.request_timeout_s, max_body_bytes=int(args.max_body_mb * (1 << 20)),
         api_key=_api_key(args.api_key_env), body_timeout_s=args.body_timeout_s,
         allow_nonfinite=args.allow_nonfinite,
     )
-    state = ServerState(models, config)
-    sock = bind(args.host, args.port)
-    host, port = sock.getsockname()[:2]
-    for model in models.values():
-        print(f"model {model.name} (version {model.version}) from {model.path} on "
-              f"{', '.join(model.providers)}; max batch {state.batchers[model.name].max_batch}, "
-              f"max delay {config.max_delay_ms:g} ms", flush=True)
-        warning = model.int8_warning()
-        if warning:
-            print(f"warning: {warning}", file=sys.stderr)
-    if not is_loopback(args.host):
-        print(f"warning: listening on {args.host}, reachable from other machines", file=sys.stderr)
-    if config.api_key is None and not is_loopback(args.host):
-        print(f"warning: no API key (set {args.api_key_env}) on a non-loopback address",
-              file=sys.stderr)
-    shown = f"[{host}]" if ":" in host else host
-
-    def started(server: Any) -> None:
-        # printed once both listen and the batchers run: "serving on" means ready
-        if server.grpc_port is not None:
-            print(f"serving gRPC on {shown}:{server.grpc_port}", flush=True)
-        print(f"serving on http://{shown}:{port}", flush=True)
-
-    run_server(state, sock, drain_timeout_s=args.drain_timeout_s, log_level=args.log_level,
-               started=started, grpc_port=None if args.no_grpc else args.grpc_port)
-    print("stopped", flush=True)
+    serve(args.model, config, host=args.host, port=args.port, grpc_port=None if args.no_grpc else args.grpc_port,
+          providers=args.providers, threads=args.threads, drain_timeout_s=args.drain_timeout_s,
+          log_level=args.log_level, api_key_env=args.api_key_env)
     return EXIT_OK
 
 

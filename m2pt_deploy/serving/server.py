@@ -12,14 +12,15 @@ import contextlib
 import ipaddress
 import signal
 import socket
+import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.serving.app import ServerState, create_app
+from m2pt_deploy.serving.app import ServeConfig, ServerState, create_app
 
-__all__ = ["bind", "is_loopback", "run_server"]
+__all__ = ["bind", "is_loopback", "run_server", "serve"]
 
 
 def is_loopback(host: str) -> bool:
@@ -107,3 +108,60 @@ def run_server(
     config = uvicorn.Config(create_app(state), log_level=log_level, lifespan="on",
                             timeout_graceful_shutdown=max(1, round(drain_timeout_s)), access_log=False)
     _Server(config).run(sockets=[sock])
+
+
+def serve(
+    model: str,
+    config: ServeConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    grpc_port: int | None = 8001,
+    providers: Sequence[str] | None = None,
+    threads: int = 0,
+    drain_timeout_s: float = 30.0,
+    log_level: str = "warning",
+    api_key_env: str = "M2PT_SERVE_API_KEY",
+) -> None:
+    """``m2pt-serve``: load ``model`` (an .onnx file or a Triton-layout repository), bind, and
+    serve KServe v2 over HTTP (and gRPC unless ``grpc_port`` is None) until SIGTERM / SIGINT.
+
+    Prints one line per model, then ``serving on http://HOST:PORT`` once both protocols listen
+    and the batchers run (what scripts wait for), and ``stopped`` after the drain.
+    """
+    from m2pt_deploy.serving.runtime import load_models, resolve_providers
+
+    for flag, value in (("--port", port), ("--grpc-port", grpc_port)):
+        if value is not None and not 0 <= value <= 65535:
+            raise M2ptError(f"{flag} {value}: expected 0 to 65535")
+    if grpc_port is not None:
+        from m2pt_deploy.serving.grpc_service import require_grpc
+
+        require_grpc()
+    if threads < 0:
+        raise M2ptError(f"--threads {threads}: expected 0 or more")
+    models = load_models(model, providers=resolve_providers(providers), threads=threads)
+    state = ServerState(models, config)
+    sock = bind(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    for m in models.values():
+        print(f"model {m.name} (version {m.version}) from {m.path} on {', '.join(m.providers)}; max batch "
+              f"{state.batchers[m.name].max_batch}, max delay {config.max_delay_ms:g} ms", flush=True)
+        warning = m.int8_warning()
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+    if not is_loopback(host):
+        print(f"warning: listening on {host}, reachable from other machines", file=sys.stderr)
+    if config.api_key is None and not is_loopback(host):
+        print(f"warning: no API key (set {api_key_env}) on a non-loopback address", file=sys.stderr)
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+
+    def started(server: Any) -> None:
+        # printed once both listen and the batchers run: "serving on" means ready
+        if server.grpc_port is not None:
+            print(f"serving gRPC on {shown}:{server.grpc_port}", flush=True)
+        print(f"serving on http://{shown}:{bound_port}", flush=True)
+
+    run_server(state, sock, drain_timeout_s=drain_timeout_s, log_level=log_level, started=started,
+               grpc_port=grpc_port)
+    print("stopped", flush=True)
