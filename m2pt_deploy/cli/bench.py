@@ -33,26 +33,21 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from m2pt_deploy.cli.common import (
     EXIT_OK,
     HelpFormatter,
     add_model_args,
     add_version,
-    load_model_checkpoint,
+    model_options,
     run_main,
 )
 from m2pt_deploy.errors import M2ptError
 
-if TYPE_CHECKING:
-    from m2pt_deploy.bench.accuracy import EvalData
-    from m2pt_deploy.bench.subject import Subject
-    from m2pt_deploy.families import ModelSpec
-
 __all__ = ["build_parser", "entrypoint", "main"]
 
-DEFAULT_ARCH = "vit_base_patch16_224"
+DEFAULT_ARCH = "vit_base_patch16_224"  # the help text names it; pipelines.bench runs it
 
 
 def _positive(text: str) -> int:
@@ -156,28 +151,6 @@ def _is_onnx(path: str) -> bool:
     return Path(path).suffix.lower() == ".onnx"
 
 
-def _overrides(args: argparse.Namespace) -> tuple[str, ...]:
-    out: list[str] = ["--arch", args.arch] if args.arch else []
-    if args.input_size:
-        out += ["--input-size", *map(str, args.input_size)]
-    return (*out, *(["--ema"] if args.ema else []))
-
-
-def _subject(args: argparse.Namespace) -> tuple[Subject, EvalData | None]:
-    """The model to measure and the labelled images to score it on, every input checked."""
-    from m2pt_deploy.bench.accuracy import load_eval_data
-    from m2pt_deploy.bench.subject import checkpoint_subject, onnx_subject, read_onnx_file
-
-    if _is_onnx(args.model):
-        info, spec = read_onnx_file(args.model, input_size=tuple(args.input_size) if args.input_size else None)
-        eval_data = load_eval_data(args.data, spec, images=args.eval_images, seed=args.seed) if args.data else None
-        return onnx_subject(info, spec), eval_data
-    ckpt = load_model_checkpoint(args, args.model)
-    eval_data = load_eval_data(args.data, ckpt.spec, images=args.eval_images, seed=args.seed) if args.data else None
-    _log(f"building {args.model}'s models and merging")
-    return checkpoint_subject(ckpt, seed=args.seed, overrides=_overrides(args)), eval_data
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     kwargs = _kwargs(args.model_kwargs)
@@ -189,70 +162,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         c, h, w = args.input_size
         kwargs = {**kwargs, "in_chans": c, "img_size": (h, w)}
     if args.device == "cuda":
-        return _cuda(args, kwargs, out)
+        from m2pt_deploy.bench.cuda_report import markdown as cuda_markdown
+        from m2pt_deploy.pipelines.bench import bench_cuda
 
-    from m2pt_deploy.bench.cpu import BenchOptions, run_benchmark
-    from m2pt_deploy.bench.cpu_report import markdown, write_report
-    from m2pt_deploy.bench.latency import spec_for_arch
+        data, files = bench_cuda(out, arch=args.arch, model_kwargs=kwargs, batches=args.batches,
+                                 dtypes=args.dtypes, rounds=args.rounds, warmup=args.warmup, seed=args.seed,
+                                 compile=not args.no_compile)
+        print(cuda_markdown(data))
+        print(f"wrote {' and '.join(map(str, files))}")
+        return EXIT_OK
 
-    subject: Subject | ModelSpec
-    eval_data, fixed = None, None
-    if args.model is None:
-        subject = spec_for_arch(args.arch or DEFAULT_ARCH, kwargs)
-    else:
-        subject, eval_data = _subject(args)
-        fixed = subject.onnx.batch if subject.onnx is not None else None
-    options = BenchOptions(
-        batches=tuple(args.batches or ((fixed,) if fixed else (1, 8))), rounds=args.rounds or 10,
-        warmup=2 if args.warmup is None else args.warmup, seed=args.seed,
-        compile=not args.no_compile, int8=not args.no_int8, export_cost=not args.no_export_cost,
+    from m2pt_deploy.bench.cpu_report import markdown
+    from m2pt_deploy.pipelines.bench import bench_cpu
+
+    data, files = bench_cpu(
+        out, args.model, model_options=model_options(args), arch=args.arch, model_kwargs=kwargs, data=args.data,
+        eval_images=args.eval_images, batches=args.batches, rounds=args.rounds or 10,
+        warmup=2 if args.warmup is None else args.warmup, seed=args.seed, compile=not args.no_compile,
+        int8=not args.no_int8, export_cost=not args.no_export_cost,
         export_command=(sys.executable, "-m", "m2pt_deploy.cli.export"), calib_images=args.calib_images,
-    )
-    data = run_benchmark(subject, options, eval_data=eval_data, log=_log)
-    epochs = 20 if args.accuracy_epochs is None else args.accuracy_epochs
-    data["accuracy"] = _accuracy(epochs, args.seed) if args.model is None and epochs and not args.no_int8 else None
-    json_path, md_path, png_path = write_report(data, out)
+        accuracy_epochs=20 if args.accuracy_epochs is None else args.accuracy_epochs)
     print(markdown(data))
+    json_path, md_path, png_path = files
     print(f"wrote {json_path}, {md_path} and {png_path}")
     return EXIT_OK
-
-
-def _cuda(args: argparse.Namespace, kwargs: dict[str, Any], out: Path) -> int:
-    from m2pt_deploy.bench.cuda import CudaBenchOptions, check_cuda, run_cuda_benchmark
-    from m2pt_deploy.bench.cuda_report import markdown, write_report
-    from m2pt_deploy.bench.latency import spec_for_arch
-
-    try:
-        check_cuda()
-    except M2ptError as e:
-        raise M2ptError(f"--device cuda: {e}") from None
-    defaults = CudaBenchOptions()
-    options = CudaBenchOptions(
-        batches=tuple(args.batches or defaults.batches), dtypes=tuple(dict.fromkeys(args.dtypes)),
-        rounds=args.rounds or defaults.rounds, warmup=defaults.warmup if args.warmup is None else args.warmup,
-        seed=args.seed, compile=not args.no_compile,
-    )
-    options.check()
-    spec = spec_for_arch(args.arch or DEFAULT_ARCH, kwargs)
-    data = run_cuda_benchmark(spec, options, log=_log, on_cell=lambda partial: write_report(partial, out))
-    json_path, md_path = write_report(data, out)
-    print(markdown(data))
-    print(f"wrote {json_path} and {md_path}")
-    return EXIT_OK
-
-
-def _log(line: str) -> None:
-    print(f"m2pt-bench: {line}", file=sys.stderr, flush=True)
-
-
-def _accuracy(epochs: int, seed: int) -> dict[str, Any]:
-    import tempfile
-
-    from m2pt_deploy.pipelines.int8_accuracy import digits_int8_accuracy
-
-    _log(f"training the digits ViT for {epochs} epochs: fp32 vs int8 accuracy on its held-out split")
-    with tempfile.TemporaryDirectory(prefix="m2pt-bench-digits-") as tmp:
-        return digits_int8_accuracy(Path(tmp), epochs=epochs, seed=seed)
 
 
 def entrypoint() -> None:

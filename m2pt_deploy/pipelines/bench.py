@@ -1,0 +1,140 @@
+"""``bench_cpu`` and ``bench_cuda``: what ``m2pt-bench`` runs, as library functions. They pick the
+subject (random weights, a checkpoint, or an ONNX file), run every runtime side by side, add the
+digits int8 accuracy to a random-weight run, and write the report files."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from m2pt_deploy.errors import M2ptError
+
+__all__ = ["DEFAULT_ARCH", "bench_cpu", "bench_cuda"]
+
+DEFAULT_ARCH = "vit_base_patch16_224"
+Log = Callable[[str], None]
+
+
+def _stderr(line: str) -> None:
+    print(f"m2pt-bench: {line}", file=sys.stderr, flush=True)
+
+
+def _is_onnx(path: str | os.PathLike[str]) -> bool:
+    return Path(path).suffix.lower() == ".onnx"
+
+
+def _subject(model: str, model_options: Mapping[str, Any], *, data: str | None, eval_images: int, seed: int,
+             log: Log) -> tuple[Any, Any]:
+    """The model to measure and the labelled images to score it on, every input checked."""
+    from m2pt_deploy.bench.accuracy import load_eval_data
+    from m2pt_deploy.bench.subject import checkpoint_subject, onnx_subject, read_onnx_file
+    from m2pt_deploy.model.checkpoint import load_checkpoint
+
+    input_size = model_options.get("input_size")
+    if _is_onnx(model):
+        info, spec = read_onnx_file(model, input_size=input_size)
+        eval_data = load_eval_data(data, spec, images=eval_images, seed=seed) if data else None
+        return onnx_subject(info, spec), eval_data
+    ckpt = load_checkpoint(model, **model_options)
+    for note in ckpt.notes:
+        print(f"note: {note}", file=sys.stderr)
+    eval_data = load_eval_data(data, ckpt.spec, images=eval_images, seed=seed) if data else None
+    log(f"building {model}'s models and merging")
+    overrides: list[str] = ["--arch", model_options["arch"]] if model_options.get("arch") else []
+    if input_size:
+        overrides += ["--input-size", *map(str, input_size)]
+    overrides += ["--ema"] if model_options.get("ema") else []
+    return checkpoint_subject(ckpt, seed=seed, overrides=tuple(overrides)), eval_data
+
+
+def bench_cpu(
+    out: str | os.PathLike[str],
+    model: str | None = None,
+    *,
+    model_options: Mapping[str, Any] | None = None,
+    arch: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    data: str | None = None,
+    eval_images: int = 0,
+    batches: Sequence[int] | None = None,
+    rounds: int = 10,
+    warmup: int = 2,
+    seed: int = 0,
+    compile: bool = True,
+    int8: bool = True,
+    export_cost: bool = True,
+    export_command: Sequence[str] = (),
+    calib_images: int = 64,
+    accuracy_epochs: int = 20,
+    log: Log = _stderr,
+) -> tuple[dict[str, Any], tuple[Path, ...]]:
+    """Every CPU runtime × model in one interleaved run; returns the report data and the files
+    written under ``out`` (JSON, Markdown, chart). Without ``model``: random weights of ``arch``
+    (with ``model_kwargs``) and, unless ``accuracy_epochs`` is 0, the digits ViT's fp32 vs int8
+    accuracy. ``export_command`` runs ``m2pt-export`` for its cost rows (empty: none)."""
+    from m2pt_deploy.bench.cpu import BenchOptions, run_benchmark
+    from m2pt_deploy.bench.cpu_report import write_report
+    from m2pt_deploy.bench.latency import spec_for_arch
+
+    subject: Any
+    eval_data, fixed = None, None
+    if model is None:
+        subject = spec_for_arch(arch or DEFAULT_ARCH, dict(model_kwargs or {}))
+    else:
+        subject, eval_data = _subject(model, model_options or {}, data=data, eval_images=eval_images,
+                                      seed=seed, log=log)
+        fixed = subject.onnx.batch if subject.onnx is not None else None
+    options = BenchOptions(
+        batches=tuple(batches or ((fixed,) if fixed else (1, 8))), rounds=rounds, warmup=warmup, seed=seed,
+        compile=compile, int8=int8, export_cost=export_cost, export_command=tuple(export_command),
+        calib_images=calib_images)
+    result = run_benchmark(subject, options, eval_data=eval_data, log=log)
+    result["accuracy"] = _digits_accuracy(accuracy_epochs, seed, log) \
+        if model is None and accuracy_epochs and int8 else None
+    return result, tuple(write_report(result, Path(out)))
+
+
+def _digits_accuracy(epochs: int, seed: int, log: Log) -> dict[str, Any]:
+    from m2pt_deploy.pipelines.int8_accuracy import digits_int8_accuracy
+
+    log(f"training the digits ViT for {epochs} epochs: fp32 vs int8 accuracy on its held-out split")
+    with tempfile.TemporaryDirectory(prefix="m2pt-bench-digits-") as tmp:
+        return digits_int8_accuracy(Path(tmp), epochs=epochs, seed=seed)
+
+
+def bench_cuda(
+    out: str | os.PathLike[str],
+    *,
+    arch: str | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    batches: Sequence[int] | None = None,
+    dtypes: Sequence[str] | None = None,
+    rounds: int | None = None,
+    warmup: int | None = None,
+    seed: int = 0,
+    compile: bool = True,
+    log: Log = _stderr,
+) -> tuple[dict[str, Any], tuple[Path, ...]]:
+    """Random-weight vanilla / merged / unmerged models on the CUDA device, per dtype and batch;
+    the report is rewritten under ``out`` after every cell (a long run leaves partial figures)."""
+    from m2pt_deploy.bench.cuda import CudaBenchOptions, check_cuda, run_cuda_benchmark
+    from m2pt_deploy.bench.cuda_report import write_report
+    from m2pt_deploy.bench.latency import spec_for_arch
+
+    try:
+        check_cuda()
+    except M2ptError as e:
+        raise M2ptError(f"--device cuda: {e}") from None
+    defaults = CudaBenchOptions()
+    options = CudaBenchOptions(
+        batches=tuple(batches or defaults.batches), dtypes=tuple(dict.fromkeys(dtypes or defaults.dtypes)),  # type: ignore[arg-type]
+        rounds=rounds or defaults.rounds, warmup=defaults.warmup if warmup is None else warmup,
+        seed=seed, compile=compile)
+    options.check()
+    spec = spec_for_arch(arch or DEFAULT_ARCH, dict(model_kwargs or {}))
+    result = run_cuda_benchmark(spec, options, log=log, on_cell=lambda partial: write_report(partial, Path(out)))
+    return result, tuple(write_report(result, Path(out)))
