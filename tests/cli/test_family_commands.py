@@ -5,6 +5,7 @@ the same family), m2pt-verify, m2pt-merge and m2pt-train."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -30,6 +31,18 @@ def _passed_all_three(code: int, out: str, err: str) -> None:
     assert "PASSED: 3/3 checks passed" in out, out
     for check in ("merge", "runtime", "structure"):
         assert f"PASSED | {check}" in out, out
+
+
+def _train_one_epoch(tmp_path: Path, spec: ModelSpec, aux_spec: ModelSpec, x: np.ndarray, capsys) -> Any:
+    """m2pt-train for one epoch: a vanilla target of ``spec``, one aux, inputs ``x`` of two classes."""
+    target = save_checkpoint(tmp_path / "target.safetensors", build_vanilla(spec).state_dict(), spec)
+    aux = save_checkpoint(tmp_path / "aux.safetensors", build_vanilla(aux_spec).state_dict(), aux_spec)
+    np.savez(tmp_path / "data.npz", x=x, y=np.arange(len(x)) % 2)
+    code = run_main(train_main, [str(target), "--aux", f"aux={aux}", "--data", str(tmp_path / "data.npz"),
+                                 "--num-classes", "2", "--out", str(tmp_path / "run"), "--epochs", "1",
+                                 "--batch-size", "8"])
+    assert code == 0, capsys.readouterr().err
+    return load_checkpoint(tmp_path / "run" / "last.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -81,17 +94,8 @@ def test_a_video_checkpoint_merges_to_a_vanilla_videomae(video_ckpt: Path, tmp_p
 
 def test_a_video_target_trains_with_an_image_aux(tmp_path: Path, capsys) -> None:
     """M2PT's aux models are timm ViTs of the target's width and depth, whatever the target."""
-    spec: ModelSpec = TINY_VIDEO
-    target = save_checkpoint(tmp_path / "target.safetensors", build_vanilla(spec).state_dict(), spec)
-    aux = save_checkpoint(tmp_path / "aux.safetensors", build_vanilla(TINY).state_dict(), TINY)
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((16, *spec.input_size)).astype(np.float32)
-    np.savez(tmp_path / "clips.npz", x=x, y=np.arange(16) % 2)
-    code = run_main(train_main, [str(target), "--aux", f"image={aux}", "--data", str(tmp_path / "clips.npz"),
-                                 "--num-classes", "2", "--out", str(tmp_path / "run"), "--epochs", "1",
-                                 "--batch-size", "8"])
-    assert code == 0, capsys.readouterr().err
-    trained = load_checkpoint(tmp_path / "run" / "last.safetensors")
+    x = np.random.default_rng(0).standard_normal((16, *TINY_VIDEO.input_size)).astype(np.float32)
+    trained = _train_one_epoch(tmp_path, TINY_VIDEO, TINY, x, capsys)
     assert trained.spec.family == "videomae" and trained.pathway is not None
     assert trained.pathway.block_path == "blocks" and len(trained.pathway.layers) == 4
     code, stdout, err = export(["--format", "onnx", str(tmp_path / "run" / "last.safetensors"),
@@ -145,17 +149,8 @@ def test_bad_point_settings_are_one_line_errors(point_ckpt: Path, tmp_path: Path
 
 
 def test_a_point_target_trains_and_merges(tmp_path: Path, capsys) -> None:
-    spec: ModelSpec = TINY_POINT
-    target = save_checkpoint(tmp_path / "target.safetensors", build_vanilla(spec).state_dict(), spec)
-    aux = save_checkpoint(tmp_path / "aux.safetensors", build_vanilla(spec).state_dict(), spec)
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "clouds.npz", x=rng.uniform(-1, 1, (16, *spec.input_size)).astype(np.float32),
-             y=np.arange(16) % 2)
-    code = run_main(train_main, [str(target), "--aux", f"points={aux}", "--data", str(tmp_path / "clouds.npz"),
-                                 "--num-classes", "2", "--out", str(tmp_path / "run"), "--epochs", "1",
-                                 "--batch-size", "8"])
-    assert code == 0, capsys.readouterr().err
-    trained = load_checkpoint(tmp_path / "run" / "last.safetensors")
+    x = np.random.default_rng(0).uniform(-1, 1, (16, *TINY_POINT.input_size)).astype(np.float32)
+    trained = _train_one_epoch(tmp_path, TINY_POINT, TINY_POINT, x, capsys)
     assert trained.spec.family == "pointmae" and trained.pathway is not None
     assert trained.pathway.block_path == "blocks.blocks"
     merged = tmp_path / "merged.safetensors"
