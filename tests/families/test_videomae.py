@@ -11,7 +11,8 @@ from torch import Tensor, nn
 
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.families import ModelSpec, detect_family, get_family
-from m2pt_deploy.families.videomae import VideoMAEClassifier, VideoMAEFamily, sinusoid_table
+from m2pt_deploy.families.video_transformer import VideoMAEClassifier, sinusoid_table
+from m2pt_deploy.families.videomae import VideoMAEFamily
 from m2pt_deploy.merge import merge_model, merged_state_dict
 from m2pt_deploy.model.build import build_unmerged, build_vanilla
 from m2pt_deploy.model.checkpoint import load_checkpoint
