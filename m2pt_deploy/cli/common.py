@@ -24,14 +24,8 @@ __all__ = [
     "finish",
     "load_model_checkpoint",
     "model_options",
-    "require_onnxruntime",
     "run_main",
-    "step",
 ]
-
-# Re-exported for the commands: one home each, in the layers below.
-from m2pt_deploy.progress import step  # noqa: E402
-from m2pt_deploy.runtime.sessions import require_onnxruntime  # noqa: E402
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -82,12 +76,9 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def load_model_checkpoint(args: argparse.Namespace, path: str | None = None) -> Checkpoint:
     """``load_checkpoint`` with the model group's overrides, and its notes on stderr."""
-    from m2pt_deploy.model.checkpoint import load_checkpoint
+    from m2pt_deploy.pipelines.export import load_for_export
 
-    ckpt = load_checkpoint(path or args.checkpoint, **model_options(args))
-    for note in ckpt.notes:
-        print(f"note: {note}", file=sys.stderr)
-    return ckpt
+    return load_for_export(path or args.checkpoint, model_options(args))
 
 
 def finish(result: ExportResult) -> int:

@@ -14,8 +14,8 @@ from m2pt_deploy.cli.common import (
     add_version,
     load_model_checkpoint,
     run_main,
-    step,
 )
+from m2pt_deploy.progress import step
 
 __all__ = ["build_parser", "entrypoint", "main"]
 

@@ -32,23 +32,30 @@ def _subject(model: str, model_options: Mapping[str, Any], *, data: str | None, 
     """The model to measure and the labelled images to score it on, every input checked."""
     from m2pt_deploy.bench.accuracy import load_eval_data
     from m2pt_deploy.bench.subject import checkpoint_subject, onnx_subject, read_onnx_file
-    from m2pt_deploy.model.checkpoint import load_checkpoint
+    from m2pt_deploy.pipelines.export import load_for_export
 
     input_size = model_options.get("input_size")
     if _is_onnx(model):
         info, spec = read_onnx_file(model, input_size=input_size)
         eval_data = load_eval_data(data, spec, images=eval_images, seed=seed) if data else None
         return onnx_subject(info, spec), eval_data
-    ckpt = load_checkpoint(model, **model_options)
-    for note in ckpt.notes:
-        print(f"note: {note}", file=sys.stderr)
+    ckpt = load_for_export(model, model_options)
     eval_data = load_eval_data(data, ckpt.spec, images=eval_images, seed=seed) if data else None
     log(f"building {model}'s models and merging")
-    overrides: list[str] = ["--arch", model_options["arch"]] if model_options.get("arch") else []
-    if input_size:
-        overrides += ["--input-size", *map(str, input_size)]
-    overrides += ["--ema"] if model_options.get("ema") else []
-    return checkpoint_subject(ckpt, seed=seed, overrides=tuple(overrides)), eval_data
+    return checkpoint_subject(ckpt, seed=seed, overrides=_export_flags(model_options)), eval_data
+
+
+def _export_flags(model_options: Mapping[str, Any]) -> tuple[str, ...]:
+    """The ``m2pt-export`` flags that load the checkpoint as it was loaded here (for the cost rows)."""
+    out: list[str] = []
+    for key in ("family", "arch"):
+        if model_options.get(key):
+            out += [f"--{key}", str(model_options[key])]
+    if model_options.get("input_size"):
+        out += ["--input-size", *map(str, model_options["input_size"])]
+    for name, value in (model_options.get("options") or {}).items():
+        out += [f"--{name.replace('_', '-')}", str(value)]
+    return (*out, *(["--ema"] if model_options.get("ema") else []))
 
 
 def bench_cpu(
@@ -80,6 +87,9 @@ def bench_cpu(
     from m2pt_deploy.bench.cpu_report import write_report
     from m2pt_deploy.bench.latency import spec_for_arch
 
+    if export_cost and not export_command:
+        raise M2ptError("export_cost needs export_command, the m2pt-export command line to time "
+                        "(e.g. [sys.executable, '-m', 'm2pt_deploy.cli.export']); or pass export_cost=False")
     subject: Any
     eval_data, fixed = None, None
     if model is None:

@@ -17,23 +17,27 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.vocabulary import DEFAULT_OPSET, ONNX_PRECISIONS, VERIFY_IMAGES, FloatPrecision
+from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.fileio import atomic_output, check_output_path
 from m2pt_deploy.heap import release_freed_memory
 from m2pt_deploy.model.checkpoint import Checkpoint, load_checkpoint
 from m2pt_deploy.progress import note, step
 from m2pt_deploy.runtime.sessions import require_onnxruntime
 
-__all__ = ["ExportResult", "Verdict", "export_onnx", "export_tensorrt", "export_triton", "load_for_export"]
+__all__ = ["ExportResult", "Verdict", "export_onnx", "export_tensorrt", "export_triton", "held_out_inputs",
+           "load_for_export", "silent"]
 
 CheckpointSource = str | os.PathLike[str] | Checkpoint
 #: Called with each line worth showing as it happens ("wrote FILE", a verdict table): ``print`` in the CLI.
 Show = Callable[[object], None]
 
 
-def _silent(_: object) -> None:
-    pass
+def silent(_: object) -> None:
+    """The default ``show``: Python callers get results, not printed lines."""
 
 
 class Verdict(Protocol):
@@ -62,11 +66,29 @@ def load_for_export(checkpoint: CheckpointSource, model: Mapping[str, Any] | Non
     """``checkpoint`` as loaded, with ``model`` (``load_checkpoint``'s keyword arguments: arch,
     input_size, ema, family, options) applied and its notes shown."""
     if isinstance(checkpoint, Checkpoint):
+        if any(v for v in (model or {}).values()):
+            raise M2ptError("model settings apply when a checkpoint is loaded; this one is loaded already "
+                            "(pass its path, or load it with them)", checkpoint.path)
         return checkpoint
     ckpt = load_checkpoint(checkpoint, **dict(model or {}))
     for text in ckpt.notes:
         note(text)
     return ckpt
+
+
+def held_out_inputs(spec: ModelSpec, count: int) -> np.ndarray:
+    """Inputs a reduced-precision model is verified on: held-out photo tiles for RGB image models,
+    the family's seeded example inputs for any other."""
+    from m2pt_deploy.export.engine_onnx import VERIFY_SEED
+    from m2pt_deploy.export.int8.calibration import calibration_tiles
+
+    if _photos(spec):
+        return calibration_tiles(spec.input_size, spec.mean, spec.std, count=count, seed=VERIFY_SEED)
+    return spec.model_family.example_input(spec, count, seed=VERIFY_SEED).numpy()
+
+
+def _photos(spec: ModelSpec) -> bool:
+    return spec.model_family.modality in ("image", "spectrogram") and spec.input_size[0] == 3
 
 
 def _write_report(path: str | os.PathLike[str] | None, data: Mapping[str, Any], *, force: bool) -> None:
@@ -95,7 +117,7 @@ def export_onnx(
     verify: bool = True,
     report: str | os.PathLike[str] | None = None,
     force: bool = False,
-    show: Show = _silent,
+    show: Show = silent,
 ) -> ExportResult:
     """Merge and export to ONNX (fp32, fp16, or int8 Q/DQ for ONNX Runtime on CPU), then verify.
 
@@ -113,6 +135,10 @@ def export_onnx(
         raise M2ptError("--optimize takes fp32 or int8: ONNX Runtime's CPU provider has no fp16 fast path")
     if precision == "int8" and calib_images < 1:
         raise M2ptError(f"--calib-images {calib_images}: need at least 1")
+    from m2pt_deploy.cpu import INT8_TARGETS
+
+    if int8_target not in ("auto", *INT8_TARGETS):
+        raise M2ptError(f"--int8-target {int8_target!r}: choose auto or one of {', '.join(INT8_TARGETS)}")
     shape = parse_batch(batch) if batch else DYNAMIC_BATCH
     if batch and ":" in batch:
         raise M2ptError(f"--batch {batch} is a TensorRT profile (MIN:OPT:MAX, for --format trt); ONNX "
@@ -215,13 +241,12 @@ def export_tensorrt(
     verify: bool = True,
     report: str | os.PathLike[str] | None = None,
     force: bool = False,
-    show: Show = _silent,
+    show: Show = silent,
 ) -> ExportResult:
     """The reduced-precision ONNX a TensorRT engine is built from, verified in ONNX Runtime, then
     the engine. Without TensorRT (or a GPU) the ONNX and a build script are left and the build
     raises :class:`M2ptError` saying how to finish it on a GPU machine."""
-    from m2pt_deploy.export.engine_onnx import VERIFY_SEED, engine_onnx
-    from m2pt_deploy.export.int8.calibration import calibration_tiles
+    from m2pt_deploy.export.engine_onnx import engine_onnx
     from m2pt_deploy.export.onnx import DYNAMIC_BATCH, OnnxFromCheckpoint, parse_batch, save_onnx
     from m2pt_deploy.export.tensorrt import build_engine_from_onnx, check_build_options
 
@@ -236,8 +261,7 @@ def export_tensorrt(
         raise M2ptError(f"--calib-images {calib_images}: need at least 1")
     ckpt = load_for_export(checkpoint, model)
     spec = ckpt.spec
-    photos = spec.model_family.modality in ("image", "spectrogram") and spec.input_size[0] == 3
-    if precision in ("int8", "fp8") and not photos:
+    if precision in ("int8", "fp8") and not _photos(spec):
         raise M2ptError(f"--format trt --precision {precision} calibrates on RGB photo tiles; a "
                         f"{spec.model_family.title} with its own inputs is built in fp32, fp16 or bf16 "
                         "(TensorRT calibration data: not yet)")
@@ -250,9 +274,7 @@ def export_tensorrt(
         from m2pt_deploy.export.int8.cpu import VERIFY_IMAGES as HELD_OUT
         from m2pt_deploy.verify.tensorrt import verify_onnx_precision
 
-        # Held-out inputs: photo tiles for RGB models, the family's seeded example inputs otherwise.
-        images = calibration_tiles(spec.input_size, spec.mean, spec.std, count=HELD_OUT, seed=VERIFY_SEED) \
-            if photos else spec.model_family.example_input(spec, HELD_OUT, seed=VERIFY_SEED).numpy()
+        images = held_out_inputs(spec, HELD_OUT)
         with step(f"verifying the {precision} ONNX in ONNX Runtime against the unmerged model"):
             check = verify_onnx_precision(ckpt, onnx_path, images, precision=precision)
         show(check)
@@ -278,7 +300,7 @@ def export_triton(
     engine: str | os.PathLike[str] | None = None,
     storage_uri: str = "s3://CHANGE-ME/model_repository",
     force: bool = False,
-    show: Show = _silent,
+    show: Show = silent,
     **onnx_options: Any,
 ) -> ExportResult:
     """A Triton model repository folder (config.pbtxt, 1/model.onnx, a KServe InferenceService

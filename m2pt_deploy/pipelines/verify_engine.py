@@ -14,10 +14,15 @@ import numpy as np
 from m2pt_deploy.bench.engine_latency import latency_vs_vanilla
 from m2pt_deploy.bench.machine import machine_info, machine_line
 from m2pt_deploy.export.engine_info import read_engine_info
-from m2pt_deploy.export.engine_onnx import VERIFY_SEED
-from m2pt_deploy.export.int8.calibration import calibration_tiles
 from m2pt_deploy.fileio import atomic_output, check_output_path
-from m2pt_deploy.pipelines.export import CheckpointSource, ExportResult, Show, _silent, load_for_export
+from m2pt_deploy.pipelines.export import (
+    CheckpointSource,
+    ExportResult,
+    Show,
+    held_out_inputs,
+    load_for_export,
+    silent,
+)
 from m2pt_deploy.progress import step
 from m2pt_deploy.verify import check_inputs
 from m2pt_deploy.verify.tensorrt import verify_engine
@@ -37,7 +42,7 @@ def verify_engine_file(
     latency: bool = True,
     report: str | os.PathLike[str] | None = None,
     force: bool = False,
-    show: Show = _silent,
+    show: Show = silent,
 ) -> ExportResult:
     """Sidecar and file checks first (no TensorRT needed to refuse a bad engine), then the run on
     ``inputs`` (default: 256 held-out photo tiles) at ``batch_size`` (default: the profile's OPT)."""
@@ -46,10 +51,7 @@ def verify_engine_file(
     info = read_engine_info(engine)
     ckpt = load_for_export(checkpoint, model)
     spec = ckpt.spec
-    if inputs is None:
-        inputs = calibration_tiles(spec.input_size, spec.mean, spec.std, count=REAL_IMAGES, seed=VERIFY_SEED)
-    else:
-        inputs = check_inputs(inputs, spec.input_size)
+    inputs = held_out_inputs(spec, REAL_IMAGES) if inputs is None else check_inputs(inputs, spec.input_size)
     batch = batch_size or info.profile.opt[0]
     info.profile.check_batch(batch, source=os.fspath(engine))
     with step(f"running {engine} ({info.precision}) and the unmerged model on {len(inputs)} images"):

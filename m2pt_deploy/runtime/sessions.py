@@ -138,7 +138,8 @@ def ort_session(
 
 
 def cpu_session_options(model: ModelSource, *, threads: int | None = None, spinning: bool = True) -> Any:
-    """:func:`session_options` for CPU serving (kept as the name the benchmarks and server use)."""
+    """:func:`session_options` with the serving defaults (threads per physical core, optimization
+    off for a model ``--optimize`` already optimized)."""
     return session_options(model, threads=threads, spinning=spinning)
 
 

@@ -42,7 +42,8 @@ from m2pt_deploy.serving.protocol import (
 )
 from m2pt_deploy.serving.runtime import OrtModel
 
-__all__ = ["Deadline", "ServeConfig", "ServerState", "create_app", "model_feed", "off_loop"]
+__all__ = ["LARGE_PARSE_BYTES", "Deadline", "ServeConfig", "ServerState", "create_app", "model_feed", "off_loop",
+           "trim_soon"]
 
 log = logging.getLogger("m2pt_deploy.serving")
 
@@ -65,7 +66,7 @@ _INLINE_PARSE_BYTES = 64 << 10
 # Bodies this large are parsed one at a time per server (a JSON tensor of 8 M numbers builds ~300 MB
 # of Python floats before it becomes an array): concurrent large uploads wait their turn instead of
 # stacking their parses in RSS, and the freed heap is handed back to the OS after each.
-_LARGE_PARSE_BYTES = 8 << 20
+LARGE_PARSE_BYTES = 8 << 20
 _large_lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 T = TypeVar("T")
 
@@ -239,10 +240,10 @@ async def _in_thread(work: Callable[[], T]) -> T:
 
 async def off_loop(size: int, work: Callable[[], T]) -> T:
     """``work`` (parsing a body of ``size`` bytes) inline when small, else on a worker thread; large
-    ones one at a time (see ``_LARGE_PARSE_BYTES``)."""
+    ones one at a time (see ``LARGE_PARSE_BYTES``)."""
     if size < _INLINE_PARSE_BYTES:
         return work()
-    if size < _LARGE_PARSE_BYTES:
+    if size < LARGE_PARSE_BYTES:
         return await _in_thread(work)
     loop = asyncio.get_running_loop()
     lane = _large_lanes.setdefault(loop, asyncio.Semaphore(1))
@@ -250,15 +251,28 @@ async def off_loop(size: int, work: Callable[[], T]) -> T:
     future = loop.run_in_executor(None, functools.partial(_then_trim, work))
     # The lane frees when the parse really ends: a request that gives up (its deadline) cannot
     # cancel a running thread, so it must not let the next large parse start beside it.
-    future.add_done_callback(lambda _: lane.release())
+    future.add_done_callback(functools.partial(_leave_lane, lane))
     return await asyncio.shield(future)
+
+
+def _leave_lane(lane: asyncio.Semaphore, future: asyncio.Future[Any]) -> None:
+    lane.release()
+    # Collect the outcome even when the request gave up waiting, so that a parse error is not
+    # logged as "never retrieved" (and its frames, which hold the body, are freed now).
+    if not future.cancelled():
+        future.exception()
 
 
 def trim_soon(delay_s: float = 0.5) -> None:
     """Hand the heap back to the OS shortly after a large request, once its body, arrays and any
     error (whose traceback holds them) are gone: RSS returns toward its baseline after a spike."""
     loop = asyncio.get_running_loop()
-    loop.call_later(delay_s, lambda: loop.run_in_executor(None, release_freed_memory))
+    loop.call_later(delay_s, _trim_in_thread, loop)
+
+
+def _trim_in_thread(loop: asyncio.AbstractEventLoop) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop's executor is already shut down (exit)
+        loop.run_in_executor(None, release_freed_memory)
 
 
 def _then_trim(work: Callable[[], T]) -> T:
@@ -290,7 +304,7 @@ async def _infer(request: Any, state: ServerState) -> Any:
         content, headers = encode_infer_response(model.name, model.version, parsed, outputs)
         return Response(content, headers=headers)
     finally:
-        if received >= _LARGE_PARSE_BYTES:
+        if received >= LARGE_PARSE_BYTES:
             trim_soon()
 
 
@@ -322,7 +336,7 @@ async def _classify(request: Any, state: ServerState) -> Any:
     with batcher.admitting() as admission:
         body = await state.body(request, deadline)
         with batcher.arriving() as arrival:
-            pixels = await deadline.within(_in_thread(functools.partial(decode_image, body, spec)))
+            pixels = await deadline.within(off_loop(len(body), functools.partial(decode_image, body, spec)))
             outputs = await state.run(model, {model.inputs[0].name: pixels}, deadline, admission,
                                       arrival)
     logits = outputs.get("logits", next(iter(outputs.values())))

@@ -30,7 +30,7 @@ import numpy as np
 
 from m2pt_deploy import __version__
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.serving.app import Deadline, ServerState, model_feed, off_loop
+from m2pt_deploy.serving.app import LARGE_PARSE_BYTES, Deadline, ServerState, model_feed, off_loop, trim_soon
 from m2pt_deploy.serving.batching import Draining, Overloaded, RequestTimeout
 from m2pt_deploy.serving.protocol import (
     DATATYPES,
@@ -299,13 +299,18 @@ class GrpcInferenceService(_servicer_base()):  # type: ignore[misc]
         batcher = state.batchers[model.name]
         # The message is already in (within the receive limit); the queue place is still decided
         # before a tensor is decoded.
-        with batcher.admitting() as admission, batcher.arriving() as arrival:
-            size = sum(len(r) for r in request.raw_input_contents)
-            parse = functools.partial(self._feed, model, request)
-            parsed, feed = await deadline.within(off_loop(size, parse))
-            deadline.shorten(parsed.timeout_us)
-            outputs = await state.run(model, feed, deadline, admission, arrival)
-        return self._response(model, parsed, outputs)
+        # The whole message's size: typed contents (fp32_contents, ...) are as large as raw ones.
+        size = request.ByteSize()
+        try:
+            with batcher.admitting() as admission, batcher.arriving() as arrival:
+                parse = functools.partial(self._feed, model, request)
+                parsed, feed = await deadline.within(off_loop(size, parse))
+                deadline.shorten(parsed.timeout_us)
+                outputs = await state.run(model, feed, deadline, admission, arrival)
+            return self._response(model, parsed, outputs)
+        finally:
+            if size >= LARGE_PARSE_BYTES:
+                trim_soon()
 
     def _feed(self, model: Any, request: Any) -> tuple[InferRequest, dict[str, np.ndarray]]:
         parsed = parse_grpc_request(request, allow_nonfinite=self.state.config.allow_nonfinite)

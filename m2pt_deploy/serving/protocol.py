@@ -93,16 +93,18 @@ class InferRequest:
     timeout_us: int | None
 
 
-def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """The JSON header and a view of the binary tensors after it (a view: no second copy)."""
     if header_length is None:
-        return body, b""
+        return body, memoryview(b"")
     try:
         n = int(header_length)
     except ValueError:
         raise ProtocolError(f"{HEADER_LENGTH} {header_length!r} is not a whole number") from None
     if not 0 < n <= len(body):
         raise ProtocolError(f"{HEADER_LENGTH} {n} does not fit a body of {len(body)} bytes")
-    return body[:n], body[n:]
+    view = memoryview(body)
+    return bytes(view[:n]), view[n:]
 
 
 def json_depth(text: bytes, limit: int) -> int:
@@ -268,7 +270,7 @@ def parse_infer_request(
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise ProtocolError("'inputs' must be a non-empty list")
     inputs: dict[str, np.ndarray] = {}
-    view, offset = memoryview(binary), 0
+    view, offset = binary, 0
     for i, raw in enumerate(raw_inputs):
         name, array, offset = _parse_input(raw, i, view, offset)
         if name in inputs:

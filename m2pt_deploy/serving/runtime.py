@@ -1,7 +1,7 @@
 """ONNX Runtime sessions for serving, and finding models in a file or a Triton repository.
 
 The server never imports torch: model metadata comes from ONNX Runtime's view of the
-file's ``metadata_props``, decoded the same way as ``export.onnx.read_metadata``.
+file's ``metadata_props``, decoded the same way as ``export.metadata.read_metadata``.
 """
 
 from __future__ import annotations

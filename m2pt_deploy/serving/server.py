@@ -162,6 +162,7 @@ def serve(
             print(f"serving gRPC on {shown}:{server.grpc_port}", flush=True)
         print(f"serving on http://{shown}:{bound_port}", flush=True)
 
-    run_server(state, sock, drain_timeout_s=drain_timeout_s, log_level=log_level, started=started,
-               grpc_port=grpc_port)
+    with contextlib.closing(sock):
+        run_server(state, sock, drain_timeout_s=drain_timeout_s, log_level=log_level, started=started,
+                   grpc_port=grpc_port)
     print("stopped", flush=True)

@@ -6,13 +6,11 @@ import dataclasses
 from typing import Any
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.export.vocabulary import OnnxPrecision
 from m2pt_deploy.verify.metrics import ErrorStats
 
 __all__ = ["BITWISE", "ENGINE_TOLERANCES", "INT8_CPU", "PROBE_HEAD", "TOLERANCES", "Tolerance", "engine_tolerance",
            "tolerance_for"]
 
-PrecisionName = OnnxPrecision
 
 
 @dataclasses.dataclass(frozen=True)

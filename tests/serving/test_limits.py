@@ -288,7 +288,7 @@ def test_large_bodies_are_parsed_one_at_a_time_and_small_ones_beside_them() -> N
     import threading
     import time as clock
 
-    from m2pt_deploy.serving.app import _LARGE_PARSE_BYTES, off_loop
+    from m2pt_deploy.serving.app import LARGE_PARSE_BYTES, off_loop
 
     running, peak, lock = [0], [0], threading.Lock()
     order: list[str] = []
@@ -304,7 +304,7 @@ def test_large_bodies_are_parsed_one_at_a_time_and_small_ones_beside_them() -> N
         return name
 
     async def main() -> list[str]:
-        large = [off_loop(_LARGE_PARSE_BYTES, lambda n=n: work(f"large{n}")) for n in range(3)]
+        large = [off_loop(LARGE_PARSE_BYTES, lambda n=n: work(f"large{n}")) for n in range(3)]
         small = off_loop(1 << 20, lambda: work("small"))
         return await asyncio.gather(*large, small)
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ import onnx
 from m2pt_deploy.cpu import Int8Target, int8_target, saturates
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.int8.activation_ranges import activation_ranges
+from m2pt_deploy.export.metadata import set_metadata
 
 __all__ = ["INT8_TARGET_KEY", "QuantPrecision", "quantizable_nodes", "quantize_qdq", "qdq_summary"]
 
@@ -114,8 +114,7 @@ def quantize_qdq(
     del out.metadata_props[:]
     out.metadata_props.extend(p for p in proto.metadata_props if p.key != INT8_TARGET_KEY)
     if precision == "int8":
-        out.metadata_props.add(key=INT8_TARGET_KEY,
-                               value=json.dumps({"target": target, "weight_bits": 7 if reduce_range else 8}))
+        set_metadata(out, INT8_TARGET_KEY, {"target": target, "weight_bits": 7 if reduce_range else 8})
     return out
 
 
