@@ -88,8 +88,8 @@ def bench_cpu(
     from m2pt_deploy.bench.latency import spec_for_arch
 
     if export_cost and not export_command:
-        raise M2ptError("export_cost needs export_command, the m2pt-export command line to time "
-                        "(e.g. [sys.executable, '-m', 'm2pt_deploy.cli.export']); or pass export_cost=False")
+        raise M2ptError("export_cost needs export_command, the command line that runs m2pt-export "
+                        "(the installed m2pt-export, for one); or pass export_cost=False")
     subject: Any
     eval_data, fixed = None, None
     if model is None:
