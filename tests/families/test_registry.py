@@ -117,3 +117,13 @@ def test_the_pipeline_reaches_a_user_family_through_the_registry(token_family: M
     result = export_onnx(ckpt, tmp_path / "tok.onnx", model=None)
     assert result.passed, str(result.verdict)
     assert "PASSED: 3/3 checks passed" in str(result.verdict)
+
+
+def test_every_built_in_family_setting_has_a_command_line_flag() -> None:
+    """cli.common lists the flags without importing the families (instant --help): they must agree."""
+    from m2pt_deploy.cli.common import _FAMILY_FLAGS
+    from m2pt_deploy.families import family_names
+
+    flags = {name for name, _ in _FAMILY_FLAGS}
+    for name in family_names():
+        assert {o.name for o in get_family(name).options} <= flags, name
