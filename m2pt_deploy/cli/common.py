@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import logging
+import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.errors import M2ptError, first_line
+from m2pt_deploy.request import ModelRequest
 
 if TYPE_CHECKING:
     from m2pt_deploy.model.checkpoint import Checkpoint
@@ -16,7 +24,10 @@ if TYPE_CHECKING:
 __all__ = [
     "EXIT_BAD_INPUT",
     "EXIT_CHECK_FAILED",
+    "EXIT_INTERNAL",
+    "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "EXIT_TERMINATED",
     "add_model_args",
     "add_output_args",
     "HelpFormatter",
@@ -24,12 +35,17 @@ __all__ = [
     "finish",
     "load_model_checkpoint",
     "model_options",
+    "model_request",
     "run_main",
 ]
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
+#: Not the user's fault: a bug in this package (``--verbose`` shows the traceback).
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 def _input_size(text: str) -> int:
@@ -67,18 +83,24 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        help="use the EMA weights (model_ema) of a training checkpoint instead of model")
 
 
+def model_request(args: argparse.Namespace) -> ModelRequest:
+    """The model group as a :class:`ModelRequest` (validated)."""
+    return ModelRequest(
+        family=args.family, arch=args.arch, input_size=tuple(args.input_size) if args.input_size else None,
+        options={name: getattr(args, name) for name, _ in _FAMILY_FLAGS if getattr(args, name) is not None},
+        ema=args.ema).validate()
+
+
 def model_options(args: argparse.Namespace) -> dict[str, Any]:
     """``load_checkpoint``'s keyword arguments from the model group."""
-    return {"arch": args.arch, "ema": args.ema, "family": args.family,
-            "input_size": tuple(args.input_size) if args.input_size else None,
-            "options": {name: getattr(args, name) for name, _ in _FAMILY_FLAGS if getattr(args, name) is not None}}
+    return model_request(args).load_kwargs()
 
 
 def load_model_checkpoint(args: argparse.Namespace, path: str | None = None) -> Checkpoint:
     """``load_checkpoint`` with the model group's overrides, and its notes on stderr."""
     from m2pt_deploy.pipelines.export import load_for_export
 
-    return load_for_export(path or args.checkpoint, model_options(args))
+    return load_for_export(path or args.checkpoint, model_request(args))
 
 
 def finish(result: ExportResult) -> int:
@@ -96,9 +118,13 @@ def add_output_args(parser: argparse.ArgumentParser, *, default_help: str) -> No
 
 
 def add_version(parser: argparse.ArgumentParser) -> None:
+    """--version, and --verbose (which every command takes: see :func:`run_main`)."""
     from m2pt_deploy import __version__
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="let libraries' warnings and log lines through, and show a traceback for an "
+                        "internal error")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -116,13 +142,85 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         return super()._get_help_string(action)
 
 
-def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Run ``main``; a user error becomes one line on stderr and exit code 2, no traceback."""
+class Terminated(BaseException):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that every ``finally`` cleans up."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _signals() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C; a file-size limit (SIGXFSZ, which would kill the process
+    mid-write) becomes an OSError (EFBIG) that the write reports and cleans up after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler)
+                for sig, handler in ((signal.SIGTERM, _raise_terminated), (signal.SIGXFSZ, signal.SIG_IGN))}
     try:
-        return main(argv)
-    except M2ptError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _quiet_libraries(verbose: bool) -> Iterator[None]:
+    """Libraries' warnings and log lines (torch, onnxscript, protobuf, gRPC's C core) stay off the
+    terminal unless --verbose: what a user reads is this package's lines."""
+    if verbose:
+        yield
+        return
+    # gRPC's C core reads these once, when it loads; setdefault leaves a user's choice alone.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    os.environ.setdefault("GRPC_TRACE", "")
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def _os_error(e: OSError) -> str:
+    """An OSError as one line naming the file: a full disk, a file-size limit, a read-only folder."""
+    reasons = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "file too large (a file-size limit?)",
+               errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+               errno.EPERM: "permission denied"}
+    reason = reasons.get(e.errno or 0, e.strerror or first_line(e))
+    return f"{e.filename}: {reason}" if e.filename else reason
+
+
+def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run ``main`` under the error contract: a user error (or an OS error: a full disk, a read-only
+    folder) is one line on stderr and exit 2; Ctrl-C exits 130 and SIGTERM 143, having removed
+    what was being written; anything else is one line and exit 70 (``--verbose``: the traceback)."""
+    verbose = "--verbose" in (sys.argv[1:] if argv is None else argv)
+    with _signals(), _quiet_libraries(verbose):
+        try:
+            return main(argv)
+        except M2ptError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except KeyboardInterrupt:
+            print("interrupted; nothing was left half-written", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except Terminated:
+            print("terminated; nothing was left half-written", file=sys.stderr)
+            return EXIT_TERMINATED
+        except OSError as e:
+            print(f"error: {_os_error(e)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except MemoryError:
+            print("error: out of memory", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except Exception as e:
+            if verbose:
+                raise
+            print(f"internal error: {type(e).__name__}: {first_line(e)[:300]} (a bug in m2pt-deploy; "
+                  "--verbose shows the traceback)", file=sys.stderr)
+            return EXIT_INTERNAL

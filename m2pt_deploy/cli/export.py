@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from m2pt_deploy.cli.common import (
     HelpFormatter,
@@ -13,12 +13,11 @@ from m2pt_deploy.cli.common import (
     add_output_args,
     add_version,
     finish,
-    model_options,
+    model_request,
     run_main,
 )
-from m2pt_deploy.cpu import INT8_TARGETS
-from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.export.vocabulary import (
+from m2pt_deploy.request import INSTANCE_KINDS, INT8_TARGET_CHOICES, ExportRequest
+from m2pt_deploy.vocabulary import (
     DEFAULT_OPSET,
     DYNAMIC_BATCH_RANGE,
     FORMATS,
@@ -26,7 +25,7 @@ from m2pt_deploy.export.vocabulary import (
     VERIFY_IMAGES,
 )
 
-# torch and onnx load only once a command runs, so --help and argument errors are instant.
+# torch and onnx load only once the request is validated, so --help and every refusal are instant.
 if TYPE_CHECKING:
     from m2pt_deploy.pipelines.export import ExportResult
 
@@ -65,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_args(parser, default_help="CHECKPOINT with the format's suffix, beside it")
     add_model_args(parser)
     onnx_group = parser.add_argument_group("ONNX")
-    onnx_group.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
+    onnx_group.add_argument("--opset", type=int, metavar="N",
                             help=f"ONNX opset, 17 or newer (default: {DEFAULT_OPSET})")
     onnx_group.add_argument("--precision", choices=PRECISIONS, default="fp32",
                             help="fp16/bf16 keep LayerNorm, Softmax, the residual adds and the I/O in "
@@ -80,9 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     int8.add_argument("--calib-data", metavar="DIR|FILE.npz",
                       help="your own inputs to calibrate and verify on: a folder of images, or an .npz whose "
                       "'x' is [N, C, H, W] raw inputs such as spectrograms (default: photo tiles; RGB only)")
-    int8.add_argument("--verify-images", type=int, default=VERIFY_IMAGES, metavar="N",
+    int8.add_argument("--verify-images", type=int, metavar="N",
                       help=f"held-out inputs the int8 model is verified on (default: {VERIFY_IMAGES})")
-    int8.add_argument("--int8-target", choices=("auto", *INT8_TARGETS), default="auto",
+    int8.add_argument("--int8-target", choices=INT8_TARGET_CHOICES,
                       help="the CPU integer path it will serve on: avx2 and avx512 (no VNNI) get 7-bit weights, "
                       "which cannot saturate their int16 sums; vnni and amx full 8-bit "
                       "(default: auto, this machine's)")
@@ -104,55 +103,42 @@ def add_trt_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--timing-cache", metavar="FILE", help="load and update this tactic timing cache")
     group.add_argument("--opt-level", type=int, metavar="N",
                        help="builder optimization level 0-5 (default: TensorRT's, 3)")
-    group.add_argument("--calib-images", type=int, default=256, metavar="N",
-                       help="calibration inputs for int8/fp8 (default: 256)")
+    group.add_argument("--calib-images", type=int, metavar="N",
+                       help="calibration inputs for int8 (--format onnx, triton or trt) and fp8 (default: 256)")
 
 
 def _add_triton_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Triton model repository (--format triton; -o is the repository folder)")
     group.add_argument("--name", help="model name and folder (default: the checkpoint's file stem)")
-    group.add_argument("--max-batch", type=int, default=8, metavar="N",
+    group.add_argument("--max-batch", type=int, metavar="N",
                        help="max_batch_size; dynamic batching is on when N > 0 (default: 8)")
-    group.add_argument("--instances", type=int, default=1, metavar="N", help="instance_group count (default: 1)")
-    group.add_argument("--instance-kind", choices=("KIND_CPU", "KIND_GPU", "KIND_AUTO"), default="KIND_CPU",
-                       help="where Triton runs each model instance: CPU cores, a GPU, or the GPU if there is one")
+    group.add_argument("--instances", type=int, metavar="N", help="instance_group count (default: 1)")
+    group.add_argument("--instance-kind", choices=INSTANCE_KINDS,
+                       help="where Triton runs each model instance: CPU cores, a GPU, or the GPU if there is one "
+                       "(default: KIND_CPU)")
     group.add_argument("--trt-accelerator", choices=("fp32", "fp16"),
                        help="let the onnxruntime backend build TensorRT engines (needs a GPU instance kind)")
     group.add_argument("--engine", metavar="PLAN", help="a TensorRT engine to place beside model.onnx as model.plan")
-    group.add_argument("--storage-uri", default="s3://CHANGE-ME/model_repository", metavar="URI",
+    group.add_argument("--storage-uri", metavar="URI",
                        help="where the repository will live for KServe: the storageUri of the "
-                       "inferenceservice.yaml written into the model folder")
+                       "inferenceservice.yaml written into the model folder (default: s3://CHANGE-ME/model_repository)")
 
 
-def _onnx_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"model": model_options(args), "precision": args.precision, "opset": args.opset, "batch": args.batch,
-            "optimize": args.optimize, "calib_data": args.calib_data, "calib_images": args.calib_images,
-            "verify_images": args.verify_images, "int8_target": args.int8_target, "verify": not args.no_verify,
-            "report": args.report}
-
-
-def _run(args: argparse.Namespace) -> ExportResult:
-    from m2pt_deploy.pipelines.export import export_onnx, export_tensorrt, export_triton
-
-    if args.format == "onnx":
-        return export_onnx(args.checkpoint, args.output, force=args.force, show=print, **_onnx_options(args))
-    if args.format == "trt":
-        return export_tensorrt(
-            args.checkpoint, args.output, model=model_options(args), precision=args.precision, opset=args.opset,
-            batch=args.batch, calib_images=args.calib_images, workspace_gb=args.workspace,
-            timing_cache=args.timing_cache, opt_level=args.opt_level, verify=not args.no_verify,
-            report=args.report, force=args.force, show=print)
-    return export_triton(
-        args.checkpoint, args.output, name=args.name, max_batch=args.max_batch, instances=args.instances,
-        instance_kind=args.instance_kind, trt_accelerator=args.trt_accelerator, engine=args.engine,
-        storage_uri=args.storage_uri, force=args.force, show=print, **_onnx_options(args))
+def request_from_args(args: argparse.Namespace) -> ExportRequest:
+    """The command line as one :class:`ExportRequest` (not yet validated)."""
+    return ExportRequest(
+        args.checkpoint, args.format, args.output, args.force, model_request(args), args.precision, args.opset,
+        args.batch, args.optimize, args.calib_data, args.calib_images, args.verify_images, args.int8_target,
+        not args.no_verify, args.report, args.workspace, args.timing_cache, args.opt_level, args.name,
+        args.max_batch, args.instances, args.instance_kind, args.trt_accelerator, args.engine, args.storage_uri)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.optimize and args.format != "onnx":
-        raise M2ptError(f"--optimize is for --format onnx (ONNX Runtime on CPU), not --format {args.format}")
-    return finish(_run(args))
+    request = request_from_args(build_parser().parse_args(argv)).validate()
+    from m2pt_deploy.pipelines.export import export
+
+    result: ExportResult = export(request, show=print)
+    return finish(result)
 
 
 def entrypoint() -> None:

@@ -28,8 +28,8 @@ from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.metadata import read_metadata
 from m2pt_deploy.export.onnx import BatchSpec, parse_batch
 from m2pt_deploy.export.profiles import ShapeProfile, profile_for
-from m2pt_deploy.export.vocabulary import PRECISIONS, EnginePrecision
 from m2pt_deploy.fileio import atomic_output, sha256_file
+from m2pt_deploy.vocabulary import PRECISIONS, EnginePrecision
 
 __all__ = [
     "API_PATHS",

@@ -8,7 +8,6 @@ assembled and inspected before anything heavy runs.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import os
 from collections.abc import Mapping
@@ -22,14 +21,14 @@ from torch import nn
 from m2pt_deploy import __version__
 from m2pt_deploy.errors import M2ptError, first_line
 from m2pt_deploy.export.metadata import encode_metadata
-from m2pt_deploy.export.vocabulary import DEFAULT_OPSET, DYNAMIC_BATCH_RANGE, FloatPrecision
 from m2pt_deploy.families import ModelSpec
-from m2pt_deploy.fileio import atomic_output
+from m2pt_deploy.fileio import atomic_output, relink_external_data
 from m2pt_deploy.merge import merge_model
 from m2pt_deploy.model.build import build_unmerged
 from m2pt_deploy.model.checkpoint import Checkpoint, load_checkpoint
 from m2pt_deploy.model.pathway import pathway_layers
 from m2pt_deploy.runtime.io_names import INPUT_NAME, OUTPUT_NAME
+from m2pt_deploy.vocabulary import DEFAULT_OPSET, DYNAMIC_BATCH, MIN_OPSET, BatchSpec, FloatPrecision, parse_batch
 
 __all__ = [
     "INPUT_NAME",
@@ -42,47 +41,9 @@ __all__ = [
     "save_onnx",
 ]
 
-MIN_OPSET = 17
 # protobuf cannot serialise a message over 2 GiB: larger models keep weights beside the graph.
 _PROTOBUF_LIMIT = 2**31 - 1
 Precision = FloatPrecision
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchSpec:
-    """A fixed batch (``min == opt == max``) or a dynamic range with an optimum (TensorRT profiles)."""
-
-    min: int
-    opt: int
-    max: int
-
-    @property
-    def dynamic(self) -> bool:
-        return not (self.min == self.opt == self.max)
-
-    def __str__(self) -> str:
-        return str(self.min) if not self.dynamic else f"{self.min}:{self.opt}:{self.max}"
-
-
-DYNAMIC_BATCH = BatchSpec(*DYNAMIC_BATCH_RANGE)
-
-
-def parse_batch(text: str) -> BatchSpec:
-    """``N`` (static) or ``MIN:OPT:MAX`` (dynamic), all positive, ``MIN <= OPT <= MAX``."""
-    parts = text.split(":")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        raise M2ptError(f"--batch {text!r}: expected N or MIN:OPT:MAX with whole numbers") from None
-    if len(values) == 1:
-        values *= 3
-    if len(values) != 3 or any(v < 1 for v in values):
-        raise M2ptError(f"--batch {text!r}: expected N or MIN:OPT:MAX, each at least 1")
-    lo, opt, hi = values
-    if not lo <= opt <= hi:
-        raise M2ptError(f"--batch {text!r}: needs MIN <= OPT <= MAX, got {lo} > {opt} > {hi}"
-                        if lo > opt > hi else f"--batch {text!r}: needs MIN <= OPT <= MAX")
-    return BatchSpec(lo, opt, hi)
 
 
 def lambda_summary(model: nn.Module) -> dict[str, Any]:
@@ -152,20 +113,11 @@ def save_onnx(proto: onnx.ModelProto, path: str | os.PathLike[str], *, force: bo
             onnx.save_model(proto, tmp, save_as_external_data=True, location=tmp_data.name,
                             all_tensors_to_one_file=True)
             # The graph names its data file; rename the data first, then the graph.
-            _relink_external_data(tmp, data.name)
+            relink_external_data(tmp, data.name)
             os.replace(tmp_data, data)
         else:
             onnx.save_model(proto, tmp)
     return out
-
-
-def _relink_external_data(graph_path: Path, location: str) -> None:
-    proto = onnx.load_model(graph_path, load_external_data=False)
-    for tensor in proto.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = location
-    onnx.save_model(proto, graph_path)
 
 
 class OnnxFromCheckpoint:

@@ -23,7 +23,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.export.vocabulary import LowPrecision
+from m2pt_deploy.vocabulary import LowPrecision
 
 __all__ = [
     "FP32_OPS",

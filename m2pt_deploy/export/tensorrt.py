@@ -30,7 +30,6 @@ import onnx
 
 from m2pt_deploy.errors import M2ptError, first_line
 from m2pt_deploy.export.engine_info import (
-    PRECISIONS,
     ApiPath,
     Platform,
     TrtPrecision,
@@ -41,6 +40,7 @@ from m2pt_deploy.export.engine_info import (
 from m2pt_deploy.export.onnx import BatchSpec
 from m2pt_deploy.export.profiles import ShapeProfile, profile_for
 from m2pt_deploy.fileio import atomic_output, check_output_path
+from m2pt_deploy.vocabulary import check_build_options
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -64,7 +64,6 @@ __all__ = [
 # The oldest GPU architecture with fast kernels for each precision.
 _MIN_COMPUTE = {"fp32": (5, 0), "fp16": (5, 3), "bf16": (8, 0), "int8": (6, 1), "fp8": (8, 9)}
 _ARCH_HINT = {"bf16": "Ampere", "int8": "Pascal", "fp8": "Ada or Hopper", "fp16": "Maxwell"}
-MAX_OPT_LEVEL = 5
 
 
 def api_path_for(tensorrt_version: str) -> ApiPath:
@@ -87,20 +86,6 @@ def check_precision_supported(precision: str, platform: Platform) -> None:
         raise M2ptError(
             f"--precision {precision} needs compute capability {need[0]}.{need[1]} or newer "
             f"({_ARCH_HINT[precision]}); {platform.gpu_name} is {cc[0]}.{cc[1]}")
-
-
-def check_build_options(precision: str, workspace_gb: float | None,
-                        timing_cache: str | os.PathLike[str] | None, opt_level: int | None) -> None:
-    """Refuse bad build options before any export work starts."""
-    if precision not in PRECISIONS:
-        raise M2ptError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if workspace_gb is not None and not workspace_gb > 0:
-        raise M2ptError(f"--workspace {workspace_gb}: must be a positive number of GiB")
-    if opt_level is not None and not 0 <= opt_level <= MAX_OPT_LEVEL:
-        raise M2ptError(f"--opt-level {opt_level}: TensorRT's builder optimization level is "
-                        f"0 to {MAX_OPT_LEVEL}")
-    if timing_cache is not None and Path(timing_cache).is_dir():
-        raise M2ptError("--timing-cache is a directory; give a file", timing_cache)
 
 
 @dataclasses.dataclass(frozen=True)

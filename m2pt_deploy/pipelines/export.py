@@ -1,10 +1,13 @@
-"""``export_onnx``, ``export_tensorrt``, ``export_triton``: checkpoint → merged vanilla model →
-deployable artifact, verified by default. ``m2pt-export`` is a thin shell over these; Python
-users get the same checks, files and verdicts.
+"""``export`` (one :class:`~m2pt_deploy.request.ExportRequest`), and its keyword forms
+``export_onnx``, ``export_tensorrt``, ``export_triton``: checkpoint → merged vanilla model →
+deployable artifact, verified by default. ``m2pt-export`` is a thin shell over ``export``;
+Python users get the same checks, files and verdicts.
 
-Every option is checked and every output path claimed before the minutes of export and
-calibration; files are written atomically; a failed verification keeps the artifact for
-inspection and says so in the result (the caller decides what that means: the CLI exits 1).
+The whole request is validated and every output probed before the minutes of export and
+calibration. Verified or nothing: an artifact is written under a temporary name beside its
+destination and takes its final name only once its verification passed; a failed verification
+keeps it as ``NAME.unverified.EXT`` and says so in the result (the CLI exits 1); an error or an
+interrupt leaves neither.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,15 +22,16 @@ from typing import Any, Protocol
 import numpy as np
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.export.vocabulary import DEFAULT_OPSET, ONNX_PRECISIONS, VERIFY_IMAGES, FloatPrecision
+from m2pt_deploy.extras import tensorrt_importable
 from m2pt_deploy.families import ModelSpec
-from m2pt_deploy.fileio import atomic_output, check_output_path
+from m2pt_deploy.fileio import Staged, atomic_output, staged_output, unverified_path
 from m2pt_deploy.heap import release_freed_memory
 from m2pt_deploy.model.checkpoint import Checkpoint, load_checkpoint
 from m2pt_deploy.progress import note, step
-from m2pt_deploy.runtime.sessions import require_onnxruntime
+from m2pt_deploy.request import ExportRequest, ModelRequest
+from m2pt_deploy.vocabulary import DEFAULT_OPSET, VERIFY_IMAGES, FloatPrecision
 
-__all__ = ["ExportResult", "Verdict", "export_onnx", "export_tensorrt", "export_triton", "held_out_inputs",
+__all__ = ["ExportResult", "Verdict", "export", "export_onnx", "export_tensorrt", "export_triton", "held_out_inputs",
            "load_for_export", "silent"]
 
 CheckpointSource = str | os.PathLike[str] | Checkpoint
@@ -62,15 +65,17 @@ class ExportResult:
         return self.verdict is None or bool(self.verdict)
 
 
-def load_for_export(checkpoint: CheckpointSource, model: Mapping[str, Any] | None = None) -> Checkpoint:
-    """``checkpoint`` as loaded, with ``model`` (``load_checkpoint``'s keyword arguments: arch,
-    input_size, ema, family, options) applied and its notes shown."""
+def load_for_export(checkpoint: CheckpointSource, model: ModelRequest | Mapping[str, Any] | None = None
+                    ) -> Checkpoint:
+    """``checkpoint`` as loaded, with ``model`` (a :class:`ModelRequest`, or ``load_checkpoint``'s
+    keyword arguments: arch, input_size, ema, family, options) applied and its notes shown."""
+    request = ModelRequest.of(model).validate()
     if isinstance(checkpoint, Checkpoint):
-        if any(v for v in (model or {}).values()):
+        if request.given:
             raise M2ptError("model settings apply when a checkpoint is loaded; this one is loaded already "
                             "(pass its path, or load it with them)", checkpoint.path)
         return checkpoint
-    ckpt = load_checkpoint(checkpoint, **dict(model or {}))
+    ckpt = load_checkpoint(checkpoint, **request.load_kwargs())
     for text in ckpt.notes:
         note(text)
     return ckpt
@@ -101,19 +106,32 @@ def _source_path(checkpoint: CheckpointSource) -> Path:
     return checkpoint.path if isinstance(checkpoint, Checkpoint) else Path(checkpoint)
 
 
+def export(request: ExportRequest, *, source: Checkpoint | None = None, show: Show = silent) -> ExportResult:
+    """Run one export request (``m2pt-export``): validated in full first, then merged, exported,
+    verified and moved into place. ``source`` is the request's checkpoint already loaded, if
+    the caller has it."""
+    request.validate()
+    checkpoint: CheckpointSource = source if source is not None else request.checkpoint
+    if request.format == "onnx":
+        return _export_onnx(request, checkpoint, show)
+    if request.format == "trt":
+        return _export_tensorrt(request, checkpoint, show)
+    return _export_triton(request, checkpoint, show)
+
+
 def export_onnx(
     checkpoint: CheckpointSource,
     output: str | os.PathLike[str] | None = None,
     *,
-    model: Mapping[str, Any] | None = None,
+    model: ModelRequest | Mapping[str, Any] | None = None,
     precision: str = "fp32",
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     batch: str | None = None,
     optimize: bool = False,
     calib_data: str | os.PathLike[str] | None = None,
-    calib_images: int = 256,
-    verify_images: int = VERIFY_IMAGES,
-    int8_target: str = "auto",
+    calib_images: int | None = None,
+    verify_images: int | None = None,
+    int8_target: str | None = None,
     verify: bool = True,
     report: str | os.PathLike[str] | None = None,
     force: bool = False,
@@ -123,35 +141,62 @@ def export_onnx(
 
     ``batch``: ``"N"`` for a static batch, ``None`` for a dynamic one. ``optimize`` writes ONNX
     Runtime's CPU fast path. int8 calibrates on ``calib_data`` (a folder of images or an .npz
-    ``x``; default: photo tiles, RGB models only) and is verified on ``verify_images`` held-out
-    inputs. The default output is the checkpoint's path with ``.onnx``.
+    ``x``; default: photo tiles, RGB models only) with ``calib_images`` inputs (default 256) and
+    is verified on ``verify_images`` held-out inputs (default 256), for ``int8_target`` (default:
+    this CPU). The default output is the checkpoint's path with ``.onnx``. Options that do not
+    apply (``calib_data`` with fp32, say) are refused, as on the command line.
     """
-    from m2pt_deploy.export.onnx import DYNAMIC_BATCH, OnnxFromCheckpoint, parse_batch
+    request = ExportRequest(
+        _source_path(checkpoint), "onnx", output, force, ModelRequest.of(model), precision, opset, batch, optimize,
+        calib_data, calib_images, verify_images, int8_target, verify, report)
+    return export(request, source=checkpoint if isinstance(checkpoint, Checkpoint) else None, show=show)
 
-    if precision not in ONNX_PRECISIONS:
-        raise M2ptError(f"--precision {precision} is only for --format trt; "
-                        f"ONNX export takes {', '.join(ONNX_PRECISIONS)}")
-    if optimize and precision == "fp16":
-        raise M2ptError("--optimize takes fp32 or int8: ONNX Runtime's CPU provider has no fp16 fast path")
-    if precision == "int8" and calib_images < 1:
-        raise M2ptError(f"--calib-images {calib_images}: need at least 1")
-    from m2pt_deploy.cpu import INT8_TARGETS
 
-    if int8_target not in ("auto", *INT8_TARGETS):
-        raise M2ptError(f"--int8-target {int8_target!r}: choose auto or one of {', '.join(INT8_TARGETS)}")
-    shape = parse_batch(batch) if batch else DYNAMIC_BATCH
-    if batch and ":" in batch:
-        raise M2ptError(f"--batch {batch} is a TensorRT profile (MIN:OPT:MAX, for --format trt); ONNX "
-                        "takes one number for a static batch, or nothing for a dynamic one")
-    if verify or optimize or precision == "int8":
-        require_onnxruntime("verifying the export" if verify else "--optimize and int8")
-    out = check_output_path(output or _source_path(checkpoint).with_suffix(".onnx"), force=force)
-    if report:
-        check_output_path(report, force=force)
-    ckpt = load_for_export(checkpoint, model)
+def _export_onnx(req: ExportRequest, checkpoint: CheckpointSource, show: Show) -> ExportResult:
+    out = req.destination
+    with staged_output(out, force=req.force) as staged:
+        verdict = _write_verified_onnx(req, checkpoint, staged, show)
+        return _settle(req, staged, verdict, show)
+
+
+def _settle(req: ExportRequest, staged: Staged, verdict: Verdict | None, show: Show) -> ExportResult:
+    """Report, then the artifact's final name: its own when it passed (or was not verified), one
+    that says so when it failed."""
+    if verdict is None:
+        final = staged.commit()
+        show(f"wrote {final} (not verified: --no-verify)")
+        return ExportResult((final,))
+    final = staged.out if verdict else unverified_path(staged.out)
+    verdict = _renamed(verdict, final)
+    _write_report(req.report, verdict.to_dict(), force=req.force)
+    show(verdict)
+    if not verdict:
+        kept = staged.keep_unverified()
+        return ExportResult((kept,), verdict, kept=kept)
+    final = staged.commit()
+    show(f"wrote {final}")
+    return ExportResult((final,), verdict)
+
+
+def _renamed(verdict: Verdict, path: Path) -> Verdict:
+    """The verdict naming the artifact by its final path, not the staging one it was checked at."""
+    if dataclasses.is_dataclass(verdict) and any(f.name == "onnx" for f in dataclasses.fields(verdict)):
+        return dataclasses.replace(verdict, onnx=str(path))  # type: ignore[type-var]
+    return verdict
+
+
+def _write_verified_onnx(req: ExportRequest, checkpoint: CheckpointSource, staged: Staged,
+                         show: Show) -> Verdict | None:
+    """Export into ``staged.path`` and verify it there; ``None`` when verification is off."""
+    from m2pt_deploy.export.onnx import DYNAMIC_BATCH, OnnxFromCheckpoint
+
+    int8 = req.precision == "int8"
+    ckpt = load_for_export(checkpoint, req.model)
     # Calibration and held-out inputs are read (and refused) before the export's minutes.
-    data = _int8_data(ckpt, calib_data, calib_images, verify_images) if precision == "int8" else None
-    float_precision: FloatPrecision = "fp16" if precision == "fp16" else "fp32"
+    data = _int8_data(ckpt, req) if int8 else None
+    float_precision: FloatPrecision = "fp16" if req.precision == "fp16" else "fp32"
+    opset = req.opset or DEFAULT_OPSET
+    shape = req.batch_spec
     loader = OnnxFromCheckpoint(ckpt, opset=opset, precision=float_precision, batch=shape)
     shown = "dynamic batch" if shape == DYNAMIC_BATCH else f"batch {shape}"
     with step(f"merging and exporting {ckpt.spec.arch} to ONNX (opset {opset}, {float_precision}, {shown})"):
@@ -160,45 +205,55 @@ def export_onnx(
     # the freed heap goes back to the OS so steps do not stack in RSS.
     release_freed_memory()
     if data is not None:
-        proto = _quantize(proto, data, optimize=optimize, int8_target=int8_target)
-    elif optimize:
+        proto = _quantize(proto, data, optimize=req.optimize, int8_target=req.int8_target or "auto")
+    elif req.optimize:
         from m2pt_deploy.export.optimize import optimize_onnx
 
         with step("fusing attention, LayerNorm and GELU; optimizing with ONNX Runtime"):
             proto = optimize_onnx(proto)
-    _save(proto, out, force=force)
+    _save(proto, staged.path)
     del proto
     release_freed_memory()
-    show(f"wrote {out}")
-    if not verify:
-        return ExportResult((out,))
+    if not req.verify:
+        return None
     if data is not None:
-        verdict: Verdict = _verify_int8(ckpt, out, data)
-        _write_report(report, {**verdict.to_dict(), "notes": list(ckpt.notes)}, force=force)
-    else:
-        verdict = _verify_float(ckpt, out)
-        if report:
-            verdict.write_json(report, force=force)  # type: ignore[attr-defined]
-    show(verdict)
-    return ExportResult((out,), verdict, kept=out)
+        verdict = _verify_int8(ckpt, staged.path, data)
+        return _with_notes(verdict, ckpt)
+    return _verify_float(ckpt, staged.path)
 
 
-def _int8_data(ckpt: Checkpoint, calib_data: str | os.PathLike[str] | None, calib_images: int,
-               verify_images: int) -> Any:
+def _with_notes(verdict: Any, ckpt: Checkpoint) -> Verdict:
+    """A verdict whose ``to_dict`` also lists what the checkpoint left unsaid."""
+
+    class _Noted:
+        def __bool__(self) -> bool:
+            return bool(verdict)
+
+        def __str__(self) -> str:
+            return str(verdict)
+
+        def to_dict(self) -> dict[str, Any]:
+            return {**verdict.to_dict(), "notes": list(ckpt.notes)}
+
+    return _Noted()
+
+
+def _int8_data(ckpt: Checkpoint, req: ExportRequest) -> Any:
     from m2pt_deploy.export.int8.cpu import int8_data
 
-    return int8_data(ckpt.spec, calib_data=calib_data, calib_images=calib_images, verify_images=verify_images)
+    return int8_data(ckpt.spec, calib_data=req.calib_data, calib_images=req.calib_images or 256,
+                     verify_images=req.verify_images or VERIFY_IMAGES)
 
 
-def _save(proto: Any, out: Path, *, force: bool) -> None:
+def _save(proto: Any, out: Path) -> None:
     from m2pt_deploy.export.onnx import save_onnx
     from m2pt_deploy.export.optimize import save_optimized
     from m2pt_deploy.runtime.sessions import is_optimized
 
     if is_optimized(proto):
-        save_optimized(proto, out, force=force)
+        save_optimized(proto, out)
     else:
-        save_onnx(proto, out, force=force)
+        save_onnx(proto, out)
 
 
 def _quantize(proto: Any, data: Any, *, optimize: bool, int8_target: str) -> Any:
@@ -230,11 +285,11 @@ def export_tensorrt(
     checkpoint: CheckpointSource,
     engine: str | os.PathLike[str] | None = None,
     *,
-    model: Mapping[str, Any] | None = None,
+    model: ModelRequest | Mapping[str, Any] | None = None,
     precision: str = "fp16",
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     batch: str | None = None,
-    calib_images: int = 256,
+    calib_images: int | None = None,
     workspace_gb: float | None = None,
     timing_cache: str | os.PathLike[str] | None = None,
     opt_level: int | None = None,
@@ -246,46 +301,54 @@ def export_tensorrt(
     """The reduced-precision ONNX a TensorRT engine is built from, verified in ONNX Runtime, then
     the engine. Without TensorRT (or a GPU) the ONNX and a build script are left and the build
     raises :class:`M2ptError` saying how to finish it on a GPU machine."""
-    from m2pt_deploy.export.engine_onnx import engine_onnx
-    from m2pt_deploy.export.onnx import DYNAMIC_BATCH, OnnxFromCheckpoint, parse_batch, save_onnx
-    from m2pt_deploy.export.tensorrt import build_engine_from_onnx, check_build_options
+    request = ExportRequest(
+        _source_path(checkpoint), "trt", engine, force, ModelRequest.of(model), precision, opset, batch,
+        calib_images=calib_images, verify=verify, report=report, workspace_gb=workspace_gb,
+        timing_cache=timing_cache, opt_level=opt_level)
+    return export(request, source=checkpoint if isinstance(checkpoint, Checkpoint) else None, show=show)
 
-    engine_path = check_output_path(engine or _source_path(checkpoint).with_suffix(".engine"), force=force)
-    onnx_path = check_output_path(engine_path.with_suffix(f".{precision}.onnx"), force=force)
-    shape = parse_batch(batch) if batch else DYNAMIC_BATCH
-    # Option errors surface before minutes of export and calibration.
-    check_build_options(precision, workspace_gb, timing_cache, opt_level)
-    if report:
-        check_output_path(report, force=force)
-    if calib_images < 1:
-        raise M2ptError(f"--calib-images {calib_images}: need at least 1")
-    ckpt = load_for_export(checkpoint, model)
+
+def _export_tensorrt(req: ExportRequest, checkpoint: CheckpointSource, show: Show) -> ExportResult:
+    from m2pt_deploy.export.engine_onnx import engine_onnx
+    from m2pt_deploy.export.onnx import OnnxFromCheckpoint, save_onnx
+    from m2pt_deploy.export.tensorrt import build_engine_from_onnx
+
+    engine_path = req.destination
+    onnx_path = engine_path.with_suffix(f".{req.precision}.onnx")
+    if not tensorrt_importable():
+        # Said now, not after minutes of export and verification.
+        note(f"TensorRT is not importable here: the verified {onnx_path.name} and {engine_path.name}.build.sh "
+             "will be written, and the engine is built from them on a machine with TensorRT and a GPU")
+    ckpt = load_for_export(checkpoint, req.model)
     spec = ckpt.spec
+    precision, shape = req.precision, req.batch_spec
     if precision in ("int8", "fp8") and not _photos(spec):
         raise M2ptError(f"--format trt --precision {precision} calibrates on RGB photo tiles; a "
                         f"{spec.model_family.title} with its own inputs is built in fp32, fp16 or bf16 "
                         "(TensorRT calibration data: not yet)")
-    with step(f"exporting {spec.arch} to {precision} ONNX for TensorRT (batch profile {shape})"):
-        proto = engine_onnx(OnnxFromCheckpoint(ckpt, opset=opset, batch=shape)(), precision,
-                            input_size=spec.input_size, mean=spec.mean, std=spec.std, calib_images=calib_images)
-        save_onnx(proto, onnx_path, force=force)
-    show(f"wrote {onnx_path}")
-    if verify:
-        from m2pt_deploy.export.int8.cpu import VERIFY_IMAGES as HELD_OUT
-        from m2pt_deploy.verify.tensorrt import verify_onnx_precision
+    with staged_output(onnx_path, force=req.force) as staged:
+        with step(f"exporting {spec.arch} to {precision} ONNX for TensorRT (batch profile {shape})"):
+            proto = engine_onnx(OnnxFromCheckpoint(ckpt, opset=req.opset or DEFAULT_OPSET, batch=shape)(),
+                                precision, input_size=spec.input_size, mean=spec.mean, std=spec.std,
+                                calib_images=req.calib_images or 256)
+            save_onnx(proto, staged.path)
+        verdict: Verdict | None = None
+        if req.verify:
+            from m2pt_deploy.export.int8.cpu import VERIFY_IMAGES as HELD_OUT
+            from m2pt_deploy.verify.tensorrt import verify_onnx_precision
 
-        images = held_out_inputs(spec, HELD_OUT)
-        with step(f"verifying the {precision} ONNX in ONNX Runtime against the unmerged model"):
-            check = verify_onnx_precision(ckpt, onnx_path, images, precision=precision)
-        show(check)
-        _write_report(report, check.to_dict(), force=force)
-        if not check:
-            return ExportResult((onnx_path,), check, kept=onnx_path)
+            images = held_out_inputs(spec, HELD_OUT)
+            with step(f"verifying the {precision} ONNX in ONNX Runtime against the unmerged model "
+                      f"({len(images)} held-out inputs)"):
+                verdict = verify_onnx_precision(ckpt, staged.path, images, precision=precision)
+        settled = _settle(req, staged, verdict, show)
+    if not settled.passed:
+        return settled
     out = build_engine_from_onnx(onnx_path, engine_path, precision=precision,  # type: ignore[arg-type]
-                                 batch=shape, workspace_gb=workspace_gb, timing_cache=timing_cache,
-                                 opt_level=opt_level, force=force)
+                                 batch=shape, workspace_gb=req.workspace_gb, timing_cache=req.timing_cache,
+                                 opt_level=req.opt_level, force=req.force)
     show(f"wrote {out} and {out.name}.json")
-    return ExportResult((onnx_path, out, out.with_name(out.name + ".json")), check if verify else None)
+    return ExportResult((onnx_path, out, out.with_name(out.name + ".json")), verdict)
 
 
 def export_triton(
@@ -293,35 +356,59 @@ def export_triton(
     repository: str | os.PathLike[str] | None = None,
     *,
     name: str | None = None,
-    max_batch: int = 8,
-    instances: int = 1,
-    instance_kind: str = "KIND_CPU",
+    max_batch: int | None = None,
+    instances: int | None = None,
+    instance_kind: str | None = None,
     trt_accelerator: str | None = None,
     engine: str | os.PathLike[str] | None = None,
-    storage_uri: str = "s3://CHANGE-ME/model_repository",
+    storage_uri: str | None = None,
     force: bool = False,
     show: Show = silent,
     **onnx_options: Any,
 ) -> ExportResult:
     """A Triton model repository folder (config.pbtxt, 1/model.onnx, a KServe InferenceService
-    manifest) holding the verified ONNX export; ``onnx_options`` are :func:`export_onnx`'s."""
+    manifest) holding the verified ONNX export; ``onnx_options`` are :func:`export_onnx`'s.
+    Defaults: the checkpoint's stem as ``name``, ``max_batch`` 8, one ``KIND_CPU`` instance."""
+    model = ModelRequest.of(onnx_options.pop("model", None))
+    fields = {f.name for f in dataclasses.fields(ExportRequest)}
+    unknown = set(onnx_options) - fields
+    if unknown:
+        raise M2ptError(f"unknown export option(s): {', '.join(sorted(unknown))}")
+    request = ExportRequest(
+        _source_path(checkpoint), "triton", repository, force, model, name=name, max_batch=max_batch,
+        instances=instances, instance_kind=instance_kind, trt_accelerator=trt_accelerator, engine=engine,
+        storage_uri=storage_uri, **onnx_options)
+    return export(request, source=checkpoint if isinstance(checkpoint, Checkpoint) else None, show=show)
+
+
+DEFAULT_STORAGE_URI = "s3://CHANGE-ME/model_repository"
+
+
+def _export_triton(req: ExportRequest, checkpoint: CheckpointSource, show: Show) -> ExportResult:
     from m2pt_deploy.export.triton import check_model_folder, write_triton_repository
 
-    source = _source_path(checkpoint)
-    repo = Path(repository or source.parent / "model_repository")
-    name = name or source.stem
-    check_model_folder(repo, name, force=force)
-    with tempfile.TemporaryDirectory(prefix="m2pt-triton-") as tmp:
-        exported = export_onnx(checkpoint, Path(tmp) / "model.onnx", force=force, show=show, **onnx_options)
-        if not exported.passed:
-            return ExportResult((), exported.verdict, kept=None)
-        precision = trt_accelerator.upper() if trt_accelerator else None
+    model_dir = req.destination
+    repo, name = model_dir.parent, model_dir.name
+    check_model_folder(repo, name, force=req.force)
+    repo.mkdir(parents=True, exist_ok=True)
+    # The ONNX is staged beside the model folder; only a verified one goes into the repository.
+    with staged_output(repo / f"{name}.onnx", force=True) as staged:
+        verdict = _write_verified_onnx(req, checkpoint, staged, show)
+        if verdict is not None and not verdict:
+            return _settle(req, staged, verdict, show)
+        if verdict is not None:
+            _write_report(req.report, _renamed(verdict, model_dir / "1" / "model.onnx").to_dict(), force=req.force)
+            show(verdict)
+        storage_uri = req.storage_uri or DEFAULT_STORAGE_URI
         with step(f"writing Triton model {name} into {repo}"):
-            model_dir = write_triton_repository(
-                exported.files[0], repo, name=name, max_batch=max_batch, instance_count=instances,
-                instance_kind=instance_kind, tensorrt_precision=precision,  # type: ignore[arg-type]
-                engine=engine, storage_uri=storage_uri, force=force,
+            write_triton_repository(
+                staged.path, repo, name=name, max_batch=8 if req.max_batch is None else req.max_batch,
+                instance_count=req.instances or 1, instance_kind=req.instance_kind or "KIND_CPU",  # type: ignore[arg-type]
+                tensorrt_precision=req.trt_accelerator.upper() if req.trt_accelerator else None,  # type: ignore[arg-type]
+                engine=req.engine, storage_uri=storage_uri, force=req.force,
             )
-    show(f"wrote {model_dir} (KServe: copy {repo} to {storage_uri}, then "
-         f"kubectl apply -f {model_dir / 'inferenceservice.yaml'})")
-    return ExportResult((model_dir, model_dir / "inferenceservice.yaml"), exported.verdict)
+    files = sorted(p for p in model_dir.rglob("*") if p.is_file())
+    show(f"wrote {model_dir}: " + ", ".join(str(p.relative_to(model_dir)) for p in files)
+         + ("" if verdict is not None else " (not verified: --no-verify)"))
+    show(f"KServe: copy {repo} to {storage_uri}, then kubectl apply -f {model_dir / 'inferenceservice.yaml'}")
+    return ExportResult((model_dir, model_dir / "inferenceservice.yaml"), verdict)

@@ -18,21 +18,12 @@ if TYPE_CHECKING:  # onnx loads when a session is made, so that --help stays ins
     import onnx
 
 __all__ = ["OPTIMIZED_KEY", "cpu_session", "cpu_session_options", "is_optimized", "ort_session",
-           "physical_cores", "require_onnxruntime", "session_options"]
+           "physical_cores", "session_options"]
 
 #: Metadata key of a model ``m2pt-export --optimize`` already optimized (no second pass at load).
 OPTIMIZED_KEY = "m2pt_deploy.optimized"
 Optimization = Literal["auto", "all", "extended", "none"]
 ModelSource = Union[str, "os.PathLike[str]", bytes, "onnx.ModelProto"]
-
-
-def require_onnxruntime(why: str) -> None:
-    """Refuse before any work when ONNX Runtime (an extra) is missing, naming the extra to install."""
-    import importlib.util
-
-    if importlib.util.find_spec("onnxruntime") is None:
-        raise M2ptError(f"{why} needs ONNX Runtime, which is not installed: pip install 'm2pt-deploy[cpu]' "
-                        "(or 'm2pt-deploy[gpu]' on a CUDA machine)")
 
 
 def is_optimized(proto: onnx.ModelProto) -> bool:

@@ -142,8 +142,8 @@ def _provenance(proto: onnx.ModelProto, ckpt: Checkpoint) -> tuple[str, ...]:
 
 def _int8_runtime(ckpt: Checkpoint, path: Path, inputs: np.ndarray | None) -> Result:
     from m2pt_deploy.export.int8.cpu import VERIFY_SEED, photo_tiles
-    from m2pt_deploy.export.vocabulary import VERIFY_IMAGES
     from m2pt_deploy.verify.cpu_int8 import verify_int8_cpu
+    from m2pt_deploy.vocabulary import VERIFY_IMAGES
 
     spec = ckpt.spec
     if inputs is not None:

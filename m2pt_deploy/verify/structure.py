@@ -31,11 +31,11 @@ from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.metadata import read_metadata
 from m2pt_deploy.export.onnx import DYNAMIC_BATCH, BatchSpec, convert_fp16, export_model
 from m2pt_deploy.export.optimize import optimize_onnx
-from m2pt_deploy.export.vocabulary import ONNX_PRECISIONS
 from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.model.build import build_vanilla
 from m2pt_deploy.runtime.sessions import is_optimized
 from m2pt_deploy.verify.result import StructureResult
+from m2pt_deploy.vocabulary import ONNX_PRECISIONS
 
 __all__ = [
     "ExportSettings",

@@ -57,7 +57,11 @@ def test_int8_that_fails_verification_exits_1_and_keeps_the_file(pathway_ckpt_pa
     code, stdout, err = _export([str(pathway_ckpt_path), "--precision", "int8", "--calib-images", "16",
                                  "--verify-images", "32", "-o", str(out), "--report", str(report)], capsys)
     assert code == 1, err
-    assert "verification FAILED; the export is kept at" in err and out.is_file()
+    # Verified or nothing: the final name stays free, the file is kept under a name that says so.
+    kept = tmp_path / "int8.unverified.onnx"
+    assert f"verification FAILED; the export is kept at {kept}" in err
+    assert kept.is_file() and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     result = json.loads(report.read_text())
     assert not result["passed"] and result["stats"]["top1_total"] == 32
 

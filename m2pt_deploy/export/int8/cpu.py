@@ -23,8 +23,8 @@ from m2pt_deploy.export.int8.calibration import calibration_tiles, load_calibrat
 from m2pt_deploy.export.int8.quantize import quantize_qdq
 from m2pt_deploy.export.metadata import set_metadata
 from m2pt_deploy.export.optimize import optimize_onnx
-from m2pt_deploy.export.vocabulary import VERIFY_IMAGES
 from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.vocabulary import VERIFY_IMAGES
 
 __all__ = ["CALIBRATION_SEED", "VERIFY_IMAGES", "VERIFY_SEED", "Int8Data", "cpu_int8_onnx", "int8_data",
            "photo_tiles"]
