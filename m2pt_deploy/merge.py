@@ -123,12 +123,13 @@ def merge_checkpoint(
     many pathway layers were folded and how many tensors the merged file holds. ``model``
     takes ``load_checkpoint``'s keyword arguments.
     """
-    from m2pt_deploy.fileio import check_output_path
     from m2pt_deploy.model.checkpoint import load_checkpoint, save_checkpoint
+    from m2pt_deploy.request import MergeRequest, ModelRequest
 
     src = checkpoint.path if isinstance(checkpoint, Checkpoint) else Path(checkpoint)
-    out = check_output_path(output or src.with_name(f"{src.stem}_merged.safetensors"), force=force)
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(src, **dict(model or {}))
+    request = MergeRequest(src, output, force, ModelRequest.of(model)).validate()
+    out = request.destination
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(src, **request.model.load_kwargs())
     merged = merge_state_dict(ckpt.state_dict, family=ckpt.spec.model_family)
     load_strict(build_vanilla(ckpt.spec), merged, what="merged state dict")
     extra = {"merged_from": {"sha256": ckpt.sha256, "kind": ckpt.kind,

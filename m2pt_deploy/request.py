@@ -41,9 +41,13 @@ INSTANCE_KINDS = ("KIND_CPU", "KIND_GPU", "KIND_AUTO")
 INT8_TARGET_CHOICES = ("auto", *INT8_TARGETS)
 
 
+# Fields whose flag is not the field's name with dashes.
+_FLAG_NAMES = {"workspace_gb": "--workspace", "verify": "--no-verify", "output": "--output"}
+
+
 def flag(field: str) -> str:
     """The command-line spelling of a request field: ``calib_data`` → ``--calib-data``."""
-    return "--" + field.replace("_", "-")
+    return _FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
 
 
 def refuse_inapplicable(given: Mapping[str, object], why: str) -> None:

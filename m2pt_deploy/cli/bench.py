@@ -41,9 +41,12 @@ from m2pt_deploy.cli.common import (
     add_model_args,
     add_version,
     model_options,
+    model_request,
     run_main,
 )
 from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.fileio import check_output_folder
+from m2pt_deploy.filekind import file_kind, require_checkpoint, require_onnx
 
 __all__ = ["build_parser", "entrypoint", "main"]
 
@@ -147,8 +150,21 @@ def _check_flags(args: argparse.Namespace) -> None:
                         "(--input-size sets an input shape the file leaves open)")
 
 
+def _check_files(args: argparse.Namespace) -> None:
+    """The model recognised, --data found and --out probed before minutes of benchmarking (and
+    before torch is imported), so a read-only --out is refused now, not after the last round."""
+    model_request(args)
+    if args.model is not None and not _is_onnx(args.model):
+        require_checkpoint(args.model)
+    elif args.model is not None:
+        require_onnx(args.model)
+    if args.data is not None and file_kind(args.data).kind == "missing":
+        raise M2ptError("no such file or folder", args.data)
+    check_output_folder(args.out)
+
+
 def _is_onnx(path: str) -> bool:
-    return Path(path).suffix.lower() == ".onnx"
+    return file_kind(path).kind == "onnx"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -158,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if out.exists() and not out.is_dir():
         raise M2ptError("--out must be a directory, this is a file", out)
     _check_flags(args)
+    _check_files(args)
     if args.model is None and args.input_size:
         c, h, w = args.input_size
         kwargs = {**kwargs, "in_chans": c, "img_size": (h, w)}

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from m2pt_deploy.cli.common import EXIT_CHECK_FAILED, EXIT_OK, HelpFormatter, add_version, run_main
+from m2pt_deploy.fileio import check_output_folder
 
 __all__ = ["build_parser", "entrypoint", "main"]
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_output_folder(args.out)  # a read-only --out is refused now, not after minutes of training
     # The demo's 64-wide ViT gains nothing from a second thread and loses up to 7x when the
     # cores are shared (OpenMP threads spin waiting for each other); one thread also makes
     # the printed accuracies independent of the core count.

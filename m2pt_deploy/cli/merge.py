@@ -12,10 +12,11 @@ from m2pt_deploy.cli.common import (
     add_model_args,
     add_output_args,
     add_version,
-    load_model_checkpoint,
+    model_request,
     run_main,
 )
 from m2pt_deploy.progress import step
+from m2pt_deploy.request import MergeRequest
 
 __all__ = ["build_parser", "entrypoint", "main"]
 
@@ -45,11 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    request = MergeRequest(args.checkpoint, args.output, args.force, model_request(args)).validate()
     from m2pt_deploy.merge import merge_checkpoint
+    from m2pt_deploy.pipelines.export import load_for_export
 
-    ckpt = load_model_checkpoint(args)
+    ckpt = load_for_export(request.checkpoint, request.model)
     with step("merging"):
-        out, layers, tensors = merge_checkpoint(ckpt, args.output, force=args.force)
+        out, layers, tensors = merge_checkpoint(ckpt, request.destination, force=request.force)
     print(f"wrote {out} ({layers} pathway layers folded, {tensors} tensors, {ckpt.spec.describe()})")
     return EXIT_OK
 

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 from m2pt_deploy.cli.common import EXIT_OK, HelpFormatter, add_version, run_main
 from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.fileio import check_output_folder
+from m2pt_deploy.filekind import file_kind, require_checkpoint
 from m2pt_deploy.model.pathway_options import DEFAULT_LAYERS
 from m2pt_deploy.train.config import TrainConfig
 
@@ -50,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "none: plain fine-tuning)")
     p.add_argument("--out", metavar="DIR", help="run folder for checkpoints, metrics and plot")
     p.add_argument("--resume", metavar="RUN", help="continue a run: its folder or its resume.safetensors "
-                   "(its stored settings are used; other options are ignored except --epochs and --device)")
+                   "(its stored settings are used; only --epochs and --device may be given with it)")
     p.add_argument("--force", action="store_true", help="start over in a folder that holds a run")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
@@ -113,8 +115,43 @@ def _config(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+# What --resume takes besides the run: the rest comes from the run's stored settings.
+_RESUME_OPTIONS = {"resume", "epochs", "device", "quiet", "verbose"}
+
+
+def _given(argv: Sequence[str] | None) -> set[str]:
+    """The options on the command line, told apart from defaults (a parse without defaults)."""
+    probe = build_parser()
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv)))
+
+
+def _check_request(args: argparse.Namespace, argv: Sequence[str] | None) -> None:
+    """Refused before torch is imported: options --resume would ignore, missing inputs, an
+    unwritable run folder."""
+    if args.resume:
+        ignored = sorted(_given(argv) - _RESUME_OPTIONS)
+        if ignored:
+            name = "TARGET" if ignored[0] == "target" else "--" + ignored[0].replace("_", "-")
+            raise M2ptError(f"{name} does not apply with --resume: a resumed run keeps its stored settings "
+                            "(only --epochs and --device change); start a new run with --out to change them")
+        if file_kind(args.resume).kind == "missing":
+            raise M2ptError("no such run folder or resume file", args.resume)
+        return
+    config = _config(args)
+    require_checkpoint(config.target)
+    for path in (config.data, config.val_data, *(p for p, _ in config.aux)):
+        if path is not None and file_kind(path).kind == "missing":
+            raise M2ptError("no such file or folder", path)
+    for path, _ in config.aux:
+        require_checkpoint(path)
+    check_output_folder(config.out_dir)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _check_request(args, argv)
     from m2pt_deploy.train import train
 
     if args.resume:
@@ -124,7 +161,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.environ.get("RANK", "0") != "0":
         return EXIT_OK  # under torchrun, rank 0 reports
     last = result.history[-1]
-    print(f"trained {last['epoch']} epochs: val acc {last['val_acc']:.4f} (best {result.best_val_acc:.4f})")
+    if result.epochs_run == 0:
+        print(f"nothing to train: the run has finished all {last['epoch']} epochs (pass --epochs N, more than "
+              f"{last['epoch']}, to extend it); val acc {last['val_acc']:.4f} (best {result.best_val_acc:.4f})")
+    else:
+        this_call = f" ({result.epochs_run} in this call)" if result.epochs_run != last["epoch"] else ""
+        print(f"trained {last['epoch']} epochs{this_call}: val acc {last['val_acc']:.4f} "
+              f"(best {result.best_val_acc:.4f})")
     print(f"checkpoints: {result.last}  {result.best}")
     return EXIT_OK
 

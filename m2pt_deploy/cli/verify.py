@@ -16,10 +16,12 @@ from m2pt_deploy.cli.common import (
     finish,
     load_model_checkpoint,
     model_options,
+    model_request,
     run_main,
 )
 from m2pt_deploy.errors import M2ptError, first_line
 from m2pt_deploy.fileio import check_output_path
+from m2pt_deploy.filekind import file_kind, require_checkpoint, require_onnx
 
 __all__ = ["build_parser", "entrypoint", "main"]
 
@@ -103,10 +105,28 @@ def _load_inputs(path: str) -> np.ndarray:
         raise M2ptError(f"not a readable .npy file ({e})", p) from e
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _check_request(args: argparse.Namespace) -> None:
+    """Files recognised and the report's folder probed before torch or onnx is imported."""
+    model_request(args)
+    require_checkpoint(args.checkpoint)
+    if args.onnx:
+        require_onnx(args.onnx)
+        if args.no_latency:
+            raise M2ptError("--no-latency applies to --engine (TensorRT), not --onnx")
+    elif file_kind(args.engine).kind == "missing":
+        raise M2ptError("no such file", args.engine)
+    if args.inputs and file_kind(args.inputs).kind != "npy":
+        kind = file_kind(args.inputs)
+        raise M2ptError("no such file" if kind.kind == "missing" else f"is {kind.what}, not a .npy array", args.inputs)
+    if args.force and not args.report:
+        raise M2ptError("--force overwrites the report; there is no --report")
     if args.report:
         check_output_path(args.report, force=args.force)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _check_request(args)
 
     if args.engine:
         from m2pt_deploy.pipelines.verify_engine import verify_engine_file

@@ -48,6 +48,8 @@ class TrainResult:
     best: Path
     history: list[dict[str, Any]]
     classes: tuple[str, ...]
+    #: Epochs this call trained: 0 when a resumed run had already finished.
+    epochs_run: int = 0
 
     @property
     def best_val_acc(self) -> float:
@@ -109,7 +111,9 @@ def train(
         else:
             created = _prepare_out(Path(config.out_dir), force=force, dist=dist)
             run, tensors, info = _fresh(config, dist), None, None
+        start = int(info["epoch"]) if info is not None else 0
         result = _fit(run, tensors, info, progress=progress, on_step=on_step)
+        result = dataclasses.replace(result, epochs_run=int(result.history[-1]["epoch"]) - start)
         # Every rank reaches the end before any tears its process group down: a rank that
         # destroyed its gloo group while rank 0 was still writing was seen to abort (SIGABRT).
         dist.barrier()

@@ -27,6 +27,7 @@ from m2pt_deploy.verify.numerics import check_merge, compare_runners
 from m2pt_deploy.verify.result import Result, VerificationReport
 from m2pt_deploy.verify.structure import check_structure, export_settings
 from m2pt_deploy.verify.tolerance import tolerance_for
+from m2pt_deploy.vocabulary import VERIFY_IMAGES
 
 __all__ = ["assert_equivalent", "check_inputs", "load_onnx", "verify_onnx"]
 
@@ -143,7 +144,6 @@ def _provenance(proto: onnx.ModelProto, ckpt: Checkpoint) -> tuple[str, ...]:
 def _int8_runtime(ckpt: Checkpoint, path: Path, inputs: np.ndarray | None) -> Result:
     from m2pt_deploy.export.int8.cpu import VERIFY_SEED, photo_tiles
     from m2pt_deploy.verify.cpu_int8 import verify_int8_cpu
-    from m2pt_deploy.vocabulary import VERIFY_IMAGES
 
     spec = ckpt.spec
     if inputs is not None:
@@ -196,6 +196,10 @@ def verify_onnx(
     if precision == "int8":
         # int8 logits move by design: judged by top-1 agreement on held-out inputs, run as served.
         runtime_results: Sequence[Result] = [_int8_runtime(ckpt, path, inputs)]
+        if inputs is None:
+            # The header names every input used, not only the merge check's.
+            info = {**info, "description": f"{info.get('description', '')} (merge check); {VERIFY_IMAGES} "
+                    "held-out photo tiles (int8 top-1 agreement)"}
     else:
         runners = [reference, onnxrt_runner(path), *extra_runners]
         runtime_results = compare_runners(runners, feeds, tolerance)

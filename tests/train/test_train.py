@@ -214,9 +214,10 @@ def test_resume_with_epochs_extends_a_finished_run(config: TrainConfig, capsys: 
     assert records[2]["lr"] == pytest.approx(config.lr * factor, rel=1e-12)
     assert records[2]["lr"] > 10 * config.min_lr  # the 2-epoch schedule would be at min_lr here
     assert load_checkpoint(done.last).extra["training"]["epochs"] == 3
-    # Resuming without --epochs keeps the (new) saved total: nothing left to do.
+    # Resuming without --epochs keeps the (new) saved total: nothing left to do, and it says so.
     assert _cli("--resume", config.out_dir) == 0
-    assert "trained 3 epochs" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "nothing to train: the run has finished all 3 epochs" in out and "trained" not in out
 
 
 def test_resume_without_epochs_keeps_the_saved_total(config: TrainConfig, tmp_path: Path,
