@@ -21,6 +21,7 @@ from polygraphy.common import TensorMetadata
 from torch import nn
 
 from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.progress import tracked
 from m2pt_deploy.runtime.io_names import INPUT_NAME, OUTPUT_NAME
 from m2pt_deploy.runtime.sessions import cpu_session
 
@@ -136,7 +137,7 @@ def run_runners(
         raise M2ptError(f"runner names must be unique, got {names}")
     try:
         with quiet_polygraphy():
-            results = Comparator.run(list(runners), data_loader=list(feeds))
+            results = Comparator.run(list(runners), data_loader=tracked(feeds, "inputs"))
     except PolygraphyException as e:
         raise M2ptError(f"a runtime failed: {str(e).strip().splitlines()[-1]}") from e
     return {
