@@ -41,9 +41,11 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
         raise M2ptError("is not a file; give an .onnx model", p)
     try:
         proto = onnx.load(p)
-    except (DecodeError, OSError, ValueError, RuntimeError) as e:
-        reason = first_line(e)
-        raise M2ptError(f"not a readable ONNX model ({reason})", p) from e
+    except DecodeError as e:
+        # protobuf's own words ("Error parsing message with type 'onnx.ModelProto'") help nobody.
+        raise M2ptError("not a readable ONNX model (damaged or truncated protobuf)", p) from e
+    except (OSError, ValueError, RuntimeError) as e:
+        raise M2ptError(f"not a readable ONNX model ({first_line(e)})", p) from e
     if not proto.graph.node:
         raise M2ptError("not an ONNX model: it has no graph (empty or truncated file?)", p)
     try:

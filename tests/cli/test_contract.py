@@ -277,3 +277,16 @@ def test_unexpected_errors_are_one_line_unless_verbose(m2pt_ckpt: Path, tmp_path
     with pytest.raises(ZeroDivisionError):
         export([str(m2pt_ckpt), "-o", str(tmp_path / "m.onnx"), "--verbose"], capsys)
     assert os.listdir(tmp_path) == ["tiny_m2pt.safetensors"]
+
+
+def test_a_damaged_onnx_file_is_one_line_without_protobufs_words(m2pt_ckpt: Path, tmp_path: Path, capsys) -> None:
+    from m2pt_deploy.cli.common import run_main
+    from m2pt_deploy.cli.verify import main
+
+    damaged = tmp_path / "cut.onnx"
+    damaged.write_bytes(b"\x08\x08\x12\xff\xff\xff\xff")  # a field whose length runs past the end
+    code = run_main(main, [str(m2pt_ckpt), "--onnx", str(damaged)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"error: {damaged}: not a readable ONNX model (damaged or truncated protobuf)" in err
+    assert "Error parsing" not in err and "ModelProto" not in err
