@@ -96,7 +96,16 @@ def file_kind(path: str | os.PathLike[str]) -> FileKind:
         return FileKind("onnx", "an ONNX model", "m2pt-serve, m2pt-bench and m2pt-verify --onnx take it")
     if p.suffix.lower() in (".engine", ".plan"):
         return FileKind("engine", "a TensorRT engine", "m2pt-verify --engine takes it")
-    return FileKind("other", "not a file this toolkit reads")
+    if _is_text(head):
+        return FileKind("other", "a text file")
+    return FileKind("other", "a file of a kind this toolkit does not read")
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        return head.decode("utf-8").isprintable() or all(c.isprintable() or c.isspace() for c in head.decode())
+    except UnicodeDecodeError:
+        return False
 
 
 def _refuse(path: str | os.PathLike[str], kind: FileKind, wanted: str) -> M2ptError:

@@ -34,7 +34,7 @@ from m2pt_deploy.vocabulary import (
     parse_batch,
 )
 
-__all__ = ["INSTANCE_KINDS", "INT8_TARGET_CHOICES", "ExportRequest", "MergeRequest", "ModelRequest",
+__all__ = ["INSTANCE_KINDS", "INT8_TARGET_CHOICES", "BenchRequest", "ExportRequest", "MergeRequest", "ModelRequest",
            "flag", "refuse_inapplicable"]
 
 INSTANCE_KINDS = ("KIND_CPU", "KIND_GPU", "KIND_AUTO")
@@ -275,3 +275,88 @@ class MergeRequest:
         require_checkpoint(self.checkpoint)
         check_output_path(self.destination, force=self.force)
         return self
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchRequest:
+    """``m2pt-bench``: every runtime side by side on this CPU (``device`` cpu), or the random-weight
+    torch models on a GPU (cuda). ``model`` is a checkpoint or an ONNX file (``None``: random
+    weights of ``arch``). ``None`` fields take the defaults the help states."""
+
+    out: str | os.PathLike[str]
+    model: str | None = None
+    device: str = "cpu"
+    settings: ModelRequest = dataclasses.field(default_factory=ModelRequest)
+    model_kwargs: Mapping[str, Any] | None = None
+    accuracy_epochs: int | None = None
+    data: str | None = None
+    eval_images: int | None = None
+    batches: tuple[int, ...] | None = None
+    rounds: int | None = None
+    warmup: int | None = None
+    dtypes: tuple[str, ...] | None = None
+    seed: int = 0
+    compile: bool = True
+    int8: bool = True
+    export_cost: bool = True
+    calib_images: int | None = None
+
+    def validate(self) -> BenchRequest:
+        self.settings.validate()
+        if self.device not in ("cpu", "cuda"):
+            raise M2ptError(f"--device {self.device!r}: choose cpu or cuda")
+        self._check_values()
+        self._check_applicability()
+        self._check_files()
+        return self
+
+    def _check_values(self) -> None:
+        for field, least in (("warmup", 0), ("eval_images", 0), ("accuracy_epochs", 0), ("rounds", 1),
+                             ("calib_images", 1)):
+            value = getattr(self, field)
+            if value is not None and value < least:
+                raise M2ptError(f"{flag(field)} must be {least} or more, got {value}")
+        if self.batches is not None and (not self.batches or min(self.batches) < 1):
+            raise M2ptError(f"--batches must be at least 1 each, got {list(self.batches)}")
+
+    def _check_applicability(self) -> None:
+        if self.device == "cpu":
+            refuse_inapplicable({"dtypes": self.dtypes}, "applies to --device cuda, not cpu")
+        else:
+            refuse_inapplicable({"no_int8": not self.int8, "no_export_cost": not self.export_cost,
+                                 "calib_images": self.calib_images, "accuracy_epochs": self.accuracy_epochs},
+                                "applies to --device cpu, not cuda")
+        if self.eval_images is not None and self.data is None:
+            raise M2ptError("--eval-images applies with --data (the labelled images it samples)")
+        s = self.settings
+        if self.model is None:
+            if self.data is not None:
+                raise M2ptError("--data needs a MODEL: random weights have no accuracy to measure")
+            if s.ema or s.family or s.options:
+                raise M2ptError("--ema, --family and family settings need a CHECKPOINT; the random-weight run "
+                                "is a timm ViT of --arch (with --model-kwargs)")
+            return
+        if self.device == "cuda":
+            raise M2ptError("--device cuda times random-weight models only; benchmark MODEL on the CPU "
+                            "(leave out --device cuda)")
+        if self.model_kwargs is not None:
+            raise M2ptError("--model-kwargs is for the random-weight run; a checkpoint or ONNX file declares "
+                            "its model")
+        if self.accuracy_epochs is not None:
+            raise M2ptError("--accuracy-epochs is for the random-weight run (the digits ViT); with MODEL, "
+                            "--data gives the accuracy of each format")
+        if file_kind(self.model).kind == "onnx" and (s.arch or s.ema):
+            raise M2ptError("--arch and --ema are for checkpoints; an ONNX file is benchmarked as it is "
+                            "(--input-size sets an input shape the file leaves open)")
+
+    def _check_files(self) -> None:
+        """The model recognised, --data found and --out probed before minutes of benchmarking, so a
+        read-only --out is refused now, not after the last round."""
+        if self.model is not None and file_kind(self.model).kind != "onnx":
+            require_checkpoint(self.model)
+        if self.data is not None and file_kind(self.data).kind == "missing":
+            raise M2ptError("no such data file or folder", self.data)
+        out = Path(self.out)
+        if out.exists() and not out.is_dir():
+            raise M2ptError("--out must be a directory, this is a file", out)
+        check_output_folder(out)

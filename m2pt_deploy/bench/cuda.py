@@ -30,6 +30,7 @@ from m2pt_deploy.errors import M2ptError, first_line
 from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.merge import merge_model
 from m2pt_deploy.model.build import build_vanilla
+from m2pt_deploy.progress import tracked
 
 __all__ = ["DTYPES", "CudaBenchOptions", "check_cuda", "run_cuda_benchmark"]
 
@@ -165,7 +166,7 @@ def _run_cell(calls: dict[str, Callable[[Tensor], Tensor]], x: Tensor, clock: _C
         start_s[name], work_mb[name] = time.perf_counter() - t0, clock.peak_above(before)
     names = list(calls)
     times: dict[str, list[float]] = {name: [] for name in calls}
-    for i in range(rounds):
+    for i in tracked(range(rounds), "rounds"):
         shift = i % len(names)
         for name in names[shift:] + names[:shift]:
             seconds, _ = clock.time(lambda name=name: calls[name](x))  # type: ignore[misc]

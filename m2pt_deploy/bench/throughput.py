@@ -20,6 +20,7 @@ import numpy as np
 from polygraphy.backend.base import BaseRunner
 
 from m2pt_deploy.heap import release_freed_memory
+from m2pt_deploy.progress import tracked
 from m2pt_deploy.runtime.runners import quiet_polygraphy
 
 __all__ = [
@@ -179,7 +180,7 @@ def _warm(runner: BaseRunner, feed: dict[str, np.ndarray], warmup: int) -> None:
 
 def _rounds(live: Sequence[Variant], feed: dict[str, np.ndarray], rounds: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {v.key: [] for v in live}
-    for i in range(rounds):
+    for i in tracked(range(rounds), "rounds"):
         shift = i % max(1, len(live))
         for v in [*live[shift:], *live[:shift]]:
             v.runner.infer(feed, check_inputs=False)

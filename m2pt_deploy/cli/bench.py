@@ -29,10 +29,10 @@ bench-cuda.md (rewritten after every measured cell, so a run cut short keeps its
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from m2pt_deploy.cli.common import (
@@ -40,13 +40,11 @@ from m2pt_deploy.cli.common import (
     HelpFormatter,
     add_model_args,
     add_version,
-    model_options,
     model_request,
     run_main,
 )
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.fileio import check_output_folder
-from m2pt_deploy.filekind import file_kind, require_checkpoint, require_onnx
+from m2pt_deploy.request import BenchRequest
 
 __all__ = ["build_parser", "entrypoint", "main"]
 
@@ -91,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="labelled images, as m2pt-train reads them (.npz with x and y, or one folder per "
                           "class; a folder with train/ and val/ is scored on val/): top-1 of every format. "
                           "Without it: top-1 agreement with the fp32 model")
-    accuracy.add_argument("--eval-images", type=int, default=256, metavar="N",
+    accuracy.add_argument("--eval-images", type=int, metavar="N",
                           help="images scored, a seeded sample when --data holds more; 0: all (default: 256)")
     run = parser.add_argument_group("measurement")
     run.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -101,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="batch sizes (default: 1 8 on cpu, 1 8 64 on cuda; an ONNX file's own fixed batch)")
     run.add_argument("--rounds", type=_positive, help="interleaved rounds (default: 10 on cpu, 30 on cuda)")
     run.add_argument("--warmup", type=int, help="warm-up runs per variant (default: 2 on cpu, 3 on cuda)")
-    run.add_argument("--dtypes", nargs="+", choices=("fp32", "fp16", "bf16"), default=["fp32", "fp16", "bf16"],
+    run.add_argument("--dtypes", nargs="+", choices=("fp32", "fp16", "bf16"),
                      help="cuda only: fp32, and fp16 / bf16 under torch.autocast (default: all three)")
     run.add_argument("--seed", type=int, default=0,
                      help="seed of random weights, λ, inputs and the --data sample (default: 0)")
@@ -110,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     parts.add_argument("--no-int8", action="store_true", help="cpu only: leave out the int8 rows and checks")
     parts.add_argument("--no-export-cost", action="store_true",
                        help="cpu only: do not time m2pt-export as its own process")
-    parts.add_argument("--calib-images", type=_positive, default=64, metavar="N",
+    parts.add_argument("--calib-images", type=_positive, metavar="N",
                        help="cpu only: images calibrating the int8 models: photo tiles for RGB models, else "
                        "--data images that are not scored (default: 64)")
     parser.add_argument(
@@ -123,82 +121,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_flags(args: argparse.Namespace) -> None:
-    """Flags that do not fit together, refused before anything is built."""
-    if args.warmup is not None and args.warmup < 0:
-        raise M2ptError(f"--warmup must be 0 or more, got {args.warmup}")
-    if args.eval_images < 0:
-        raise M2ptError(f"--eval-images must be 0 (all) or more, got {args.eval_images}")
-    if args.accuracy_epochs is not None and args.accuracy_epochs < 0:
-        raise M2ptError(f"--accuracy-epochs must be 0 or more, got {args.accuracy_epochs}")
+def request_from_args(args: argparse.Namespace) -> BenchRequest:
+    """The command line as one :class:`BenchRequest` (not yet validated)."""
+    kwargs = _kwargs(args.model_kwargs) if args.model_kwargs is not None else None
+    if args.model is None and args.input_size:
+        if len(args.input_size) != 3:
+            raise M2ptError("--input-size of the random-weight ViT takes C H W")
+        c, h, w = args.input_size
+        kwargs = {**(kwargs or {}), "in_chans": c, "img_size": (h, w)}
+    settings = model_request(args)
     if args.model is None:
-        if args.data is not None:
-            raise M2ptError("--data needs a MODEL: random weights have no accuracy to measure")
-        if args.ema:
-            raise M2ptError("--ema needs a training CHECKPOINT")
-        return
-    if args.device == "cuda":
-        raise M2ptError("--device cuda times random-weight models only; benchmark MODEL on the CPU "
-                        "(leave out --device cuda)")
-    if args.model_kwargs is not None:
-        raise M2ptError("--model-kwargs is for the random-weight run; a checkpoint or ONNX file declares its model")
-    if args.accuracy_epochs is not None:
-        raise M2ptError("--accuracy-epochs is for the random-weight run (the digits ViT); with MODEL, "
-                        "--data gives the accuracy of each format")
-    if _is_onnx(args.model) and (args.arch or args.ema):
-        raise M2ptError("--arch and --ema are for checkpoints; an ONNX file is benchmarked as it is "
-                        "(--input-size sets an input shape the file leaves open)")
-
-
-def _check_files(args: argparse.Namespace) -> None:
-    """The model recognised, --data found and --out probed before minutes of benchmarking (and
-    before torch is imported), so a read-only --out is refused now, not after the last round."""
-    model_request(args)
-    if args.model is not None and not _is_onnx(args.model):
-        require_checkpoint(args.model)
-    elif args.model is not None:
-        require_onnx(args.model)
-    if args.data is not None and file_kind(args.data).kind == "missing":
-        raise M2ptError("no such file or folder", args.data)
-    check_output_folder(args.out)
-
-
-def _is_onnx(path: str) -> bool:
-    return file_kind(path).kind == "onnx"
+        settings = dataclasses.replace(settings, input_size=None)  # applied as timm kwargs above
+    return BenchRequest(
+        args.out, args.model, args.device, settings, kwargs, args.accuracy_epochs, args.data, args.eval_images,
+        tuple(args.batches) if args.batches else None, args.rounds, args.warmup,
+        tuple(args.dtypes) if args.dtypes else None, args.seed, not args.no_compile, not args.no_int8,
+        not args.no_export_cost, args.calib_images)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    kwargs = _kwargs(args.model_kwargs)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise M2ptError("--out must be a directory, this is a file", out)
-    _check_flags(args)
-    _check_files(args)
-    if args.model is None and args.input_size:
-        c, h, w = args.input_size
-        kwargs = {**kwargs, "in_chans": c, "img_size": (h, w)}
-    if args.device == "cuda":
-        from m2pt_deploy.bench.cuda_report import markdown as cuda_markdown
-        from m2pt_deploy.pipelines.bench import bench_cuda
+    request = request_from_args(build_parser().parse_args(argv)).validate()
+    from m2pt_deploy.pipelines.bench import bench
 
-        data, files = bench_cuda(out, arch=args.arch, model_kwargs=kwargs, batches=args.batches,
-                                 dtypes=args.dtypes, rounds=args.rounds, warmup=args.warmup, seed=args.seed,
-                                 compile=not args.no_compile)
+    data, files = bench(request, export_command=(sys.executable, "-m", "m2pt_deploy.cli.export"))
+    if request.device == "cuda":
+        from m2pt_deploy.bench.cuda_report import markdown as cuda_markdown
+
         print(cuda_markdown(data))
         print(f"wrote {' and '.join(map(str, files))}")
         return EXIT_OK
-
     from m2pt_deploy.bench.cpu_report import markdown
-    from m2pt_deploy.pipelines.bench import bench_cpu
 
-    data, files = bench_cpu(
-        out, args.model, model_options=model_options(args), arch=args.arch, model_kwargs=kwargs, data=args.data,
-        eval_images=args.eval_images, batches=args.batches, rounds=args.rounds or 10,
-        warmup=2 if args.warmup is None else args.warmup, seed=args.seed, compile=not args.no_compile,
-        int8=not args.no_int8, export_cost=not args.no_export_cost,
-        export_command=(sys.executable, "-m", "m2pt_deploy.cli.export"), calib_images=args.calib_images,
-        accuracy_epochs=20 if args.accuracy_epochs is None else args.accuracy_epochs)
     print(markdown(data))
     json_path, md_path, png_path = files
     print(f"wrote {json_path}, {md_path} and {png_path}")

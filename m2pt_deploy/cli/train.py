@@ -9,8 +9,7 @@ from collections.abc import Sequence
 
 from m2pt_deploy.cli.common import EXIT_OK, HelpFormatter, add_version, run_main
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.fileio import check_output_folder
-from m2pt_deploy.filekind import file_kind, require_checkpoint
+from m2pt_deploy.filekind import file_kind
 from m2pt_deploy.model.pathway_options import DEFAULT_LAYERS
 from m2pt_deploy.train.config import TrainConfig
 
@@ -139,14 +138,7 @@ def _check_request(args: argparse.Namespace, argv: Sequence[str] | None) -> None
         if file_kind(args.resume).kind == "missing":
             raise M2ptError("no such run folder or resume file", args.resume)
         return
-    config = _config(args)
-    require_checkpoint(config.target)
-    for path in (config.data, config.val_data, *(p for p, _ in config.aux)):
-        if path is not None and file_kind(path).kind == "missing":
-            raise M2ptError("no such file or folder", path)
-    for path, _ in config.aux:
-        require_checkpoint(path)
-    check_output_folder(config.out_dir)
+    _config(args).check_files()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

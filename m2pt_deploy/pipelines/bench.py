@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.request import BenchRequest
 
-__all__ = ["DEFAULT_ARCH", "bench_cpu", "bench_cuda"]
+__all__ = ["DEFAULT_ARCH", "bench", "bench_cpu", "bench_cuda"]
 
 DEFAULT_ARCH = "vit_base_patch16_224"
 Log = Callable[[str], None]
@@ -56,6 +57,24 @@ def _export_flags(model_options: Mapping[str, Any]) -> tuple[str, ...]:
     for name, value in (model_options.get("options") or {}).items():
         out += [f"--{name.replace('_', '-')}", str(value)]
     return (*out, *(["--ema"] if model_options.get("ema") else []))
+
+
+def bench(request: BenchRequest, *, export_command: Sequence[str] = (),
+          log: Log = _stderr) -> tuple[dict[str, Any], tuple[Path, ...]]:
+    """Run one benchmark request (``m2pt-bench``), validated in full first: :func:`bench_cpu` or
+    :func:`bench_cuda` with the request's settings and the defaults its help states."""
+    r = request.validate()
+    if r.device == "cuda":
+        return bench_cuda(r.out, arch=r.settings.arch, model_kwargs=r.model_kwargs, batches=r.batches,
+                          dtypes=r.dtypes, rounds=r.rounds, warmup=r.warmup, seed=r.seed, compile=r.compile,
+                          log=log)
+    return bench_cpu(
+        r.out, r.model, model_options=r.settings.load_kwargs(), arch=r.settings.arch, model_kwargs=r.model_kwargs,
+        data=r.data, eval_images=256 if r.eval_images is None else r.eval_images, batches=r.batches,
+        rounds=r.rounds or 10, warmup=2 if r.warmup is None else r.warmup, seed=r.seed, compile=r.compile,
+        int8=r.int8, export_cost=r.export_cost, export_command=export_command,
+        calib_images=r.calib_images or 64, accuracy_epochs=20 if r.accuracy_epochs is None else r.accuracy_epochs,
+        log=log)
 
 
 def bench_cpu(

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.fileio import check_output_folder
+from m2pt_deploy.filekind import file_kind, require_checkpoint
 from m2pt_deploy.model.pathway_options import DEFAULT_LAYERS, LambdaKind
 
 __all__ = ["Mode", "Precision", "TrainConfig"]
@@ -69,6 +71,18 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise M2ptError(message)
+
+    def check_files(self) -> TrainConfig:
+        """The target and aux checkpoints recognised, the data found and the run folder probed: a
+        fresh run's inputs checked before anything is imported or read in full."""
+        require_checkpoint(self.target)
+        for path in (self.data, self.val_data):
+            if path is not None and file_kind(path).kind == "missing":
+                raise M2ptError("no such file or folder", path)
+        for path, _ in self.aux:
+            require_checkpoint(path)
+        check_output_folder(self.out_dir)
+        return self
 
     @property
     def effective_lambda_lr(self) -> float:

@@ -98,6 +98,8 @@ def train(
         raise M2ptError("give a training config or a resume file, not both or neither")
     if epochs is not None and resume is None:
         raise M2ptError("epochs= extends a resumed run; a new run takes its epochs from the config")
+    if config is not None:
+        config.check_files()
     resume_file = _resume_file(resume) if resume is not None else None
     state = train_state.read_resume(resume_file) if resume_file is not None else None
     if state is not None and resume_file is not None:
