@@ -290,3 +290,19 @@ def test_a_damaged_onnx_file_is_one_line_without_protobufs_words(m2pt_ckpt: Path
     assert code == 2 and err.count("\n") == 1, err
     assert f"error: {damaged}: not a readable ONNX model (damaged or truncated protobuf)" in err
     assert "Error parsing" not in err and "ModelProto" not in err
+
+
+def test_bench_refuses_options_of_the_other_device(files: dict[str, Path], tmp_path: Path) -> None:
+    out = str(tmp_path / "b")
+    cases = [
+        (["--dtypes", "fp16"], "--dtypes applies to --device cuda, not cpu"),
+        (["--device", "cuda", "--no-int8"], "--no-int8 applies to --device cpu, not cuda"),
+        (["--device", "cuda", "--calib-images", "8"], "--calib-images applies to --device cpu, not cuda"),
+        (["--device", "cuda", "--accuracy-epochs", "1"], "--accuracy-epochs applies to --device cpu, not cuda"),
+        ([str(files["ckpt"]), "--eval-images", "8"], "--eval-images applies with --data"),
+        (["--npoints", "512"], "need a CHECKPOINT"),
+    ]
+    for (_, needle), result in zip(cases, _refusals([("bench", [*a, "--out", out]) for a, _ in cases]),
+                                   strict=True):
+        _one_line(result, needle)
+    assert not Path(out).exists()
