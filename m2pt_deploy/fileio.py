@@ -103,8 +103,7 @@ def _temp_beside(out: Path, suffix: str = ".tmp") -> Path:
 
 
 def _write_error(e: OSError, out: Path) -> M2ptError:
-    reason = _REASONS.get(e.errno or 0) if e.errno != errno.ENOENT else None
-    return M2ptError(f"could not write output: {reason or e.strerror or e}", out)
+    return M2ptError(f"could not write output: {e.strerror or e}", out)
 
 
 @contextlib.contextmanager

@@ -136,7 +136,7 @@ def _check_request(args: argparse.Namespace, argv: Sequence[str] | None) -> None
             raise M2ptError(f"{name} does not apply with --resume: a resumed run keeps its stored settings "
                             "(only --epochs and --device change); start a new run with --out to change them")
         if file_kind(args.resume).kind == "missing":
-            raise M2ptError("no such run folder or resume file", args.resume)
+            raise M2ptError("no such resume file or run folder", args.resume)
         return
     _config(args).check_files()
 
