@@ -107,7 +107,7 @@ def _api_key(var: str) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from m2pt_deploy.serving.app import ServeConfig
+    from m2pt_deploy.serving.core import ServeConfig
     from m2pt_deploy.serving.server import serve
 
     config = ServeConfig(

@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.serving.app import ServeConfig, ServerState, create_app
+from m2pt_deploy.serving.app import create_app
+from m2pt_deploy.serving.core import ServeConfig, ServerState
 
 __all__ = ["bind", "is_loopback", "run_server", "serve"]
 
