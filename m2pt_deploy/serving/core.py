@@ -189,13 +189,12 @@ class ServerState:
         return {"model_stats": [self.statistics[model.name].to_dict()]}
 
     def repository_index(self, *, ready_only: bool = False) -> list[dict[str, str]]:
-        """The repository extension's index: every model found, with its state."""
-        state = "UNAVAILABLE" if self.draining else "READY"
-        reason = "server is shutting down" if self.draining else ""
+        """The repository extension's index: every model found, with its state (and, as Triton
+        writes it, a reason only when there is one)."""
         if ready_only and self.draining:
             return []
-        return [{"name": m.name, "version": m.version, "state": state, "reason": reason}
-                for _, m in sorted(self.models.items())]
+        why = {"state": "UNAVAILABLE", "reason": "server is shutting down"} if self.draining else {"state": "READY"}
+        return [{"name": m.name, "version": m.version, **why} for _, m in sorted(self.models.items())]
 
 
 def model_feed(model: OrtModel, parsed: InferRequest) -> dict[str, np.ndarray]:
