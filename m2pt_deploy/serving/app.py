@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,7 +18,14 @@ from typing import Any
 import numpy as np
 
 from m2pt_deploy.serving.batching import Draining, Overloaded, RequestTimeout
-from m2pt_deploy.serving.core import Deadline, Prepared, ServeConfig, ServerState, prepared_infer
+from m2pt_deploy.serving.core import (
+    Deadline,
+    Prepared,
+    ServeConfig,
+    ServerState,
+    check_control_parameters,
+    prepared_infer,
+)
 from m2pt_deploy.serving.guards import ApiKeyGuard, error_response, read_body
 from m2pt_deploy.serving.images import decode_image, input_spec, top_k
 from m2pt_deploy.serving.openapi import openapi_document
@@ -33,7 +41,7 @@ from m2pt_deploy.serving.runtime import OrtModel
 __all__ = ["create_app"]
 
 log = logging.getLogger("m2pt_deploy.serving")
-# The largest body of a request that carries no tensors (the repository index's options).
+# The largest body of a request that carries no tensors (the repository extension's options).
 _SMALL_BODY_BYTES = 64 << 10
 
 
@@ -108,29 +116,37 @@ async def _model_statistics(request: Any, state: ServerState) -> Any:
     return _json(state.model_statistics(params.get("name", ""), params.get("version", "")))
 
 
-async def _repository_index(request: Any, state: ServerState) -> Any:
+async def _small_json(request: Any, state: ServerState) -> dict[str, Any]:
+    """The optional JSON object body of a control request, bounded before it is read."""
     deadline = Deadline(state.config.request_timeout_s)
     body = await read_body(request, _SMALL_BODY_BYTES, idle_timeout_s=state.config.body_timeout_s,
                            deadline=deadline.end, timeout_s=deadline.timeout_s)
-    ready = False
-    if body.strip():
-        import json
+    if not body.strip():
+        return {}
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProtocolError(f"request is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError("request must be a JSON object")
+    return doc
 
-        try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ProtocolError(f"request is not valid JSON: {e}") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("ready", False), bool):
-            raise ProtocolError("repository index request must be an object, with 'ready' a boolean")
-        ready = doc.get("ready", False)
+
+async def _repository_index(request: Any, state: ServerState) -> Any:
+    ready = (await _small_json(request, state)).get("ready", False)
+    if not isinstance(ready, bool):
+        raise ProtocolError("repository index request must be an object, with 'ready' a boolean")
     return _json(state.repository_index(ready_only=ready))
 
 
 async def _repository_control(request: Any, state: ServerState) -> Any:
-    action = request.url.path.rsplit("/", 1)[-1]
-    raise ProtocolError(f"explicit model {action} is not supported: m2pt-serve loads every model "
-                        "of its repository at start (Triton's --model-control-mode none); restart "
-                        "it to change the models", status=400)
+    action, name = request.url.path.rsplit("/", 1)[-1], request.path_params["name"]
+    parameters = (await _small_json(request, state)).get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise ProtocolError("'parameters' must be an object")
+    check_control_parameters(action, parameters)
+    await (state.load_model(name) if action == "load" else state.unload_model(name))
+    return _json({"name": name, action: True})
 
 
 def _prepare_infer(model: OrtModel, config: ServeConfig, header_length: str | None,
@@ -223,7 +239,7 @@ def create_app(state: ServerState) -> Any:
             batcher.start()
         yield
         state.draining = True
-        for batcher in state.batchers.values():
+        for batcher in list(state.batchers.values()):  # a load may change the dict meanwhile
             await batcher.close()
 
     def route(path: str, name: str, handler: Handler, method: str = "GET") -> Route:

@@ -16,21 +16,22 @@ import functools
 import gc
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from m2pt_deploy import __version__
+from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.heap import release_freed_memory
-from m2pt_deploy.serving.batching import DynamicBatcher, RequestTimeout
+from m2pt_deploy.serving.batching import Draining, DynamicBatcher, RequestTimeout
 from m2pt_deploy.serving.metrics import ServingMetrics
 from m2pt_deploy.serving.protocol import InferRequest, ProtocolError, validate_request
-from m2pt_deploy.serving.runtime import OrtModel
+from m2pt_deploy.serving.runtime import OrtModel, RepositoryLoader
 from m2pt_deploy.serving.statistics import BatchRun, ModelStatistics
 
 __all__ = ["EXTENSIONS", "LARGE_PARSE_BYTES", "SERVER_NAME", "Deadline", "Prepared", "ServeConfig",
-           "ServerState", "model_feed", "off_loop", "prepared_infer", "trim_soon"]
+           "ServerState", "check_control_parameters", "model_feed", "off_loop", "prepared_infer", "trim_soon"]
 
 SERVER_NAME = "m2pt-serve"
 # The protocol extensions both front ends implement (Triton's names).
@@ -106,27 +107,77 @@ class ServerState:
     """Models, their batchers, statistics and metrics, and the draining flag: one per server,
     shared by both front ends."""
 
-    def __init__(self, models: Mapping[str, OrtModel], config: ServeConfig) -> None:
-        self.models = dict(models)
+    def __init__(self, models: Mapping[str, OrtModel], config: ServeConfig, *,
+                 loader: RepositoryLoader | None = None) -> None:
+        """``loader``: explicit model control over its repository (load / unload by name);
+        without one, the models are fixed at start (Triton's ``--model-control-mode none``)."""
         self.config = config
+        self.loader = loader
         self.metrics = ServingMetrics()
         self.draining = False
-        self.statistics = {name: ModelStatistics(name, model.version) for name, model in self.models.items()}
-        self.batchers = {
-            name: DynamicBatcher(
-                model.run,
-                max_batch=min(config.max_batch, model.max_batch or config.max_batch),
-                max_delay_s=config.max_delay_ms / 1000, max_queue=config.max_queue,
-                batchable=model.batchable, on_batch=functools.partial(self._batch_done, name),
-            )
-            for name, model in self.models.items()
-        }
-        for name, batcher in self.batchers.items():
-            self.metrics.track_queue(name, functools.partial(getattr, batcher, "depth"))
+        self.models: dict[str, OrtModel] = {}
+        self.statistics: dict[str, ModelStatistics] = {}
+        self.batchers: dict[str, DynamicBatcher] = {}
+        self._control = asyncio.Lock()  # one load or unload at a time
+        for model in models.values():
+            self._add(model)
 
-    def _batch_done(self, name: str, run: BatchRun) -> None:
+    def _add(self, model: OrtModel) -> DynamicBatcher:
+        config, name = self.config, model.name
+        # bound to this model's counters: a replaced model's last batches never count for its successor
+        statistics = ModelStatistics(name, model.version)
+        batcher = DynamicBatcher(
+            model.run, max_batch=min(config.max_batch, model.max_batch or config.max_batch),
+            max_delay_s=config.max_delay_ms / 1000, max_queue=config.max_queue,
+            batchable=model.batchable, on_batch=functools.partial(self._batch_done, name, statistics))
+        self.models[name], self.batchers[name], self.statistics[name] = model, batcher, statistics
+        self.metrics.track_queue(name, functools.partial(getattr, batcher, "depth"))
+        return batcher
+
+    async def load_model(self, name: str) -> None:
+        """Load (or reload, picking up a new version) ``name`` from the repository; requests in
+        flight on the replaced model finish on it. Refused unless model control is explicit."""
+        loader = self.require_model_control("load")
+        if self.draining:
+            raise Draining
+        async with self._control:
+            if name not in loader.names():
+                raise ProtocolError(f"no model '{name}' in the repository; it holds "
+                                    f"{', '.join(loader.names()) or 'none'}", status=404)
+            try:  # ONNX Runtime takes seconds to build a session: off the loop, probes still answer
+                model = await asyncio.get_running_loop().run_in_executor(None, loader, name)
+            except M2ptError as e:
+                raise ProtocolError(f"failed to load '{name}': {e}") from None
+            old = self.batchers.get(name)
+            self._add(model).start()
+            if old is not None:
+                await old.close()
+
+    async def unload_model(self, name: str) -> None:
+        """Stop serving ``name``: new requests get 404, queued ones finish. Refused unless model
+        control is explicit; unloading a model that is not loaded does nothing, as in Triton."""
+        loader = self.require_model_control("unload")
+        async with self._control:
+            if name not in self.models and name not in loader.names():
+                raise ProtocolError(f"no model '{name}' in the repository", status=404)
+            batcher = self.batchers.pop(name, None)
+            self.models.pop(name, None)
+            self.statistics.pop(name, None)
+            if batcher is not None:
+                self.metrics.forget(name)
+                await batcher.close()
+
+    def require_model_control(self, action: str) -> RepositoryLoader:
+        """The repository loader, or the refusal (400) when model control is not explicit."""
+        if self.loader is None:
+            raise ProtocolError(f"explicit model {action} is not supported: m2pt-serve loaded every model "
+                                "at start (Triton's --model-control-mode none); start it with "
+                                "--model-control-mode explicit to load and unload models")
+        return self.loader
+
+    def _batch_done(self, name: str, statistics: ModelStatistics, run: BatchRun) -> None:
         self.metrics.observe_batch(name, run.rows)
-        self.statistics[name].batch_done(run)
+        statistics.batch_done(run)
 
     def model(self, name: str, version: str | None = None) -> OrtModel:
         model = self.models.get(name)
@@ -152,7 +203,7 @@ class ServerState:
         is in (a stalled upload holds no batch back); ``prepare`` (parse and check) runs off the
         loop when the payload is large; ``answer`` encodes the outputs for the wire.
         """
-        batcher = self.batchers[model.name]
+        batcher, statistics = self.batchers[model.name], self.statistics[model.name]
         received, ok = 0, False
         try:
             with batcher.admitting() as admission:
@@ -166,8 +217,13 @@ class ServerState:
             result = answer(prepared.request, outputs)
             ok = True
             return result
+        except Draining:
+            if self.draining or self.batchers.get(model.name) is batcher:
+                raise
+            raise ProtocolError(f"model '{model.name}' was unloaded or reloaded while this request "
+                                "arrived; send it again", status=503) from None
         finally:
-            self.statistics[model.name].request_done(time.monotonic_ns() - deadline.start_ns, ok=ok)
+            statistics.request_done(time.monotonic_ns() - deadline.start_ns, ok=ok)
             if received >= LARGE_PARSE_BYTES:
                 trim_soon()
 
@@ -200,10 +256,28 @@ class ServerState:
     def repository_index(self, *, ready_only: bool = False) -> list[dict[str, str]]:
         """The repository extension's index: every model found, with its state (and, as Triton
         writes it, a reason only when there is one)."""
-        if ready_only and self.draining:
-            return []
-        why = {"state": "UNAVAILABLE", "reason": "server is shutting down"} if self.draining else {"state": "READY"}
-        return [{"name": m.name, "version": m.version, **why} for _, m in sorted(self.models.items())]
+        names = set(self.models) | set(self.loader.names() if self.loader else ())
+        index = []
+        for name in sorted(names):
+            model = self.models.get(name)
+            if model is not None and not self.draining:
+                index.append({"name": name, "version": model.version, "state": "READY"})
+            elif not ready_only:
+                reason = "server is shutting down" if model is not None else "unloaded"
+                entry = {"name": name, "version": model.version} if model is not None else {"name": name}
+                index.append({**entry, "state": "UNAVAILABLE", "reason": reason})
+        return index
+
+
+def check_control_parameters(action: str, names: Iterable[str]) -> None:
+    """Refuse a load's config override and model files (Triton's ``config`` and ``file:...``
+    parameters): a model is loaded only as the repository holds it. Others (tritonclient sends
+    ``unload_dependents``; no model here has dependents) change nothing."""
+    unsupported = sorted(n for n in names if n == "config" or n.startswith("file:"))
+    if unsupported:
+        raise ProtocolError(f"model {action} parameter {unsupported[0]!r} is not supported (no config "
+                            "overrides or model files); write the model into the repository and load "
+                            "it by name")
 
 
 def model_feed(model: OrtModel, parsed: InferRequest) -> dict[str, np.ndarray]:

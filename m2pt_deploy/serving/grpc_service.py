@@ -32,7 +32,7 @@ import numpy as np
 
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.serving.batching import Draining, Overloaded, RequestTimeout
-from m2pt_deploy.serving.core import Deadline, Prepared, ServerState, prepared_infer
+from m2pt_deploy.serving.core import Deadline, Prepared, ServerState, check_control_parameters, prepared_infer
 from m2pt_deploy.serving.protocol import (
     DATATYPES,
     InferRequest,
@@ -61,10 +61,6 @@ _TYPED_FIELD = {
 _OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})  # as HTTP's health probes
 _PROBE_SLOTS = 32  # concurrent RPCs allowed past the queue limit: probes and metadata
 _MAX_GRPC_MESSAGE = (1 << 31) - 1
-_NO_MODEL_CONTROL = ("explicit model {action} is not supported: m2pt-serve loads every model of its "
-                     "repository at start (Triton's --model-control-mode none); restart it to change "
-                     "the models")
-
 
 class _Refused(Exception):
     def __init__(self, code: str, message: str) -> None:
@@ -289,11 +285,22 @@ class GrpcInferenceService(_servicer_base()):  # type: ignore[misc]
 
     @_rpc("repository_load")
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        raise _Refused("UNIMPLEMENTED", _NO_MODEL_CONTROL.format(action="load"))
+        self._control("load", request)
+        await self.state.load_model(request.model_name)
+        return self.pb.RepositoryModelLoadResponse()
 
     @_rpc("repository_unload")
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        raise _Refused("UNIMPLEMENTED", _NO_MODEL_CONTROL.format(action="unload"))
+        self._control("unload", request)
+        await self.state.unload_model(request.model_name)
+        return self.pb.RepositoryModelUnloadResponse()
+
+    def _control(self, action: str, request: Any) -> None:
+        try:
+            self.state.require_model_control(action)
+        except ProtocolError as e:  # UNIMPLEMENTED: Triton's code for an unsupported request
+            raise _Refused("UNIMPLEMENTED", e.message) from None
+        check_control_parameters(action, request.parameters)
 
     @_rpc("infer")
     async def ModelInfer(self, request: Any, context: Any) -> Any:

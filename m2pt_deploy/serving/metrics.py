@@ -51,6 +51,10 @@ class ServingMetrics:
     def track_queue(self, model: str, depth: Callable[[], int]) -> None:
         self.queue_depth.labels(model).set_function(depth)
 
+    def forget(self, model: str) -> None:
+        """An unloaded model's queue gauge goes (its counters stay: they are history)."""
+        self.queue_depth.remove(model)
+
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 

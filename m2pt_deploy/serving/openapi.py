@@ -140,6 +140,13 @@ def openapi_document(model_names: Sequence[str]) -> dict[str, Any]:
                     "type": "object", "properties": {"ready": {"type": "boolean"}}}}}},
                 "responses": {"200": _json(_INDEX, "the repository's models"), **_errors(400, 408, 413)},
             }},
+            **{f"/v2/repository/models/{{name}}/{action}": {"parameters": [name], "post": {
+                "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"parameters": _PARAMETERS}}}}},
+                "responses": {"200": _json({"type": "object", "required": ["name", action]},
+                                           f"model {action}ed"),
+                              **_errors(400, 404, 408, 413, 503)},
+            }} for action in ("load", "unload")},
             f"{models}/config": {"parameters": [name],
                                  **_get(_json({"type": "object"}, "Triton-style config"), 404)},
             f"{models}/infer": {"parameters": [name], "post": {

@@ -134,7 +134,7 @@ def test_repository_index_and_model_control(server, clients):
         with pytest.raises(InferenceServerException) as info:
             call("vit")
         assert info.value.status() == "StatusCode.UNIMPLEMENTED"
-        assert "is not supported: m2pt-serve loads every model" in info.value.message()
+        assert "is not supported: m2pt-serve loaded every model at start" in info.value.message()
     server_meta = h.get_server_metadata()
     assert {"statistics", "model_repository"} <= set(server_meta["extensions"])
     assert list(g.get_server_metadata().extensions) == server_meta["extensions"]
