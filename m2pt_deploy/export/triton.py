@@ -106,7 +106,8 @@ def render_config(config: TritonModelConfig) -> str:
     """``config.pbtxt``: the ``ModelConfig`` message in protobuf's text format."""
     from google.protobuf import text_format
 
-    return str(text_format.MessageToString(build_config(config)))
+    # short repeated scalars (dims: [3, 224, 224]) as Triton's own examples write them
+    return str(text_format.MessageToString(build_config(config), use_short_repeated_primitives=True))
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | None]:
