@@ -282,4 +282,8 @@ def create_app(state: ServerState) -> Any:
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: http_error})
     app.state.server = state
-    return ApiKeyGuard(app, state.config.api_key) if state.config.api_key else app
+    if not state.config.api_key:
+        return app
+    # refused before routing: counted under endpoint "unauthorized", untimed, as unknown routes are
+    refused = functools.partial(state.metrics.observe_request, "", "unauthorized", 401, None)
+    return ApiKeyGuard(app, state.config.api_key, refused=refused)
