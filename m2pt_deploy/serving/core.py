@@ -182,7 +182,7 @@ class ServerState:
     def model(self, name: str, version: str | None = None) -> OrtModel:
         model = self.models.get(name)
         if model is None:
-            raise ProtocolError(f"unknown model '{name}'; serving {', '.join(sorted(self.models))}",
+            raise ProtocolError(f"unknown model '{name}'; serving {', '.join(sorted(self.models)) or 'none'}",
                                 status=404)
         if version not in (None, model.version):
             raise ProtocolError(f"model '{name}' has no version {version!r}; serving version "
