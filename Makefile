@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml constraints.txt
 	# A real tritonserver (python backend, CPU) for the serving differential test, outside
 	# sys.path (--no-deps: the wheel pins numpy < 2, which the project does not use).
 	$(PIP) install --quiet --no-deps --target $(VENV)/pytriton nvidia-pytriton==0.7.0
+	# KServe's SDK for the serving conformance tests, with its own dependencies, outside sys.path:
+	# its pins (fastapi, pydantic, kubernetes, uvloop for uvicorn) and its own build of the
+	# inference.* protobuf messages must not enter the project's environment; the tests run it in
+	# a child process with PYTHONPATH=.venv/kserve.
+	$(PIP) install --quiet -c constraints.txt --target $(VENV)/kserve kserve==0.21.0
 	touch $(STAMP)
 
 demo: $(STAMP)

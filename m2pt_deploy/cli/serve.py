@@ -33,6 +33,7 @@ examples:
   m2pt-serve vit.onnx                                 # model "vit" on http://127.0.0.1:8000, gRPC on :8001
   m2pt-serve vit.onnx --port 0 --grpc-port 0          # free ports, both printed
   m2pt-serve models/ --port 8001                      # a repository from m2pt-export --format triton
+  m2pt-serve models/ --model-control-mode explicit --load-model vit   # others loaded on request
   M2PT_SERVE_API_KEY=secret m2pt-serve vit.onnx --host 0.0.0.0   # reachable from elsewhere: set a key
   m2pt-serve vit_int8_cpu.onnx --max-batch 16 --max-delay-ms 5 --threads 4
 
@@ -90,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
                                "finished by then gets 408 (default 30)")
     batching.add_argument("--drain-timeout-s", type=_positive(float), default=30.0,
                           help="on SIGTERM, how long in-flight requests may take to finish (default 30)")
+    control = parser.add_argument_group("model control (a repository folder)")
+    control.add_argument("--model-control-mode", choices=["none", "explicit"], default="none",
+                         help="none: every model of the repository is loaded at start and stays; "
+                              "explicit: only --load-model ones, and clients load and unload models "
+                              "by name (POST /v2/repository/models/NAME/load|unload, gRPC "
+                              "RepositoryModelLoad/Unload), as Triton's flag of that name (default none)")
+    control.add_argument("--load-model", action="append", default=[], metavar="NAME",
+                         help="with --model-control-mode explicit, a model to load at start; repeat "
+                              "it for several, '*' for all")
     parser.add_argument("--providers", nargs="+", metavar="EP", default=None,
                         help="ONNX Runtime execution providers in priority order: cpu, cuda, "
                              "tensorrt or full names (default cpu; cuda/tensorrt need onnxruntime-gpu)")
@@ -110,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if file_kind(args.model).kind != "directory":
         require_onnx(args.model)  # a checkpoint is named as one, before the server imports anything
-    from m2pt_deploy.serving.app import ServeConfig
+    from m2pt_deploy.serving.core import ServeConfig
     from m2pt_deploy.serving.server import serve
 
     config = ServeConfig(
@@ -121,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     serve(args.model, config, host=args.host, port=args.port, grpc_port=None if args.no_grpc else args.grpc_port,
           providers=args.providers, threads=args.threads, drain_timeout_s=args.drain_timeout_s,
-          log_level=args.log_level, api_key_env=args.api_key_env)
+          log_level=args.log_level, api_key_env=args.api_key_env, model_control=args.model_control_mode,
+          load_model=args.load_model)
     return EXIT_OK
 
 

@@ -15,13 +15,14 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import onnx
 
 from m2pt_deploy.errors import M2ptError
 
-__all__ = ["TritonModelConfig", "check_model_folder", "render_config", "write_triton_repository"]
+__all__ = ["TritonModelConfig", "build_config", "check_model_folder", "model_config_schema", "render_config",
+           "render_inference_service", "write_triton_repository"]
 
 Platform = Literal["onnxruntime_onnx", "tensorrt_plan"]
 InstanceKind = Literal["KIND_CPU", "KIND_GPU", "KIND_AUTO"]
@@ -38,7 +39,8 @@ _TYPES: dict[int, str] = {
 
 
 class TritonModelConfig:
-    """What goes into ``config.pbtxt``; :func:`render_config` writes it in protobuf text format."""
+    """What goes into ``config.pbtxt``; :func:`build_config` makes it Triton's ``ModelConfig``
+    protobuf message and :func:`render_config` prints that in protobuf's text format."""
 
     def __init__(
         self,
@@ -62,41 +64,50 @@ class TritonModelConfig:
         self.tensorrt_precision, self.label_output = tensorrt_precision, label_output
 
 
-def _tensor_block(tensors: Sequence[tuple[str, str, Sequence[int]]], label_output: str | None) -> str:
-    entries = []
-    for name, data_type, dims in tensors:
-        lines = [f'    name: "{name}"', f"    data_type: {data_type}",
-                 f"    dims: [ {', '.join(str(d) for d in dims)} ]"]
-        if name == label_output:
-            lines.append('    label_filename: "labels.txt"')
-        entries.append("  {\n" + "\n".join(lines) + "\n  }")
-    return "[\n" + ",\n".join(entries) + "\n]"
+def model_config_schema() -> Any:
+    """Triton's ``model_config_pb2``, as ``tritonclient[grpc]`` ships it; one line when missing."""
+    try:
+        from tritonclient.grpc import model_config_pb2
+    except (ImportError, RuntimeError):  # tritonclient.grpc raises RuntimeError without grpcio
+        raise M2ptError("a Triton model repository is written with Triton's model_config schema, "
+                        "which ships in tritonclient[grpc]: pip install 'm2pt-deploy[triton]'") from None
+    return model_config_pb2
+
+
+def build_config(config: TritonModelConfig) -> Any:
+    """``config`` as Triton's ``ModelConfig`` protobuf message."""
+    pb = model_config_schema()
+
+    def tensors(kind: Any, specs: Sequence[tuple[str, str, Sequence[int]]]) -> list[Any]:
+        return [kind(name=name, data_type=pb.DataType.Value(data_type), dims=list(dims))
+                for name, data_type, dims in specs]
+
+    message = pb.ModelConfig(
+        name=config.name, platform=config.platform, max_batch_size=config.max_batch,
+        input=tensors(pb.ModelInput, config.inputs), output=tensors(pb.ModelOutput, config.outputs),
+        instance_group=[pb.ModelInstanceGroup(
+            count=config.instance_count, kind=pb.ModelInstanceGroup.Kind.Value(config.instance_kind))],
+    )
+    for output in message.output:
+        if output.name == config.label_output:
+            output.label_filename = "labels.txt"
+    if config.max_batch > 0:
+        message.dynamic_batching.max_queue_delay_microseconds = config.max_queue_delay_us
+        message.dynamic_batching.preferred_batch_size.extend(config.preferred_batch_sizes)
+    if config.tensorrt_precision is not None:
+        # ONNX Runtime builds TensorRT engines for the supported subgraphs at load time.
+        accelerator = message.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        accelerator.parameters["precision_mode"] = config.tensorrt_precision
+        accelerator.parameters["max_workspace_size_bytes"] = "1073741824"
+    return message
 
 
 def render_config(config: TritonModelConfig) -> str:
-    parts = [f'name: "{config.name}"', f'platform: "{config.platform}"',
-             f"max_batch_size: {config.max_batch}",
-             f"input {_tensor_block(config.inputs, None)}",
-             f"output {_tensor_block(config.outputs, config.label_output)}"]
-    if config.max_batch > 0:
-        preferred = ""
-        if config.preferred_batch_sizes:
-            sizes = ", ".join(str(s) for s in config.preferred_batch_sizes)
-            preferred = f"  preferred_batch_size: [ {sizes} ]\n"
-        parts.append("dynamic_batching {\n" + preferred
-                     + f"  max_queue_delay_microseconds: {config.max_queue_delay_us}\n}}")
-    parts.append(f"instance_group [\n  {{\n    count: {config.instance_count}\n"
-                 f"    kind: {config.instance_kind}\n  }}\n]")
-    if config.tensorrt_precision is not None:
-        # ONNX Runtime builds TensorRT engines for the supported subgraphs at load time.
-        parts.append(
-            "optimization {\n  execution_accelerators {\n    gpu_execution_accelerator : [\n"
-            '      {\n        name : "tensorrt"\n'
-            f'        parameters {{ key: "precision_mode" value: "{config.tensorrt_precision}" }}\n'
-            '        parameters { key: "max_workspace_size_bytes" value: "1073741824" }\n'
-            "      }\n    ]\n  }\n}"
-        )
-    return "\n".join(parts) + "\n"
+    """``config.pbtxt``: the ``ModelConfig`` message in protobuf's text format."""
+    from google.protobuf import text_format
+
+    # short repeated scalars (dims: [3, 224, 224]) as Triton's own examples write them
+    return str(text_format.MessageToString(build_config(config), use_short_repeated_primitives=True))
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | None]:
@@ -183,7 +194,9 @@ def _check_args(max_batch: int, instance_count: int, version: int, platform: Pla
 
 
 def check_model_folder(repo_dir: str | os.PathLike[str], name: str, *, force: bool = False) -> Path:
-    """Refuse a bad name, an unusable repository or an existing model before any work."""
+    """Refuse a bad name, an unusable repository, an existing model or a missing Triton schema
+    before any work."""
+    model_config_schema()
     if not _NAME.match(name):
         raise M2ptError(f"model name {name!r}: use letters, digits, '_', '.' or '-'")
     repo = Path(repo_dir)

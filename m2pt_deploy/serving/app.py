@@ -1,4 +1,5 @@
-"""The Starlette app: KServe v2 routes over the batchers, plus classify, metrics and OpenAPI.
+"""The HTTP front end: KServe v2 / Open Inference Protocol REST routes over the serving core,
+plus classify, metrics and OpenAPI.
 
 Every refusal is a JSON ``{"error": ...}`` with a 4xx/5xx code, counted in the metrics; no
 request can take the server down or make it unpickle anything.
@@ -6,31 +7,27 @@ request can take the server down or make it unpickle anything.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import dataclasses
 import functools
+import json
 import logging
 import time
-import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import numpy as np
 
-from m2pt_deploy import __version__
-from m2pt_deploy.heap import release_freed_memory
-from m2pt_deploy.serving.batching import (
-    Admission,
-    Arrival,
-    Draining,
-    DynamicBatcher,
-    Overloaded,
-    RequestTimeout,
+from m2pt_deploy.serving.batching import Draining, Overloaded, RequestTimeout
+from m2pt_deploy.serving.core import (
+    Deadline,
+    Prepared,
+    ServeConfig,
+    ServerState,
+    check_control_parameters,
+    prepared_infer,
 )
 from m2pt_deploy.serving.guards import ApiKeyGuard, error_response, read_body
 from m2pt_deploy.serving.images import decode_image, input_spec, top_k
-from m2pt_deploy.serving.metrics import ServingMetrics
 from m2pt_deploy.serving.openapi import openapi_document
 from m2pt_deploy.serving.protocol import (
     HEADER_LENGTH,
@@ -38,98 +35,14 @@ from m2pt_deploy.serving.protocol import (
     ProtocolError,
     encode_infer_response,
     parse_infer_request,
-    validate_request,
 )
 from m2pt_deploy.serving.runtime import OrtModel
 
-__all__ = ["LARGE_PARSE_BYTES", "Deadline", "ServeConfig", "ServerState", "create_app", "model_feed", "off_loop",
-           "trim_soon"]
+__all__ = ["create_app"]
 
 log = logging.getLogger("m2pt_deploy.serving")
-
-
-@dataclasses.dataclass(frozen=True)
-class ServeConfig:
-    max_batch: int = 8
-    max_delay_ms: float = 2.0
-    max_queue: int = 128
-    request_timeout_s: float = 30.0
-    max_body_bytes: int = 64 << 20
-    api_key: str | None = None
-    default_top_k: int = 5
-    body_timeout_s: float = 10.0
-    allow_nonfinite: bool = False
-
-
-# Bodies past this are parsed on a worker thread; smaller ones parse faster than a thread hop.
-_INLINE_PARSE_BYTES = 64 << 10
-# Bodies this large are parsed one at a time per server (a JSON tensor of 8 M numbers builds ~300 MB
-# of Python floats before it becomes an array): concurrent large uploads wait their turn instead of
-# stacking their parses in RSS, and the freed heap is handed back to the OS after each.
-LARGE_PARSE_BYTES = 8 << 20
-_large_lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
-T = TypeVar("T")
-
-
-class Deadline:
-    """The request timeout, counted from the first byte: it covers reading, parsing and decoding."""
-
-    def __init__(self, timeout_s: float) -> None:
-        self.end = time.monotonic() + timeout_s
-        self.timeout_s = timeout_s
-
-    def shorten(self, timeout_us: int | None) -> None:
-        if timeout_us is not None:
-            self.end = min(self.end, self.end - self.timeout_s + timeout_us / 1e6)
-
-    def remaining(self) -> float:
-        return max(0.0, self.end - time.monotonic())
-
-    async def within(self, work: Awaitable[T]) -> T:
-        try:
-            return await asyncio.wait_for(work, self.remaining())
-        except TimeoutError:
-            raise RequestTimeout from None
-
-
-class ServerState:
-    """Models, their batchers and the draining flag, shared by all handlers."""
-
-    def __init__(self, models: Mapping[str, OrtModel], config: ServeConfig) -> None:
-        self.models = dict(models)
-        self.config = config
-        self.metrics = ServingMetrics()
-        self.draining = False
-        self.batchers = {
-            name: DynamicBatcher(
-                model.run,
-                max_batch=min(config.max_batch, model.max_batch or config.max_batch),
-                max_delay_s=config.max_delay_ms / 1000, max_queue=config.max_queue,
-                batchable=model.batchable, on_batch=self.metrics.batch_observer(name),
-            )
-            for name, model in self.models.items()
-        }
-        for name, batcher in self.batchers.items():
-            self.metrics.track_queue(name, functools.partial(getattr, batcher, "depth"))
-
-    def model(self, name: str, version: str | None = None) -> OrtModel:
-        model = self.models.get(name)
-        if model is None:
-            raise ProtocolError(f"unknown model '{name}'; serving {', '.join(sorted(self.models))}",
-                                status=404)
-        if version not in (None, model.version):
-            raise ProtocolError(f"model '{name}' has no version {version!r}; serving version "
-                                f"{model.version}", status=404)
-        return model
-
-    async def run(self, model: OrtModel, feed: Mapping[str, np.ndarray], deadline: Deadline,
-                  admission: Admission, arrival: Arrival) -> dict[str, np.ndarray]:
-        return await self.batchers[model.name].submit(feed, timeout_s=deadline.remaining(),
-                                                      arrival=arrival, admission=admission)
-
-    async def body(self, request: Any, deadline: Deadline) -> bytes:
-        return await read_body(request, self.config.max_body_bytes, idle_timeout_s=self.config.body_timeout_s,
-                               deadline=deadline.end, timeout_s=deadline.timeout_s)
+# The largest body of a request that carries no tensors (the repository extension's options).
+_SMALL_BODY_BYTES = 64 << 10
 
 
 Handler = Callable[[Any, ServerState], Awaitable[Any]]
@@ -154,171 +67,127 @@ def _endpoint(state: ServerState, name: str, handler: Handler) -> Callable[[Any]
         except Exception:
             log.exception("%s failed", request.url.path)
             response = error_response("internal server error", 500)
-        model = request.path_params.get("name", "")
-        state.metrics.observe_request(model if model in state.models else "", name,
+        state.metrics.observe_request(state.label(request.path_params.get("name", "")), name,
                                       response.status_code, time.perf_counter() - start)
         return response
 
     return endpoint
 
 
-async def _server_metadata(request: Any, state: ServerState) -> Any:
+def _json(doc: Any, status: int = 200) -> Any:
     from starlette.responses import JSONResponse
 
-    return JSONResponse({"name": "m2pt-serve", "version": __version__,
-                         "extensions": ["binary_tensor_data", "model_configuration"]})
+    return JSONResponse(doc, status_code=status)
 
 
+async def _server_metadata(request: Any, state: ServerState) -> Any:
+    return _json(state.server_metadata())
+
+
+# Health answers are JSON objects, as the Open Inference Protocol's REST health responses are
+# (KServe's SDK reads the body); Triton's client reads only the status code, which still says it.
 async def _live(request: Any, state: ServerState) -> Any:
-    from starlette.responses import Response
-
-    return Response(status_code=200)
+    return _json({"live": True})
 
 
 async def _ready(request: Any, state: ServerState) -> Any:
-    from starlette.responses import Response
-
-    if state.draining:
-        raise ProtocolError("server is shutting down", status=503)
-    return Response(status_code=200)
+    return _json({"ready": not state.draining}, 503 if state.draining else 200)
 
 
 async def _model_ready(request: Any, state: ServerState) -> Any:
-    state.model(request.path_params["name"], request.path_params.get("version"))
-    return await _ready(request, state)
+    model = state.model(request.path_params["name"], request.path_params.get("version"))
+    return _json({"name": model.name, "ready": not state.draining}, 503 if state.draining else 200)
+
+
+def _model_of(request: Any, state: ServerState) -> OrtModel:
+    return state.model(request.path_params["name"], request.path_params.get("version"))
 
 
 async def _model_metadata(request: Any, state: ServerState) -> Any:
-    from starlette.responses import JSONResponse
-
-    model = state.model(request.path_params["name"], request.path_params.get("version"))
-    return JSONResponse(model.describe())
+    return _json(_model_of(request, state).describe())
 
 
 async def _model_config(request: Any, state: ServerState) -> Any:
-    from starlette.responses import JSONResponse
-
-    model = state.model(request.path_params["name"], request.path_params.get("version"))
-    batcher = state.batchers[model.name]
-    batched = model.batchable
-
-    def tensors(specs: Any) -> list[dict[str, Any]]:
-        return [{"name": t.name, "data_type": f"TYPE_{t.datatype}",
-                 "dims": list(t.shape[1:] if batched else t.shape)} for t in specs]
-
-    return JSONResponse({
-        "name": model.name, "platform": model.platform,
-        "max_batch_size": batcher.max_batch if batched else 0,
-        "input": tensors(model.inputs), "output": tensors(model.outputs),
-        "dynamic_batching": {"max_queue_delay_microseconds": int(batcher.max_delay_s * 1e6)},
-    })
+    return _json(state.model_config(_model_of(request, state)))
 
 
-def model_feed(model: OrtModel, parsed: InferRequest) -> dict[str, np.ndarray]:
-    """The feed for ``model`` from a parsed request of either protocol: names, datatypes, shapes
-    and the repository's ``max_batch_size`` checked, as Triton checks them."""
-    feed = validate_request(parsed, model.inputs, model.outputs)
-    rows = next(iter(feed.values())).shape[0]
-    if model.max_batch is not None and model.batchable and rows > model.max_batch:
-        # Triton's check and wording for a repository model's max_batch_size
-        raise ProtocolError(f"inference request batch-size must be <= {model.max_batch} for "
-                            f"'{model.name}'")
-    return feed
+async def _model_statistics(request: Any, state: ServerState) -> Any:
+    params = request.path_params
+    return _json(state.model_statistics(params.get("name", ""), params.get("version", "")))
 
 
-def _parse_for(model: OrtModel, config: ServeConfig, body: bytes,
-               header_length: str | None) -> tuple[InferRequest, dict[str, np.ndarray]]:
-    parsed = parse_infer_request(body, header_length, allow_nonfinite=config.allow_nonfinite)
-    return parsed, model_feed(model, parsed)
-
-
-async def _in_thread(work: Callable[[], T]) -> T:
-    # run_in_executor, not starlette's run_in_threadpool: anyio shields its threads from
-    # cancellation, and the request's deadline must be able to give up waiting on one.
-    return await asyncio.get_running_loop().run_in_executor(None, work)
-
-
-async def off_loop(size: int, work: Callable[[], T]) -> T:
-    """``work`` (parsing a body of ``size`` bytes) inline when small, else on a worker thread; large
-    ones one at a time (see ``LARGE_PARSE_BYTES``)."""
-    if size < _INLINE_PARSE_BYTES:
-        return work()
-    if size < LARGE_PARSE_BYTES:
-        return await _in_thread(work)
-    loop = asyncio.get_running_loop()
-    lane = _large_lanes.setdefault(loop, asyncio.Semaphore(1))
-    await lane.acquire()
-    future = loop.run_in_executor(None, functools.partial(_then_trim, work))
-    # The lane frees when the parse really ends: a request that gives up (its deadline) cannot
-    # cancel a running thread, so it must not let the next large parse start beside it.
-    future.add_done_callback(functools.partial(_leave_lane, lane))
-    return await asyncio.shield(future)
-
-
-def _leave_lane(lane: asyncio.Semaphore, future: asyncio.Future[Any]) -> None:
-    lane.release()
-    # Collect the outcome even when the request gave up waiting, so that a parse error is not
-    # logged as "never retrieved" (and its frames, which hold the body, are freed now).
-    if not future.cancelled():
-        future.exception()
-
-
-def trim_soon(delay_s: float = 0.5) -> None:
-    """Hand the heap back to the OS shortly after a large request, once its body, arrays and any
-    error (whose traceback holds them) are gone: RSS returns toward its baseline after a spike."""
-    loop = asyncio.get_running_loop()
-    loop.call_later(delay_s, _trim_in_thread, loop)
-
-
-def _trim_in_thread(loop: asyncio.AbstractEventLoop) -> None:
-    with contextlib.suppress(RuntimeError):  # the loop's executor is already shut down (exit)
-        loop.run_in_executor(None, release_freed_memory)
-
-
-def _then_trim(work: Callable[[], T]) -> T:
+async def _small_json(request: Any, state: ServerState) -> dict[str, Any]:
+    """The optional JSON object body of a control request, bounded before it is read."""
+    deadline = Deadline(state.config.request_timeout_s)
+    body = await read_body(request, _SMALL_BODY_BYTES, idle_timeout_s=state.config.body_timeout_s,
+                           deadline=deadline.end, timeout_s=deadline.timeout_s)
+    if not body.strip():
+        return {}
     try:
-        return work()
-    finally:
-        release_freed_memory()
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProtocolError(f"request is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError("request must be a JSON object")
+    return doc
+
+
+async def _repository_index(request: Any, state: ServerState) -> Any:
+    ready = (await _small_json(request, state)).get("ready", False)
+    if not isinstance(ready, bool):
+        raise ProtocolError("repository index request must be an object, with 'ready' a boolean")
+    return _json(state.repository_index(ready_only=ready))
+
+
+async def _repository_control(request: Any, state: ServerState) -> Any:
+    action, name = request.url.path.rsplit("/", 1)[-1], request.path_params["name"]
+    parameters = (await _small_json(request, state)).get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise ProtocolError("'parameters' must be an object")
+    check_control_parameters(action, parameters)
+    await (state.load_model(name) if action == "load" else state.unload_model(name))
+    return _json({"name": name, action: True})
+
+
+def _prepare_infer(model: OrtModel, config: ServeConfig, header_length: str | None,
+                   body: bytes) -> Prepared[InferRequest]:
+    parsed = parse_infer_request(body, header_length, allow_nonfinite=config.allow_nonfinite)
+    return prepared_infer(model, parsed)
+
+
+def _encoded(model: OrtModel, parsed: InferRequest, outputs: dict[str, np.ndarray]) -> Any:
+    from starlette.responses import Response
+
+    content, headers = encode_infer_response(model.name, model.version, parsed, outputs)
+    return Response(content, headers=headers)
+
+
+async def _read_body(request: Any, state: ServerState, deadline: Deadline) -> bytes:
+    config = state.config
+    return await read_body(request, config.max_body_bytes, idle_timeout_s=config.body_timeout_s,
+                           deadline=deadline.end, timeout_s=deadline.timeout_s)
 
 
 async def _infer(request: Any, state: ServerState) -> Any:
-    from starlette.responses import Response
-
     deadline = Deadline(state.config.request_timeout_s)
-    model = state.model(request.path_params["name"], request.path_params.get("version"))
-    batcher = state.batchers[model.name]
-    # Queue-full is decided before a byte of the body is read; the batcher hears of a request
-    # only once its body is in, so a stalled upload holds no batch back.
-    received = 0
-    try:
-        with batcher.admitting() as admission:
-            body = await state.body(request, deadline)
-            received = len(body)
-            with batcher.arriving() as arrival:
-                work = functools.partial(_parse_for, model, state.config, body,
-                                         request.headers.get(HEADER_LENGTH))
-                parsed, feed = await deadline.within(off_loop(len(body), work))
-                deadline.shorten(parsed.timeout_us)
-                outputs = await state.run(model, feed, deadline, admission, arrival)
-        content, headers = encode_infer_response(model.name, model.version, parsed, outputs)
-        return Response(content, headers=headers)
-    finally:
-        if received >= LARGE_PARSE_BYTES:
-            trim_soon()
+    model = _model_of(request, state)
+    return await state.infer(
+        model, deadline, functools.partial(_read_body, request, state, deadline), len,
+        functools.partial(_prepare_infer, model, state.config, request.headers.get(HEADER_LENGTH)),
+        functools.partial(_encoded, model))
 
 
-def _top_k_param(request: Any, state: ServerState, num_classes: int) -> int:
+def _top_k_param(request: Any, state: ServerState) -> int:
+    """The requested number of classes, checked before any work (capped later by the model's)."""
     raw = request.query_params.get("top_k")
     if raw is None:
-        return min(state.config.default_top_k, num_classes)
+        return state.config.default_top_k
     if not raw.isdigit() or int(raw) < 1:
         raise ProtocolError(f"top_k {raw!r}: expected a whole number of at least 1")
-    return min(int(raw), num_classes)
+    return int(raw)
 
 
 async def _classify(request: Any, state: ServerState) -> Any:
-    from starlette.responses import JSONResponse
 
     model = state.model(request.path_params["name"])
     spec = input_spec(model.metadata)
@@ -331,22 +200,23 @@ async def _classify(request: Any, state: ServerState) -> Any:
     if spec is None or len(model.inputs) != 1:
         raise ProtocolError(f"model '{model.name}' has no m2pt_deploy.input metadata for image "
                             "preprocessing; use /infer with tensors")
+    k = _top_k_param(request, state)
+
+    def prepare(body: bytes) -> Prepared[None]:
+        return Prepared({model.inputs[0].name: decode_image(body, spec)}, None, None)
+
+    def answer(_: None, outputs: dict[str, np.ndarray]) -> Any:
+        logits = outputs.get("logits", next(iter(outputs.values())))
+        if not np.isfinite(logits).all():
+            raise ProtocolError(f"model '{model.name}' gave NaN or Inf logits for this image",
+                                status=500)
+        labels = model.metadata.get("m2pt_deploy.labels")
+        return _json({"model_name": model.name, "classes": top_k(
+            logits[0], min(k, logits.shape[-1]), labels if isinstance(labels, list) else None)})
+
     deadline = Deadline(state.config.request_timeout_s)
-    batcher = state.batchers[model.name]
-    with batcher.admitting() as admission:
-        body = await state.body(request, deadline)
-        with batcher.arriving() as arrival:
-            pixels = await deadline.within(off_loop(len(body), functools.partial(decode_image, body, spec)))
-            outputs = await state.run(model, {model.inputs[0].name: pixels}, deadline, admission,
-                                      arrival)
-    logits = outputs.get("logits", next(iter(outputs.values())))
-    if not np.isfinite(logits).all():
-        raise ProtocolError(f"model '{model.name}' gave NaN or Inf logits for this image",
-                            status=500)
-    labels = model.metadata.get("m2pt_deploy.labels")
-    k = _top_k_param(request, state, logits.shape[-1])
-    return JSONResponse({"model_name": model.name,
-                         "classes": top_k(logits[0], k, labels if isinstance(labels, list) else None)})
+    return await state.infer(model, deadline, functools.partial(_read_body, request, state, deadline),
+                             len, prepare, answer)
 
 
 async def _metrics(request: Any, state: ServerState) -> Any:
@@ -369,7 +239,7 @@ def create_app(state: ServerState) -> Any:
             batcher.start()
         yield
         state.draining = True
-        for batcher in state.batchers.values():
+        for batcher in list(state.batchers.values()):  # a load may change the dict meanwhile
             await batcher.close()
 
     def route(path: str, name: str, handler: Handler, method: str = "GET") -> Route:
@@ -387,6 +257,11 @@ def create_app(state: ServerState) -> Any:
         route("/v2/health/ready", "ready", _ready),
         route("/metrics", "metrics", _metrics),
         Route("/openapi.json", openapi, methods=["GET"]),
+        # before {name}: as in Triton, "stats" here is the statistics of every model
+        route("/v2/models/stats", "statistics", _model_statistics),
+        route("/v2/repository/index", "repository_index", _repository_index, "POST"),
+        route("/v2/repository/models/{name}/load", "repository_load", _repository_control, "POST"),
+        route("/v2/repository/models/{name}/unload", "repository_unload", _repository_control, "POST"),
         route(f"{models}/classify", "classify", _classify, "POST"),
     ]
     for base in (models, versioned):
@@ -394,14 +269,21 @@ def create_app(state: ServerState) -> Any:
             route(base, "metadata", _model_metadata),
             route(f"{base}/ready", "model_ready", _model_ready),
             route(f"{base}/config", "config", _model_config),
+            route(f"{base}/stats", "statistics", _model_statistics),
             route(f"{base}/infer", "infer", _infer, "POST"),
         ]
 
     async def http_error(request: Any, exc: Any) -> Any:
-        """Starlette's own 404/405 in the same JSON shape as every other refusal."""
+        """Starlette's own 404/405 (no such route, or not that method) in the same JSON shape as
+        every other refusal, counted under endpoint "unknown" (untimed: routing has no start)."""
+        state.metrics.observe_request("", "unknown", exc.status_code, None)
         return error_response(exc.detail, exc.status_code, getattr(exc, "headers", None))
 
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: http_error})
     app.state.server = state
-    return ApiKeyGuard(app, state.config.api_key) if state.config.api_key else app
+    if not state.config.api_key:
+        return app
+    # refused before routing: counted under endpoint "unauthorized", untimed, as unknown routes are
+    refused = functools.partial(state.metrics.observe_request, "", "unauthorized", 401, None)
+    return ApiKeyGuard(app, state.config.api_key, refused=refused)

@@ -16,9 +16,12 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import time
 from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
+
+from m2pt_deploy.serving.statistics import BatchRun
 
 __all__ = ["Admission", "Arrival", "DynamicBatcher", "Draining", "Overloaded", "RequestTimeout"]
 
@@ -44,6 +47,7 @@ class _Pending:
     rows: int
     future: asyncio.Future[dict[str, np.ndarray]]
     arrived: float
+    queued_ns: int  # time.monotonic_ns() when queued, for the statistics' queue duration
 
     def key(self) -> tuple[object, ...]:
         """Requests stack only when every tensor agrees past the batch dimension."""
@@ -90,8 +94,9 @@ class DynamicBatcher:
         max_delay_s: float,
         max_queue: int,
         batchable: bool = True,
-        on_batch: Callable[[int], None] | None = None,
+        on_batch: Callable[[BatchRun], None] | None = None,
     ) -> None:
+        """``on_batch`` hears of every model call that returned, on the event loop."""
         if max_batch < 1 or max_queue < 1 or max_delay_s < 0:
             raise ValueError("max_batch and max_queue must be at least 1, max_delay_s >= 0")
         self._run = run
@@ -156,7 +161,7 @@ class DynamicBatcher:
             raise Overloaded
         loop = asyncio.get_running_loop()
         rows = next(iter(feed.values())).shape[0]
-        pending = _Pending(feed, rows, loop.create_future(), loop.time())
+        pending = _Pending(feed, rows, loop.create_future(), loop.time(), time.monotonic_ns())
         self._queue.append(pending)
         self._wakeup.set()
         if arrival is not None:
@@ -217,8 +222,14 @@ class DynamicBatcher:
                 continue
             self._busy = True
             try:
-                outputs = await loop.run_in_executor(self._executor, self._run_stacked, batch)
+                outputs, started, input_ns, infer_ns = await loop.run_in_executor(
+                    self._executor, self._run_stacked, batch)
+                split = time.monotonic_ns()
                 self._deliver(batch, outputs)
+                if self._on_batch is not None:
+                    self._on_batch(BatchRun(
+                        sum(p.rows for p in batch), tuple(started - p.queued_ns for p in batch),
+                        input_ns, infer_ns, time.monotonic_ns() - split))
             except Exception as e:  # a model failure fails this batch, not the server
                 for p in batch:
                     if not p.future.done():
@@ -226,13 +237,16 @@ class DynamicBatcher:
             finally:
                 self._busy = False
 
-    def _run_stacked(self, batch: list[_Pending]) -> Mapping[str, np.ndarray]:
-        if self._on_batch is not None:
-            self._on_batch(sum(p.rows for p in batch))
+    def _run_stacked(self, batch: list[_Pending]) -> tuple[Mapping[str, np.ndarray], int, int, int]:
+        """The outputs, when the call started, and how long stacking and the model took (ns)."""
+        started = time.monotonic_ns()
         if len(batch) == 1:
-            return self._run(batch[0].feed)
-        feed = {k: np.concatenate([p.feed[k] for p in batch]) for k in batch[0].feed}
-        return self._run(feed)
+            feed = batch[0].feed
+        else:
+            feed = {k: np.concatenate([p.feed[k] for p in batch]) for k in batch[0].feed}
+        stacked = time.monotonic_ns()
+        outputs = self._run(feed)
+        return outputs, started, stacked - started, time.monotonic_ns() - stacked
 
     def _deliver(self, batch: list[_Pending], outputs: Mapping[str, np.ndarray]) -> None:
         if len(batch) == 1:

@@ -2,9 +2,11 @@
 
 The servicer implements the service definition that ``tritonclient[grpc]`` ships
 (``tritonclient.grpc.service_pb2_grpc``), so Triton's own gRPC client works unmodified. It shares
-everything with HTTP: the :class:`~m2pt_deploy.serving.app.ServerState` (models, batchers, draining
-flag), the request checks (``validate_request``, ``max_batch_size``, NaN/Inf refusal), the API key
-and the Prometheus metrics (``protocol="grpc"``, ``code`` the gRPC status name).
+everything with HTTP through the protocol-neutral core
+(:class:`~m2pt_deploy.serving.core.ServerState`: models, batchers, statistics, model control,
+draining flag, the infer pipeline), the request checks (``validate_request``, ``max_batch_size``,
+NaN/Inf refusal), the API key and the Prometheus metrics (``protocol="grpc"``, ``code`` the gRPC
+status name); ``grpc_protocol.py`` decodes its messages as ``protocol.py`` decodes HTTP bodies.
 
 Bounds decided before any work, as HTTP decides them:
 
@@ -21,26 +23,20 @@ from __future__ import annotations
 import functools
 import hmac
 import logging
-import math
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from m2pt_deploy import __version__
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.serving.app import LARGE_PARSE_BYTES, Deadline, ServerState, model_feed, off_loop, trim_soon
 from m2pt_deploy.serving.batching import Draining, Overloaded, RequestTimeout
-from m2pt_deploy.serving.protocol import (
-    DATATYPES,
-    InferRequest,
-    ProtocolError,
-    RequestedOutput,
-    check_finite,
-)
+from m2pt_deploy.serving.core import Deadline, Prepared, ServerState, check_control_parameters, prepared_infer
+from m2pt_deploy.serving.grpc_protocol import parse_grpc_request
+from m2pt_deploy.serving.protocol import InferRequest, ProtocolError
 
-__all__ = ["GRPC_STATUS", "GrpcInferenceService", "create_grpc_server", "parse_grpc_request", "require_grpc"]
+__all__ = ["GRPC_STATUS", "GrpcInferenceService", "create_grpc_server", "require_grpc"]
 
 log = logging.getLogger("m2pt_deploy.serving")
 
@@ -49,13 +45,6 @@ GRPC_STATUS = {
     400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND", 408: "DEADLINE_EXCEEDED",
     413: "RESOURCE_EXHAUSTED", 415: "INVALID_ARGUMENT", 500: "INTERNAL", 503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
-}
-# Which InferTensorContents field carries each datatype (FP16 travels only as raw contents).
-_TYPED_FIELD = {
-    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
-    "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
-    "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
-    "FP32": "fp32_contents", "FP64": "fp64_contents",
 }
 _OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})  # as HTTP's health probes
 _PROBE_SLOTS = 32  # concurrent RPCs allowed past the queue limit: probes and metadata
@@ -77,81 +66,6 @@ def _given_key(metadata: Sequence[tuple[str, str | bytes]] | None) -> bytes:
     return token.strip().encode() if scheme.lower() == "bearer" else b""
 
 
-def _typed_values(tensor: Any, where: str, count: int, dtype: np.dtype) -> np.ndarray:
-    field = _TYPED_FIELD.get(tensor.datatype)
-    if field is None:
-        raise ProtocolError(f"{where}: {tensor.datatype} has no typed contents field; send it "
-                            "in raw_input_contents")
-    values = getattr(tensor.contents, field)
-    if len(values) != count:
-        raise ProtocolError(f"{where}: contents.{field} has {len(values)} elements, shape "
-                            f"{list(tensor.shape)} needs {count}")
-    if dtype.kind in "iu" and dtype.itemsize < 4 and count:
-        wide = np.asarray(values, np.int64)
-        info = np.iinfo(dtype)
-        if wide.min() < info.min or wide.max() > info.max:
-            raise ProtocolError(f"{where}: contents.{field} holds values outside "
-                                f"{tensor.datatype}'s range [{info.min}, {info.max}]")
-        return wide.astype(dtype)
-    return np.asarray(values, dtype=dtype)
-
-
-def _decode_input(tensor: Any, raw: bytes | None) -> np.ndarray:
-    where = f"input '{tensor.name}'"
-    if tensor.datatype not in DATATYPES:
-        raise ProtocolError(f"{where}: datatype {tensor.datatype!r} is not supported "
-                            f"(supported: {', '.join(DATATYPES)})")
-    dtype = DATATYPES[tensor.datatype]
-    shape = tuple(tensor.shape)
-    if any(d < 0 for d in shape):
-        raise ProtocolError(f"{where}: 'shape' must be non-negative integers, got {list(shape)}")
-    count = math.prod(shape)  # a Python int: a huge shape is compared, never allocated
-    if raw is None:
-        return _typed_values(tensor, where, count, dtype).reshape(shape)
-    if tensor.HasField("contents") and tensor.contents.ByteSize():
-        raise ProtocolError(f"{where}: given both in contents and in raw_input_contents")
-    if len(raw) != count * dtype.itemsize:
-        raise ProtocolError(f"{where}: raw_input_contents has {len(raw)} bytes, shape "
-                            f"{list(shape)} of {tensor.datatype} needs {count * dtype.itemsize}")
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
-
-
-def _timeout_us(parameters: Any) -> int | None:
-    if "timeout" not in parameters:
-        return None
-    timeout = parameters["timeout"]
-    if timeout.WhichOneof("parameter_choice") != "int64_param":
-        return None
-    return timeout.int64_param if timeout.int64_param > 0 else None
-
-
-def parse_grpc_request(request: Any, *, allow_nonfinite: bool) -> InferRequest:
-    """A ``ModelInferRequest`` as the protocol-neutral :class:`InferRequest`; every defect is a
-    ``ProtocolError`` (INVALID_ARGUMENT)."""
-    if not request.inputs:
-        raise ProtocolError("'inputs' must be a non-empty list")
-    raw = list(request.raw_input_contents)
-    if raw and len(raw) != len(request.inputs):
-        raise ProtocolError(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} "
-                            "inputs; give one per input, in input order, or none")
-    inputs: dict[str, np.ndarray] = {}
-    for i, tensor in enumerate(request.inputs):
-        if tensor.name in inputs:
-            raise ProtocolError(f"input '{tensor.name}' is given twice")
-        array = _decode_input(tensor, raw[i] if raw else None)
-        if not allow_nonfinite:
-            check_finite(f"input '{tensor.name}'", array)
-        inputs[tensor.name] = array
-    outputs = []
-    for out in request.outputs:
-        if "classification" in out.parameters:
-            raise ProtocolError(f"output '{out.name}': the classification extension is not "
-                                "supported; use POST /v2/models/{name}/classify over HTTP")
-        outputs.append(RequestedOutput(out.name, binary=True))
-    return InferRequest(id=request.id or None, inputs=inputs, outputs=outputs or None,
-                        binary_output=True, timeout_us=_timeout_us(request.parameters))
-
-
 Method = Callable[[Any, Any, Any], Awaitable[Any]]
 
 
@@ -164,7 +78,8 @@ def _rpc(endpoint: str) -> Callable[[Method], Method]:
             import grpc
 
             start = time.perf_counter()
-            name = getattr(request, "model_name", "")
+            # ModelInfer and the repository calls name the model in model_name, the others in name
+            name = getattr(request, "model_name", "") or getattr(request, "name", "")
             code, message, response = "OK", "", None
             try:
                 if method.__name__ not in _OPEN_METHODS:
@@ -185,9 +100,8 @@ def _rpc(endpoint: str) -> Callable[[Method], Method]:
             except Exception:
                 log.exception("gRPC %s failed", method.__name__)
                 code, message = "INTERNAL", "internal server error"
-            state = self.state
-            state.metrics.observe_request(name if name in state.models else "", endpoint, code,
-                                          time.perf_counter() - start, protocol="grpc")
+            self.state.metrics.observe_request(self.state.label(name), endpoint, code,
+                                               time.perf_counter() - start, protocol="grpc")
             if code != "OK":
                 await context.abort(getattr(grpc.StatusCode, code), message)
             return response
@@ -217,8 +131,9 @@ class GrpcInferenceService(_servicer_base()):  # type: ignore[misc]
     """The KServe v2 / Triton gRPC service over a :class:`ServerState`.
 
     Implemented: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig,
-    ModelInfer. Every other method (streaming, statistics, repository, shared memory, trace,
-    logging) answers UNIMPLEMENTED.
+    ModelInfer, ModelStatistics and RepositoryIndex; RepositoryModelLoad/Unload refuse (every model
+    is loaded at start). Every other method (streaming, shared memory, trace, logging) answers
+    UNIMPLEMENTED, counted in the metrics like every call.
     """
 
     def __init__(self, state: ServerState) -> None:
@@ -255,9 +170,7 @@ class GrpcInferenceService(_servicer_base()):  # type: ignore[misc]
 
     @_rpc("server")
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
-        return self.pb.ServerMetadataResponse(
-            name="m2pt-serve", version=__version__,
-            extensions=["binary_tensor_data", "model_configuration"])
+        return self._message(self.pb.ServerMetadataResponse(), self.state.server_metadata())
 
     @_rpc("metadata")
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
@@ -271,22 +184,37 @@ class GrpcInferenceService(_servicer_base()):  # type: ignore[misc]
     @_rpc("config")
     async def ModelConfig(self, request: Any, context: Any) -> Any:
         model = self.state.model(request.name, request.version or None)
-        batcher = self.state.batchers[model.name]
-        pb, batched = self.config_pb, model.batchable
-
-        def dims(shape: tuple[int, ...]) -> list[int]:
-            return list(shape[1:] if batched else shape)
-
-        config = pb.ModelConfig(
-            name=model.name, platform=model.platform,
-            max_batch_size=batcher.max_batch if batched else 0,
-            input=[pb.ModelInput(name=t.name, data_type=pb.DataType.Value(f"TYPE_{t.datatype}"),
-                                 dims=dims(t.shape)) for t in model.inputs],
-            output=[pb.ModelOutput(name=t.name, data_type=pb.DataType.Value(f"TYPE_{t.datatype}"),
-                                   dims=dims(t.shape)) for t in model.outputs],
-            dynamic_batching=pb.ModelDynamicBatching(
-                max_queue_delay_microseconds=int(batcher.max_delay_s * 1e6)))
+        config = self._message(self.config_pb.ModelConfig(), self.state.model_config(model))
         return self.pb.ModelConfigResponse(config=config)
+
+    @_rpc("statistics")
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        stats = self.state.model_statistics(request.name, request.version)
+        return self._message(self.pb.ModelStatisticsResponse(), stats)
+
+    @_rpc("repository_index")
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        index = self.state.repository_index(ready_only=request.ready)
+        return self._message(self.pb.RepositoryIndexResponse(), {"models": index})
+
+    @_rpc("repository_load")
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        self._control("load", request)
+        await self.state.load_model(request.model_name)
+        return self.pb.RepositoryModelLoadResponse()
+
+    @_rpc("repository_unload")
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        self._control("unload", request)
+        await self.state.unload_model(request.model_name)
+        return self.pb.RepositoryModelUnloadResponse()
+
+    def _control(self, action: str, request: Any) -> None:
+        try:
+            self.state.require_model_control(action)
+        except ProtocolError as e:  # UNIMPLEMENTED: Triton's code for an unsupported request
+            raise _Refused("UNIMPLEMENTED", e.message) from None
+        check_control_parameters(action, request.parameters)
 
     @_rpc("infer")
     async def ModelInfer(self, request: Any, context: Any) -> Any:
@@ -296,25 +224,25 @@ class GrpcInferenceService(_servicer_base()):  # type: ignore[misc]
         if client_left is not None:
             deadline.shorten(int(client_left * 1e6))
         model = state.model(request.model_name, request.model_version or None)
-        batcher = state.batchers[model.name]
-        # The message is already in (within the receive limit); the queue place is still decided
-        # before a tensor is decoded.
-        # The whole message's size: typed contents (fp32_contents, ...) are as large as raw ones.
-        size = request.ByteSize()
-        try:
-            with batcher.admitting() as admission, batcher.arriving() as arrival:
-                parse = functools.partial(self._feed, model, request)
-                parsed, feed = await deadline.within(off_loop(size, parse))
-                deadline.shorten(parsed.timeout_us)
-                outputs = await state.run(model, feed, deadline, admission, arrival)
-            return self._response(model, parsed, outputs)
-        finally:
-            if size >= LARGE_PARSE_BYTES:
-                trim_soon()
 
-    def _feed(self, model: Any, request: Any) -> tuple[InferRequest, dict[str, np.ndarray]]:
+        async def receive() -> Any:  # the message is already in, within the receive limit
+            return request
+
+        # The whole message's size: typed contents (fp32_contents, ...) are as large as raw ones.
+        return await state.infer(model, deadline, receive, lambda message: message.ByteSize(),
+                                 functools.partial(self._prepare, model),
+                                 functools.partial(self._response, model))
+
+    @staticmethod
+    def _message(message: Any, doc: Any) -> Any:
+        """``doc`` (the JSON form the HTTP front end sends) parsed into the protobuf ``message``."""
+        from google.protobuf import json_format
+
+        return json_format.ParseDict(doc, message)
+
+    def _prepare(self, model: Any, request: Any) -> Prepared[InferRequest]:
         parsed = parse_grpc_request(request, allow_nonfinite=self.state.config.allow_nonfinite)
-        return parsed, model_feed(model, parsed)
+        return prepared_infer(model, parsed)
 
     def _response(self, model: Any, parsed: InferRequest, outputs: dict[str, np.ndarray]) -> Any:
         names = [o.name for o in parsed.outputs] if parsed.outputs else list(outputs)
@@ -329,10 +257,19 @@ class GrpcInferenceService(_servicer_base()):  # type: ignore[misc]
         return response
 
 
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
 def _unimplemented(name: str) -> Callable[..., Awaitable[None]]:
+    """A method of the service m2pt-serve does not offer: UNIMPLEMENTED, counted under its name."""
+
     async def method(self: GrpcInferenceService, request: Any, context: Any) -> None:
         import grpc
 
+        model = getattr(request, "model_name", "") or getattr(request, "name", "")
+        self.state.metrics.observe_request(self.state.label(model if isinstance(model, str) else ""),
+                                           _snake(name), "UNIMPLEMENTED", None, protocol="grpc")
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{name} is not implemented by m2pt-serve")
 
     method.__name__ = name
@@ -382,6 +319,25 @@ def _handlers(servicer: GrpcInferenceService) -> Any:
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
+def _unknown_methods(state: ServerState) -> Any:
+    """Calls to methods outside the service (another service, a typo): UNIMPLEMENTED as gRPC
+    answers them, but counted in the metrics under endpoint "unknown"."""
+    import grpc
+
+    class UnknownMethods(grpc.GenericRpcHandler):
+        def service(self, details: Any) -> Any:
+            method = str(details.method)[:200]
+
+            async def refuse(request: bytes, context: Any) -> None:
+                state.metrics.observe_request("", "unknown", "UNIMPLEMENTED", None, protocol="grpc")
+                await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                                    f"method {method} is not served by m2pt-serve")
+
+            return grpc.unary_unary_rpc_method_handler(refuse)
+
+    return UnknownMethods()
+
+
 def create_grpc_server(state: ServerState, host: str, port: int) -> tuple[Any, int]:
     """A ``grpc.aio`` server for ``state`` bound to ``host:port`` (0: a free port), not started.
 
@@ -399,7 +355,7 @@ def create_grpc_server(state: ServerState, host: str, port: int) -> tuple[Any, i
         ],
         maximum_concurrent_rpcs=config.max_queue * max(1, len(state.models)) + _PROBE_SLOTS,
     )
-    server.add_generic_rpc_handlers((_handlers(GrpcInferenceService(state)),))
+    server.add_generic_rpc_handlers((_handlers(GrpcInferenceService(state)), _unknown_methods(state)))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from m2pt_deploy.serving.protocol import ProtocolError
@@ -80,9 +80,11 @@ class ApiKeyGuard:
     The key may come as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
     """
 
-    def __init__(self, app: Any, key: str) -> None:
+    def __init__(self, app: Any, key: str, *, refused: Callable[[], None] | None = None) -> None:
+        """``refused`` hears of every request turned away (the metrics count it)."""
         self.app = app
         self.key = key.encode()
+        self.refused = refused
 
     def _given(self, scope: Mapping[str, Any]) -> bytes:
         headers = dict(scope.get("headers", ()))
@@ -97,5 +99,7 @@ class ApiKeyGuard:
         ):
             response = error_response("missing or wrong API key", 401, {"WWW-Authenticate": "Bearer"})
             await response(scope, receive, send)
+            if self.refused is not None:
+                self.refused()
             return
         await self.app(scope, receive, send)

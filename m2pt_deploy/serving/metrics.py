@@ -35,19 +35,25 @@ class ServingMetrics:
         self.queue_depth = Gauge("m2pt_queue_depth", "Requests waiting for the model",
                                  ("model",), registry=self.registry)
 
-    def observe_request(self, model: str, endpoint: str, code: int | str, seconds: float, *,
+    def observe_request(self, model: str, endpoint: str, code: int | str, seconds: float | None, *,
                         protocol: Literal["http", "grpc"] = "http") -> None:
-        """``code``: an HTTP status (an error from 400), or a gRPC status name (an error unless OK)."""
+        """``code``: an HTTP status (an error from 400), or a gRPC status name (an error unless OK);
+        ``seconds`` None for a call that was never timed (one refused by routing)."""
         self.requests.labels(model, endpoint, protocol, str(code)).inc()
         if code != "OK" and (isinstance(code, str) or code >= 400):
             self.errors.labels(model, endpoint, protocol, str(code)).inc()
-        self.latency.labels(model, endpoint, protocol).observe(seconds)
+        if seconds is not None:
+            self.latency.labels(model, endpoint, protocol).observe(seconds)
 
-    def batch_observer(self, model: str) -> Callable[[int], None]:
-        return self.batch_size.labels(model).observe
+    def observe_batch(self, model: str, rows: int) -> None:
+        self.batch_size.labels(model).observe(rows)
 
     def track_queue(self, model: str, depth: Callable[[], int]) -> None:
         self.queue_depth.labels(model).set_function(depth)
+
+    def forget(self, model: str) -> None:
+        """An unloaded model's queue gauge goes (its counters stay: they are history)."""
+        self.queue_depth.remove(model)
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

@@ -63,6 +63,30 @@ _MODEL_METADATA = {
                    "outputs": {"type": "array", "items": _TENSOR_META},
                    "parameters": _PARAMETERS},
 }
+_DURATION = {"type": "object", "required": ["count", "ns"],
+             "properties": {"count": {"type": "integer"}, "ns": {"type": "integer"}}}
+_STATISTICS = {
+    "type": "object", "required": ["model_stats"],
+    "properties": {"model_stats": {"type": "array", "items": {
+        "type": "object",
+        "required": ["name", "version", "last_inference", "inference_count", "execution_count",
+                     "inference_stats", "batch_stats"],
+        "properties": {
+            "name": {"type": "string"}, "version": {"type": "string"},
+            "last_inference": {"type": "integer"}, "inference_count": {"type": "integer"},
+            "execution_count": {"type": "integer"},
+            "inference_stats": {"type": "object", "additionalProperties": _DURATION},
+            "batch_stats": {"type": "array", "items": {
+                "type": "object", "required": ["batch_size"],
+                "properties": {"batch_size": {"type": "integer"}, "compute_input": _DURATION,
+                               "compute_infer": _DURATION, "compute_output": _DURATION}}},
+        },
+    }}},
+}
+_INDEX = {"type": "array", "items": {
+    "type": "object", "required": ["name", "state"],
+    "properties": {"name": {"type": "string"}, "version": {"type": "string"},
+                   "state": {"type": "string"}, "reason": {"type": "string"}}}}
 _CLASSIFY_RESPONSE = {
     "type": "object", "required": ["model_name", "classes"],
     "properties": {"model_name": {"type": "string"}, "classes": {"type": "array", "items": {
@@ -92,17 +116,37 @@ def openapi_document(model_names: Sequence[str]) -> dict[str, Any]:
     name = {"name": "name", "in": "path", "required": True,
             "schema": {"type": "string", "enum": list(model_names)}}
     models = "/v2/models/{name}"
-    empty = {"description": "yes"}
+
+    def flag(key: str, *required: str) -> dict[str, Any]:
+        schema = {"type": "object", "required": [*required, key],
+                  "properties": {key: {"type": "boolean"}, **{r: {"type": "string"} for r in required}}}
+        return _json(schema, f"{{{key!r}: bool}}")
     return {
         "openapi": "3.0.3",
         "info": {"title": "m2pt-serve", "version": "2",
                  "description": "KServe v2 inference protocol (Triton flavour) over ONNX Runtime"},
         "paths": {
             "/v2": _get(_json({"type": "object"}, "server metadata")),
-            "/v2/health/live": _get(empty),
-            "/v2/health/ready": _get(empty, 503),
+            "/v2/health/live": _get(flag("live")),
+            "/v2/health/ready": {"get": {"responses": {"200": flag("ready"), "503": flag("ready")}}},
             models: {"parameters": [name], **_get(_json(_MODEL_METADATA, "model metadata"), 404)},
-            f"{models}/ready": {"parameters": [name], **_get(empty, 404, 503)},
+            f"{models}/ready": {"parameters": [name], "get": {"responses": {
+                "200": flag("ready", "name"), "503": flag("ready", "name"), **_errors(404)}}},
+            f"{models}/stats": {"parameters": [name],
+                                **_get(_json(_STATISTICS, "the statistics extension"), 404)},
+            "/v2/models/stats": _get(_json(_STATISTICS, "every model's statistics")),
+            "/v2/repository/index": {"post": {
+                "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"ready": {"type": "boolean"}}}}}},
+                "responses": {"200": _json(_INDEX, "the repository's models"), **_errors(400, 408, 413)},
+            }},
+            **{f"/v2/repository/models/{{name}}/{action}": {"parameters": [name], "post": {
+                "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"parameters": _PARAMETERS}}}}},
+                "responses": {"200": _json({"type": "object", "required": ["name", action]},
+                                           f"model {action}ed"),
+                              **_errors(400, 404, 408, 413, 503)},
+            }} for action in ("load", "unload")},
             f"{models}/config": {"parameters": [name],
                                  **_get(_json({"type": "object"}, "Triton-style config"), 404)},
             f"{models}/infer": {"parameters": [name], "post": {

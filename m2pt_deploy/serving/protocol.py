@@ -140,6 +140,33 @@ def _refuse_constant(token: str) -> float:
                         "are refused (m2pt-serve --allow-nonfinite accepts them)")
 
 
+_CONSTANTS = (b"NaN", b"Infinity", b"-Infinity")
+
+
+def _fast_loads(header: bytes) -> Any:
+    """``header`` parsed by orjson, or None when orjson is not installed.
+
+    NOTE a C JSON parser holds the GIL for the whole parse, so the event loop (health probes
+    included) waits out every large body's parse: json.loads takes 1.7 s for 7.5 M numbers on the
+    development machine, orjson 0.5 s, with the same floats. A refusal is decided from orjson's own
+    error, never by parsing the body a second time.
+    """
+    try:
+        import orjson
+    except ImportError:
+        return None
+    try:
+        return orjson.loads(header)
+    except orjson.JSONDecodeError as e:
+        token = next((t for t in _CONSTANTS if header[e.pos:e.pos + len(t)] == t), None)
+        if token is not None:
+            _refuse_constant(token.decode())
+        if "infinity" in e.msg:  # a number past float64's range, which json.loads reads as Inf
+            raise ProtocolError("request holds a number past FP64's range, which is Inf; NaN and Inf "
+                                "inputs are refused (m2pt-serve --allow-nonfinite accepts them)") from None
+        raise ProtocolError(f"request is not valid JSON: {e}") from None
+
+
 def _parse_json(header: bytes, *, max_depth: int, max_elements: int,
                 allow_nonfinite: bool) -> dict[str, Any]:
     # Both bounds are decided before json.loads builds anything: deep nesting would recurse
@@ -149,8 +176,10 @@ def _parse_json(header: bytes, *, max_depth: int, max_elements: int,
     if header.count(b",") + 1 > max_elements:
         raise ProtocolError(f"request JSON has more than {max_elements} elements; send large "
                             "tensors with the binary tensor data extension")
+    doc = _fast_loads(header) if not allow_nonfinite else None
     try:
-        doc = json.loads(header, parse_constant=None if allow_nonfinite else _refuse_constant)
+        if doc is None:
+            doc = json.loads(header, parse_constant=None if allow_nonfinite else _refuse_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ProtocolError(f"request is not valid JSON: {e}") from None
     except RecursionError:  # not reachable past json_depth; kept so it can never be a 500

@@ -24,6 +24,7 @@ from m2pt_deploy.serving.protocol import TensorSpec
 __all__ = [
     "PROVIDER_ALIASES",
     "OrtModel",
+    "RepositoryLoader",
     "find_models",
     "load_models",
     "resolve_providers",
@@ -169,3 +170,26 @@ def load_models(path: str | os.PathLike[str], *, providers: Sequence[str],
                        threads=threads)
         for name, (onnx_path, version, max_batch) in find_models(path).items()
     }
+
+
+class RepositoryLoader:
+    """Loads one model of a repository by name, from what the folder holds now (explicit model
+    control: a folder added or a new version written after start-up is found at load time)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, providers: Sequence[str], threads: int = 0) -> None:
+        self.path, self.providers, self.threads = Path(path), list(providers), threads
+
+    def names(self) -> list[str]:
+        """The models the repository holds now (none, rather than an error, when it is empty)."""
+        try:
+            return sorted(find_models(self.path))
+        except M2ptError:
+            return []
+
+    def __call__(self, name: str) -> OrtModel:
+        found = find_models(self.path).get(name)
+        if found is None:
+            raise M2ptError(f"no model '{name}' (no {name}/<version>/model.onnx)", self.path)
+        onnx_path, version, max_batch = found
+        return OrtModel(name, onnx_path, providers=self.providers, version=version, max_batch=max_batch,
+                        threads=self.threads)

@@ -15,10 +15,12 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.serving.app import ServeConfig, ServerState, create_app
+from m2pt_deploy.serving.app import create_app
+from m2pt_deploy.serving.core import ServeConfig, ServerState
 
 __all__ = ["bind", "is_loopback", "run_server", "serve"]
 
@@ -110,6 +112,29 @@ def run_server(
     _Server(config).run(sockets=[sock])
 
 
+def _initial_state(path: str, config: ServeConfig, providers: Sequence[str], threads: int,
+                   model_control: str, load_model: Sequence[str]) -> ServerState:
+    """Every model of ``path`` (control "none"), or those ``load_model`` names (control
+    "explicit", as Triton's ``--load-model``; ``*``: all), with a loader for the rest."""
+    from m2pt_deploy.serving.runtime import RepositoryLoader, load_models
+
+    if model_control == "none":
+        if load_model:
+            raise M2ptError("--load-model needs --model-control-mode explicit (without it every model "
+                            "of the repository is loaded)")
+        return ServerState(load_models(path, providers=providers, threads=threads), config)
+    if not Path(path).is_dir():
+        raise M2ptError("--model-control-mode explicit needs a model repository folder", path)
+    loader = RepositoryLoader(path, providers=providers, threads=threads)
+    names = loader.names()
+    chosen = names if "*" in load_model else list(dict.fromkeys(load_model))
+    missing = [n for n in chosen if n not in names]
+    if missing:
+        raise M2ptError(f"--load-model {missing[0]}: no such model in the repository (it holds "
+                        f"{', '.join(names) or 'none'})", path)
+    return ServerState({n: loader(n) for n in chosen}, config, loader=loader)
+
+
 def serve(
     model: str,
     config: ServeConfig,
@@ -122,6 +147,8 @@ def serve(
     drain_timeout_s: float = 30.0,
     log_level: str = "warning",
     api_key_env: str = "M2PT_SERVE_API_KEY",
+    model_control: Literal["none", "explicit"] = "none",
+    load_model: Sequence[str] = (),
 ) -> None:
     """``m2pt-serve``: load ``model`` (an .onnx file or a Triton-layout repository), bind, and
     serve KServe v2 over HTTP (and gRPC unless ``grpc_port`` is None) until SIGTERM / SIGINT.
@@ -129,7 +156,7 @@ def serve(
     Prints one line per model, then ``serving on http://HOST:PORT`` once both protocols listen
     and the batchers run (what scripts wait for), and ``stopped`` after the drain.
     """
-    from m2pt_deploy.serving.runtime import load_models, resolve_providers
+    from m2pt_deploy.serving.runtime import resolve_providers
 
     for flag, value in (("--port", port), ("--grpc-port", grpc_port)):
         if value is not None and not 0 <= value <= 65535:
@@ -140,10 +167,13 @@ def serve(
         require_grpc()
     if threads < 0:
         raise M2ptError(f"--threads {threads}: expected 0 or more")
-    models = load_models(model, providers=resolve_providers(providers), threads=threads)
-    state = ServerState(models, config)
+    state = _initial_state(model, config, resolve_providers(providers), threads, model_control, load_model)
     sock = bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
+    models = state.models
+    if state.loader is not None:
+        print(f"repository {state.loader.path}: {len(state.loader.names())} models, {len(models)} loaded "
+              "(explicit model control)", flush=True)
     for m in models.values():
         print(f"model {m.name} (version {m.version}) from {m.path} on {', '.join(m.providers)}; max batch "
               f"{state.batchers[m.name].max_batch}, max delay {config.max_delay_ms:g} ms", flush=True)

@@ -177,5 +177,9 @@ def test_point_and_video_models_get_trt_hand_off_and_triton_repositories(point_c
     code, stdout, err = export(["--format", "triton", str(video_ckpt), "-o", str(tmp_path / "repo"),
                                 "--name", "clips"], capsys)
     assert code == 0, err
-    config = (tmp_path / "repo" / "clips" / "config.pbtxt").read_text()
-    assert "dims: [ 3, 4, 32, 32 ]" in config
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = text_format.Parse((tmp_path / "repo" / "clips" / "config.pbtxt").read_text(),
+                               model_config_pb2.ModelConfig())
+    assert [list(t.dims) for t in config.input] == [[3, 4, 32, 32]]

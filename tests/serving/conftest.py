@@ -163,7 +163,8 @@ def start_inproc_server(model, **config):
     returns ``(url, server, thread)``; stop with ``server.should_exit = True`` and a join."""
     import uvicorn
 
-    from m2pt_deploy.serving.app import ServeConfig, ServerState, create_app
+    from m2pt_deploy.serving.app import create_app
+    from m2pt_deploy.serving.core import ServeConfig, ServerState
     from m2pt_deploy.serving.server import bind
 
     sock = bind("127.0.0.1", 0)
@@ -180,7 +181,7 @@ def start_inproc_server(model, **config):
 def start_inproc_servers(model, **config):
     """Serve ``model`` as "vit" over HTTP and gRPC from one event loop in a thread, as m2pt-serve
     does; returns ``(url, grpc_target, server, thread)``; stop as for :func:`start_inproc_server`."""
-    from m2pt_deploy.serving.app import ServeConfig, ServerState
+    from m2pt_deploy.serving.core import ServeConfig, ServerState
     from m2pt_deploy.serving.server import bind, run_server
 
     sock = bind("127.0.0.1", 0)

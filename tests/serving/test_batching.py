@@ -193,8 +193,8 @@ def test_a_failing_model_fails_its_batch_only():
     assert float(run(main())["y"][0, 0]) == 1.0
 
 
-def test_batch_observer_sees_each_calls_rows():
-    seen: list[int] = []
+def test_batch_observer_sees_each_calls_rows_and_timings():
+    seen: list = []
 
     async def main():
         batcher = DynamicBatcher(Model(), max_batch=8, max_delay_s=0, max_queue=8, on_batch=seen.append)
@@ -203,7 +203,9 @@ def test_batch_observer_sees_each_calls_rows():
         await batcher.close()
 
     run(main())
-    assert seen == [3]
+    (call,) = seen
+    assert call.rows == 3 and len(call.queue_ns) == 1
+    assert min(call.queue_ns[0], call.input_ns, call.infer_ns, call.output_ns) >= 0
 
 
 def test_a_lone_request_does_not_wait_out_the_batching_window():

@@ -77,3 +77,17 @@ def test_entrypoint_prints_no_traceback(tmp_path):
     assert result.returncode == EXIT_BAD_INPUT
     assert result.stderr == f"error: {tmp_path / 'x.onnx'}: no such file or directory\n"
     assert "Traceback" not in result.stderr
+
+
+def test_model_control_refusals(tmp_path, tiny_onnx, capsys):
+    from m2pt_deploy.export.triton import write_triton_repository
+
+    assert refuse([str(tiny_onnx), "--load-model", "vit"], capsys) == (
+        "error: --load-model needs --model-control-mode explicit (without it every model of the "
+        "repository is loaded)")
+    assert refuse([str(tiny_onnx), "--model-control-mode", "explicit"], capsys) == (
+        f"error: {tiny_onnx}: --model-control-mode explicit needs a model repository folder")
+    repo = tmp_path / "models"
+    write_triton_repository(tiny_onnx, repo, name="vit")
+    assert refuse([str(repo), "--model-control-mode", "explicit", "--load-model", "nope"], capsys) == (
+        f"error: {repo}: --load-model nope: no such model in the repository (it holds vit)")

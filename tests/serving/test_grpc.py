@@ -167,8 +167,8 @@ def test_unknown_model_metadata_and_unimplemented_methods(client, stub):
         "StatusCode.NOT_FOUND", "unknown model 'nope'; serving vit")
     assert client.is_model_ready("nope") is False  # as Triton: not ready, no error
     assert client.is_model_ready("vit", "7") is False
-    assert status_of(lambda: client.get_inference_statistics("vit")) == (
-        "StatusCode.UNIMPLEMENTED", "ModelStatistics is not implemented by m2pt-serve")
+    assert status_of(lambda: client.get_cuda_shared_memory_status()) == (
+        "StatusCode.UNIMPLEMENTED", "CudaSharedMemoryStatus is not implemented by m2pt-serve")
 
 
 def test_message_over_the_body_limit_is_refused_before_work(serve_process, tiny_onnx):

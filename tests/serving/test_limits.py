@@ -288,7 +288,7 @@ def test_large_bodies_are_parsed_one_at_a_time_and_small_ones_beside_them() -> N
     import threading
     import time as clock
 
-    from m2pt_deploy.serving.app import LARGE_PARSE_BYTES, off_loop
+    from m2pt_deploy.serving.core import LARGE_PARSE_BYTES, off_loop
 
     running, peak, lock = [0], [0], threading.Lock()
     order: list[str] = []

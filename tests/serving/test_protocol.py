@@ -166,3 +166,41 @@ def test_validation_accepts_any_batch_and_rejects_each_mismatch():
         with pytest.raises(ProtocolError) as info:
             _validate(**kwargs)
         assert message in info.value.message, (kwargs, info.value.message)
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP64", "INT64"])
+def test_orjson_reads_exactly_what_json_reads(monkeypatch, datatype):
+    """Large JSON bodies are parsed with orjson (the GIL is held 3x shorter); it must give the
+    very same values as the json module, bit for bit, subnormals and extremes included."""
+    pytest.importorskip("orjson", reason="orjson is a serve dependency; this compares it with json")
+    rng = np.random.default_rng(3)
+    if datatype == "INT64":
+        values = [int(v) for v in rng.integers(-(2**63), 2**63 - 1, 2000, dtype=np.int64)]
+    else:
+        exponents = rng.uniform(-320 if datatype == "FP64" else -45, 300 if datatype == "FP64" else 38, 2000)
+        values = (rng.choice([-1.0, 1.0], 2000) * rng.random(2000) * 10.0 ** exponents).tolist()
+        values += [0.0, -0.0, 1.401298464324817e-45, 3.4028234663852886e38]  # FP32's extremes
+        if datatype == "FP64":
+            values += [5e-324, 1.7976931348623157e308]
+    body = json_request(values, [len(values)], datatype)
+    fast = parse_infer_request(body).inputs["pixel_values"]
+    monkeypatch.setitem(__import__("sys").modules, "orjson", None)  # import orjson now fails
+    slow = parse_infer_request(body).inputs["pixel_values"]
+    assert fast.dtype == slow.dtype == DATATYPES[datatype]
+    np.testing.assert_array_equal(fast.view(np.uint8), slow.view(np.uint8))
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b'{"inputs": [', "request is not valid JSON: "),
+    (json_request([1.0, float("nan")], [2]), "request holds NaN, which JSON does not have"),
+    (json_request([float("-inf")], [1]), "Infinity, which JSON does not have"),
+    (b'{"inputs": [{"name": "pixel_values", "shape": [1], "datatype": "FP64", "data": [1e400]}]}',
+     "past FP64's range"),
+])
+def test_refusals_read_the_same_with_and_without_orjson(monkeypatch, body, message):
+    for orjson in ("installed", None):
+        if orjson is None:
+            monkeypatch.setitem(__import__("sys").modules, "orjson", None)
+        with pytest.raises(ProtocolError) as info:
+            parse_infer_request(body)
+        assert info.value.status == 400 and message in info.value.message, (orjson, info.value.message)

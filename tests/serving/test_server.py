@@ -227,6 +227,10 @@ def test_api_key_is_required_except_for_health_probes(guarded, reference_session
     assert http("POST", url, x, {"X-API-Key": "s3cret-key"})[0] == 200
     assert http("GET", f"{guarded.url}/v2/health/live")[0] == 200
     assert http("GET", f"{guarded.url}/v2/health/ready")[0] == 200
+    _, _, metrics = http("GET", f"{guarded.url}/metrics", headers={"X-API-Key": "s3cret-key"})
+    # the four refusals above are counted, before routing, under endpoint "unauthorized"
+    assert ('m2pt_requests_total{code="401",endpoint="unauthorized",model="",protocol="http"} 4.0'
+            in metrics.decode())
     client = tritonclient_http.InferenceServerClient(guarded.host_port)
     xs = pixels(2)
     got = triton_infer(client, xs, binary=True, headers={"Authorization": "Bearer s3cret-key"})

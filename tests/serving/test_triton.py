@@ -234,3 +234,15 @@ def test_a_kserve_inference_service_is_written_for_the_repository(tmp_path, tiny
     gpu = write_triton_repository(tiny_onnx, tmp_path / "repo", name="g", instance_kind="KIND_GPU")
     limits = yaml.safe_load((gpu / "inferenceservice.yaml").read_text())["spec"]["predictor"]["model"]["resources"]
     assert limits == {"limits": {"nvidia.com/gpu": "1"}}
+
+
+def test_without_tritonclient_the_export_is_refused_before_any_work(tmp_path, monkeypatch):
+    """config.pbtxt is built with Triton's schema, which ships in tritonclient[grpc]."""
+    from m2pt_deploy.export.triton import check_model_folder
+
+    monkeypatch.setitem(__import__("sys").modules, "tritonclient.grpc", None)
+    with pytest.raises(M2ptError) as info:
+        check_model_folder(tmp_path / "repo", "vit")
+    assert str(info.value) == ("a Triton model repository is written with Triton's model_config schema, "
+                               "which ships in tritonclient[grpc]: pip install 'm2pt-deploy[triton]'")
+    assert not (tmp_path / "repo").exists()

@@ -50,6 +50,11 @@ KNOWN_DIFFERENCES: dict[str, tuple[str, str]] = {
     "http nan input": ("400 error", "200 outputs"),
     "grpc nan input": ("grpc INVALID_ARGUMENT", "grpc OK"),
     "http unknown model ready": ("404 error", "400 error"),
+    "http unknown model statistics": ("404 error", "400 error"),
+    "grpc unknown model statistics": ("grpc NOT_FOUND", "grpc INVALID_ARGUMENT"),
+    "http live": ("200 json", "200 empty"),
+    "http ready": ("200 json", "200 empty"),
+    "http model ready": ("200 json", "200 empty"),
 }
 
 
@@ -265,6 +270,13 @@ def _get(path: str):
     return send
 
 
+def _post(path: str, body: bytes):
+    def send(url: str, target: str) -> tuple[str, np.ndarray | None]:
+        status, headers, answer = http("POST", f"{url}{path}", body, {"Content-Type": "application/json"})
+        return _http_outcome(status, headers, answer)
+    return send
+
+
 def _grpc_infer(x: np.ndarray, *, model: str = "vit", datatype: str = "FP32", name: str = "pixel_values",
                 shape: list[int] | None = None, output: str | None = None, cut: int = 0):
     def send(url: str, target: str) -> tuple[str, np.ndarray | None]:
@@ -314,6 +326,10 @@ CASES: dict[str, Callable[[str, str], tuple[str, np.ndarray | None]]] = {
     "http unknown model": _infer_http(_json_body(_pixels(1)), model="nope"),
     "http unknown model metadata": _get("/v2/models/nope"),
     "http unknown model ready": _get("/v2/models/nope/ready"),
+    "http statistics": _get("/v2/models/vit/stats"),
+    "http all statistics": _get("/v2/models/stats"),
+    "http unknown model statistics": _get("/v2/models/nope/stats"),
+    "http repository index": _post("/v2/repository/index", b"{}"),
     "http wrong shape": _infer_http(_json_body(_pixels(1)[:, :, :16])),
     "http wrong datatype": _infer_http(_json_body(_pixels(1).astype(np.float64), datatype="FP64")),
     "http wrong input name": _infer_http(_json_body(_pixels(1), name="x")),
@@ -327,6 +343,9 @@ CASES: dict[str, Callable[[str, str], tuple[str, np.ndarray | None]]] = {
     "grpc unknown model": _grpc_infer(_pixels(1), model="nope"),
     "grpc unknown model metadata": _grpc_call("ModelMetadata", service_pb2.ModelMetadataRequest(name="nope")),
     "grpc unknown model ready": _grpc_call("ModelReady", service_pb2.ModelReadyRequest(name="nope")),
+    "grpc statistics": _grpc_call("ModelStatistics", service_pb2.ModelStatisticsRequest(name="vit")),
+    "grpc unknown model statistics": _grpc_call("ModelStatistics", service_pb2.ModelStatisticsRequest(name="nope")),
+    "grpc repository index": _grpc_call("RepositoryIndex", service_pb2.RepositoryIndexRequest()),
     "grpc wrong shape": _grpc_infer(_pixels(1), shape=[1, 3, 16, 64]),
     "grpc wrong datatype": _grpc_infer(_pixels(1).view(np.int32), datatype="INT32"),
     "grpc wrong input name": _grpc_infer(_pixels(1), name="x"),
@@ -390,6 +409,34 @@ def test_metadata_and_config_agree(both):
     mine, theirs = described(ours.url, ours.grpc_target), described(triton.url, triton.grpc_target)
     assert mine == theirs
     assert mine[2]["max_batch_size"] == MAX_BATCH
+
+
+def _shape_of(doc):
+    """The key structure of a JSON document: what a schema fixes, not the values."""
+    if isinstance(doc, dict):
+        return {k: _shape_of(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_shape_of(doc[0])] if doc else []
+    return type(doc).__name__
+
+
+def test_statistics_and_repository_index_have_tritons_schema(both):
+    """After the same inference on each, both answer the statistics and the index alike."""
+    import tritonclient.http as httpclient
+
+    answers = []
+    for server in both:
+        with httpclient.InferenceServerClient(server.url.removeprefix("http://")) as client:
+            x = httpclient.InferInput("pixel_values", [1, 3, 32, 32], "FP32")
+            x.set_data_from_numpy(_pixels(1))
+            client.infer("vit", [x])
+            (stats,) = client.get_inference_statistics("vit")["model_stats"]
+            answers.append((stats, client.get_model_repository_index()))
+    (mine, my_index), (theirs, their_index) = answers
+    assert _shape_of(mine) == _shape_of(theirs)
+    assert {k: mine[k] for k in ("name", "version")} == {k: theirs[k] for k in ("name", "version")}
+    assert mine["batch_stats"][0]["batch_size"] == theirs["batch_stats"][0]["batch_size"] == 1
+    assert my_index == their_index == [{"name": "vit", "version": "1", "state": "READY"}]
 
 
 def test_docs_list_every_known_difference():
