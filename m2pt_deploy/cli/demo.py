@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_version(p)
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (demo-out)")
     p.add_argument("--epochs", type=int, default=30, help="training epochs of each run (30)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the initial weights, the split and the batch order of both runs (0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
