@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -311,10 +312,18 @@ def export_triton(
     repo = Path(repository or source.parent / "model_repository")
     name = name or source.stem
     check_model_folder(repo, name, force=force)
+    # NOTE: the ONNX is exported and verified in a temporary folder, then copied byte for byte
+    # into the model folder (or, failing, kept beside the repository); its lines are shown once
+    # it is there, naming the file the user keeps rather than the temporary one.
+    shown: list[object] = []
     with tempfile.TemporaryDirectory(prefix="m2pt-triton-") as tmp:
-        exported = export_onnx(checkpoint, Path(tmp) / "model.onnx", force=force, show=show, **onnx_options)
+        staged = Path(tmp) / "model.onnx"
+        exported = export_onnx(checkpoint, staged, force=force, show=shown.append, **onnx_options)
         if not exported.passed:
-            return ExportResult((), exported.verdict, kept=None)
+            failed = repo.parent / f"{name}.failed-verification"
+            shutil.copytree(tmp, failed, dirs_exist_ok=True)
+            _show_as(show, shown, staged, failed / staged.name)
+            return ExportResult((), exported.verdict, kept=failed / staged.name)
         precision = trt_accelerator.upper() if trt_accelerator else None
         with step(f"writing Triton model {name} into {repo}"):
             model_dir = write_triton_repository(
@@ -322,6 +331,12 @@ def export_triton(
                 instance_kind=instance_kind, tensorrt_precision=precision,  # type: ignore[arg-type]
                 engine=engine, storage_uri=storage_uri, force=force,
             )
+    _show_as(show, shown, staged, model_dir / "1" / staged.name)
     show(f"wrote {model_dir} (KServe: copy {repo} to {storage_uri}, then "
          f"kubectl apply -f {model_dir / 'inferenceservice.yaml'})")
     return ExportResult((model_dir, model_dir / "inferenceservice.yaml"), exported.verdict)
+
+
+def _show_as(show: Show, lines: list[object], staged: Path, kept: Path) -> None:
+    for line in lines:
+        show(str(line).replace(str(staged), str(kept)))

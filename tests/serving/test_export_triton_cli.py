@@ -39,3 +39,51 @@ def test_accelerator_on_cpu_instances_is_refused_and_nothing_is_written(m2pt_ckp
     assert code == EXIT_BAD_INPUT
     assert "TensorRT accelerator needs the onnxruntime platform on KIND_GPU" in err.splitlines()[-1]
     assert not repo.exists() or not any(repo.iterdir())
+
+
+def _named_paths(text: str) -> list[Path]:
+    return [Path(word.rstrip(",)")) for word in text.split() if word.startswith("/")]
+
+
+def test_the_printed_lines_name_the_files_the_user_keeps(m2pt_ckpt: Path, tmp_path: Path, capsys) -> None:
+    """The ONNX is verified in a temporary folder; what is printed names its copy in the model folder."""
+    repo = tmp_path / "models"
+    code = run_main(main, ["--format", "triton", str(m2pt_ckpt), "-o", str(repo), "--name", "vit"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    onnx_file = repo / "vit" / "1" / "model.onnx"
+    assert f"wrote {onnx_file}\n" in out and f"verify {onnx_file} against {m2pt_ckpt}" in out
+    assert "m2pt-triton-" not in out
+    named = _named_paths(out)
+    assert onnx_file in named and all(p.exists() for p in named), [p for p in named if not p.exists()]
+
+
+def test_a_failed_verification_keeps_the_export_where_the_lines_say(m2pt_ckpt: Path, tmp_path: Path, capsys,
+                                                                    monkeypatch) -> None:
+    import m2pt_deploy.verify
+
+    real = m2pt_deploy.verify.verify_onnx
+
+    class Failed:
+        def __init__(self, report) -> None:
+            self.report = report
+
+        def __bool__(self) -> bool:
+            return False
+
+        def __str__(self) -> str:
+            return str(self.report).replace("PASSED", "FAILED")
+
+        def to_dict(self) -> dict:
+            return self.report.to_dict()
+
+    monkeypatch.setattr(m2pt_deploy.verify, "verify_onnx", lambda *a, **k: Failed(real(*a, **k)))
+    repo = tmp_path / "models"
+    code = run_main(main, ["--format", "triton", str(m2pt_ckpt), "-o", str(repo), "--name", "vit"])
+    out, err = capsys.readouterr()
+    kept = tmp_path / "vit.failed-verification" / "model.onnx"
+    assert code == 1
+    assert f"verification FAILED; the export is kept at {kept} for inspection" in err
+    assert f"wrote {kept}\n" in out and f"verify {kept} against" in out and "m2pt-triton-" not in out
+    assert kept.stat().st_size > 0 and all(p.exists() for p in _named_paths(out))
+    assert not (repo / "vit").exists()
