@@ -48,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {name:<20} final {run.history[-1]['val_acc']:.4f}   best {run.best_val_acc:.4f}")
     print(f"\ncheckpoint {result.pathway.best}\nmerged     {result.merged}\nonnx       {result.onnx}")
     print(f"curves     {result.pathway.out_dir / 'curves.png'}")
-    print(f"comparison {result.plot}  (validation accuracy with vs without the pathway, learned λ)\n")
+    print(f"comparison {result.plot}  (validation accuracy with vs without the pathway, learned λ)")
+    print(f"report     {result.summary}  (these figures as JSON; scripts/readme_demo_table.py renders them)\n")
     print(result.report)
     return EXIT_OK if result.report else EXIT_CHECK_FAILED
 
