@@ -322,7 +322,7 @@ def export_triton(
         if not exported.passed:
             failed = repo.parent / f"{name}.failed-verification"
             shutil.copytree(tmp, failed, dirs_exist_ok=True)
-            _show_as(show, shown, staged, failed / staged.name)
+            _show_as(show, shown, staged, failed / staged.name, report=onnx_options.get("report"))
             return ExportResult((), exported.verdict, kept=failed / staged.name)
         precision = trt_accelerator.upper() if trt_accelerator else None
         with step(f"writing Triton model {name} into {repo}"):
@@ -331,12 +331,18 @@ def export_triton(
                 instance_kind=instance_kind, tensorrt_precision=precision,  # type: ignore[arg-type]
                 engine=engine, storage_uri=storage_uri, force=force,
             )
-    _show_as(show, shown, staged, model_dir / "1" / staged.name)
+    _show_as(show, shown, staged, model_dir / "1" / staged.name, report=onnx_options.get("report"))
     show(f"wrote {model_dir} (KServe: copy {repo} to {storage_uri}, then "
          f"kubectl apply -f {model_dir / 'inferenceservice.yaml'})")
     return ExportResult((model_dir, model_dir / "inferenceservice.yaml"), exported.verdict)
 
 
-def _show_as(show: Show, lines: list[object], staged: Path, kept: Path) -> None:
+def _show_as(show: Show, lines: list[object], staged: Path, kept: Path, *,
+             report: str | os.PathLike[str] | None) -> None:
+    """``lines`` shown, and the JSON ``report`` rewritten, naming ``kept`` where they named ``staged``."""
     for line in lines:
         show(str(line).replace(str(staged), str(kept)))
+    if report and Path(report).is_file():
+        text = Path(report).read_text()
+        with atomic_output(report, force=True) as tmp:
+            tmp.write_text(text.replace(json.dumps(str(staged))[1:-1], json.dumps(str(kept))[1:-1]))

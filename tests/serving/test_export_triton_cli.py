@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from m2pt_deploy.cli.common import EXIT_BAD_INPUT, run_main
@@ -47,12 +48,14 @@ def _named_paths(text: str) -> list[Path]:
 
 def test_the_printed_lines_name_the_files_the_user_keeps(m2pt_ckpt: Path, tmp_path: Path, capsys) -> None:
     """The ONNX is verified in a temporary folder; what is printed names its copy in the model folder."""
-    repo = tmp_path / "models"
-    code = run_main(main, ["--format", "triton", str(m2pt_ckpt), "-o", str(repo), "--name", "vit"])
+    repo, report = tmp_path / "models", tmp_path / "report.json"
+    code = run_main(main, ["--format", "triton", str(m2pt_ckpt), "-o", str(repo), "--name", "vit",
+                           "--report", str(report)])
     out, err = capsys.readouterr()
     assert code == 0, err
     onnx_file = repo / "vit" / "1" / "model.onnx"
     assert f"wrote {onnx_file}\n" in out and f"verify {onnx_file} against {m2pt_ckpt}" in out
+    assert json.loads(report.read_text())["onnx"] == str(onnx_file)
     assert "m2pt-triton-" not in out
     named = _named_paths(out)
     assert onnx_file in named and all(p.exists() for p in named), [p for p in named if not p.exists()]
