@@ -47,8 +47,11 @@ def _build_wheel(tmp: Path) -> Path:
         else:
             shutil.copy2(ROOT / name, src / name)
     # Offline and fast: this environment's setuptools (torch requires >= 77, as the build does).
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-          "-w", tmp / "dist", src], cwd=tmp)
+    # -v shows the backend's output, where setuptools prints its deprecation warnings.
+    done = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-v",
+                 "-w", tmp / "dist", src], cwd=tmp)
+    warnings = sorted(set(re.findall(r"\b\w+Warning\b: .*", done.stdout + done.stderr)))
+    assert not warnings, warnings  # e.g. "`project.license` as a TOML table is deprecated"
     (wheel,) = (tmp / "dist").glob("m2pt_deploy-*.whl")
     return wheel
 
