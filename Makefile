@@ -34,7 +34,7 @@ bench: $(STAMP)
 	$(BIN)/m2pt-bench --out bench-out
 
 lint: $(STAMP)
-	$(BIN)/ruff check m2pt_deploy tests
+	$(BIN)/ruff check m2pt_deploy tests scripts
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

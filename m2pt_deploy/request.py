@@ -245,7 +245,7 @@ class ExportRequest:
         if self.format == "triton":
             check_output_folder(out.parent)
             if out.exists() and not self.force:
-                raise M2ptError("output exists; pass --force to overwrite it", out)
+                raise M2ptError("model folder exists; pass --force to replace it", out)
         else:
             check_output_path(out, force=self.force)
         if self.format == "trt":

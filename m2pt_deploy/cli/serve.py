@@ -32,7 +32,7 @@ _EPILOG = """\
 examples:
   m2pt-serve vit.onnx                                 # model "vit" on http://127.0.0.1:8000, gRPC on :8001
   m2pt-serve vit.onnx --port 0 --grpc-port 0          # free ports, both printed
-  m2pt-serve models/ --port 8001                      # a repository from m2pt-export --format triton
+  m2pt-serve models/ --port 8080 --grpc-port 8081    # a repository from m2pt-export --format triton
   m2pt-serve models/ --model-control-mode explicit --load-model vit   # others loaded on request
   M2PT_SERVE_API_KEY=secret m2pt-serve vit.onnx --host 0.0.0.0   # reachable from elsewhere: set a key
   m2pt-serve vit_int8_cpu.onnx --max-batch 16 --max-delay-ms 5 --threads 4
@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ONNX Runtime intra-op threads per model; 0 means one per physical core (default 0). "
                              "On a CPU shared with other work, 1 often beats spinning threads")
     parser.add_argument("--log-level", default="warning",
-                        choices=["critical", "error", "warning", "info", "debug"])
+                        choices=["critical", "error", "warning", "info", "debug"],
+                        help="log level of the HTTP server, uvicorn (default warning)")
     return parser
 
 

@@ -10,6 +10,7 @@ budget, is the baseline the report compares against.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,11 +27,13 @@ from m2pt_deploy.model.build import build_vanilla, load_strict
 from m2pt_deploy.model.checkpoint import load_checkpoint, save_checkpoint
 from m2pt_deploy.train import TrainConfig, TrainResult, train
 
-__all__ = ["AUX_ASSET", "COMPARISON", "DEMO_SPEC", "DemoResult", "comparison_figure", "demo_config", "run_demo",
-           "write_comparison", "write_digits"]
+__all__ = ["AUX_ASSET", "COMPARISON", "DEMO_SPEC", "REPORT", "DemoResult", "comparison_figure", "demo_config",
+           "demo_summary", "run_demo", "write_comparison", "write_digits"]
 
 AUX_ASSET = Path(__file__).parents[1] / "assets" / "aux_audio_vit.safetensors"
 COMPARISON = "comparison.png"
+#: The run's figures as JSON: what scripts/readme_demo_table.py renders into the README.
+REPORT = "demo.json"
 _BLOCK_LAYER = re.compile(r"^(?P<blocks>.+?)\.(?P<index>\d+)\.(?P<kind>.+)$")
 # Patch 2 on the native 8 × 8 digits: 16 tokens, the blocks of the audio aux (width 64, depth 4).
 DEMO_SPEC = ModelSpec(
@@ -50,6 +53,8 @@ class DemoResult:
     report: Any
     #: Validation accuracy with and without the pathway, and the learned λ (``comparison.png``).
     plot: Path | None = None
+    #: :func:`demo_summary` as written to ``demo.json``.
+    summary: Path | None = None
 
 
 def write_digits(path: Path) -> Path:
@@ -97,7 +102,30 @@ def run_demo(out: Path, *, epochs: int = 30, seed: int = 0, progress: bool = Tru
     ckpt = load_checkpoint(pathway.best)
     onnx_path = save_onnx(OnnxFromCheckpoint(ckpt)(), out / "model.onnx", force=True)
     report = verify_onnx(ckpt, onnx_path)
-    return DemoResult(pathway, baseline, merged, onnx_path, report, plot)
+    summary = _write_summary(out / REPORT, demo_summary(pathway, baseline, epochs=epochs, seed=seed,
+                                                        verified=bool(report)))
+    return DemoResult(pathway, baseline, merged, onnx_path, report, plot, summary)
+
+
+def demo_summary(pathway: TrainResult, baseline: TrainResult, *, epochs: int, seed: int,
+                 verified: bool) -> dict[str, Any]:
+    """What the demo measured, per run: final and best validation accuracy (and the per-epoch
+    curve), so that the README's table is rendered from a run, never typed."""
+
+    def run(result: TrainResult) -> dict[str, Any]:
+        return {"final_val_acc": result.history[-1]["val_acc"], "best_val_acc": result.best_val_acc,
+                "val_acc": [r["val_acc"] for r in result.history]}
+
+    return {"seed": seed, "epochs": epochs, "torch": torch.__version__, "verified": verified,
+            "pathway": run(pathway), "baseline": run(baseline)}
+
+
+def _write_summary(path: Path, summary: Mapping[str, Any]) -> Path:
+    from m2pt_deploy.fileio import atomic_output
+
+    with atomic_output(path, force=True) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    return path
 
 
 def _plot_accuracy(ax: Any, runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:

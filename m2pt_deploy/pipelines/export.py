@@ -397,7 +397,8 @@ def _export_triton(req: ExportRequest, checkpoint: CheckpointSource, show: Show)
         if verdict is not None and not verdict:
             return _settle(req, staged, verdict, show)
         if verdict is not None:
-            _write_report(req.report, _renamed(verdict, model_dir / "1" / "model.onnx").to_dict(), force=req.force)
+            verdict = _renamed(verdict, model_dir / "1" / "model.onnx")
+            _write_report(req.report, verdict.to_dict(), force=req.force)
             show(verdict)
         storage_uri = req.storage_uri or DEFAULT_STORAGE_URI
         with step(f"writing Triton model {name} into {repo}"):
@@ -407,8 +408,8 @@ def _export_triton(req: ExportRequest, checkpoint: CheckpointSource, show: Show)
                 tensorrt_precision=req.trt_accelerator.upper() if req.trt_accelerator else None,  # type: ignore[arg-type]
                 engine=req.engine, storage_uri=storage_uri, force=req.force,
             )
-    files = sorted(p for p in model_dir.rglob("*") if p.is_file())
-    show(f"wrote {model_dir}: " + ", ".join(str(p.relative_to(model_dir)) for p in files)
-         + ("" if verdict is not None else " (not verified: --no-verify)"))
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        show(f"wrote {path}" + ("" if verdict is not None or path.suffix != ".onnx" else
+                                " (not verified: --no-verify)"))
     show(f"KServe: copy {repo} to {storage_uri}, then kubectl apply -f {model_dir / 'inferenceservice.yaml'}")
     return ExportResult((model_dir, model_dir / "inferenceservice.yaml"), verdict)

@@ -54,3 +54,17 @@ def test_trained_checkpoint_exports_and_verifies_with_no_flags(demo_run: tuple[i
     meta = read_metadata(onnx.load(out))
     assert meta["m2pt_deploy.labels"] == [str(d) for d in range(10)]
     assert meta["m2pt_deploy.model.pathway"]["aux"][0]["modality"] == "audio"
+
+
+def test_demo_writes_the_figures_it_prints_as_json(demo_run: tuple[int, str, Path]) -> None:
+    """demo.json is what scripts/readme_demo_table.py renders into the README: the printed figures."""
+    import json
+
+    _, out, folder = demo_run
+    report = json.loads((folder / "demo.json").read_text())
+    assert (report["seed"], report["epochs"], report["verified"]) == (0, 1, True)
+    assert f"report     {folder / 'demo.json'}" in out
+    for name, key in (("with audio pathway", "pathway"), ("without pathway", "baseline")):
+        run = report[key]
+        assert f"{name:<20} final {run['final_val_acc']:.4f}   best {run['best_val_acc']:.4f}" in out
+        assert run["val_acc"][-1] == run["final_val_acc"] and max(run["val_acc"]) == run["best_val_acc"]
