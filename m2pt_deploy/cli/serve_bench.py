@@ -9,7 +9,9 @@ import sys
 from collections.abc import Sequence
 
 from m2pt_deploy.cli.common import EXIT_CHECK_FAILED, EXIT_OK, HelpFormatter, add_output_args, add_version, run_main
+from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.fileio import atomic_output, check_output_path
+from m2pt_deploy.filekind import require_onnx
 
 __all__ = ["build_parser", "entrypoint", "main"]
 
@@ -46,10 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from m2pt_deploy.bench.serving import run_serving_benchmark, serving_table
-
+    require_onnx(args.model)
     if args.output:
         check_output_path(args.output, force=args.force)
+    elif args.force:
+        raise M2ptError("--force overwrites the -o report; there is no -o")
+    from m2pt_deploy.bench.serving import run_serving_benchmark, serving_table
+
     report = run_serving_benchmark(
         args.model, serve_command=(sys.executable, "-m", "m2pt_deploy.cli.serve"), clients=tuple(args.clients),
         requests=args.requests, duration_s=args.duration_s,
