@@ -24,6 +24,7 @@ from m2pt_deploy import __version__
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.families import ModelFamily, ModelSpec, detect_family, get_family
 from m2pt_deploy.fileio import atomic_output, sha256_file
+from m2pt_deploy.filekind import file_kind
 from m2pt_deploy.model.pathway import LambdaKind
 from m2pt_deploy.model.torchfile import load_torch_file
 
@@ -166,7 +167,9 @@ def read_checkpoint_file(
         head = f.read(8)
     if len(head) < 8:
         raise M2ptError("truncated or empty file", p)
-    if p.suffix == ".safetensors":
+    # By content, not by name: a safetensors file saved as .pth is still read (file_kind looks at
+    # the header length and the JSON that follows it).
+    if p.suffix == ".safetensors" or file_kind(p).kind == "safetensors":
         if ema:
             raise M2ptError("--ema is for training checkpoints (.pth) that hold 'model_ema'", p)
         tensors, metadata = _load_safetensors(p)
