@@ -217,25 +217,26 @@ def _write_verified_onnx(req: ExportRequest, checkpoint: CheckpointSource, stage
     if not req.verify:
         return None
     if data is not None:
-        verdict = _verify_int8(ckpt, staged.path, data)
-        return _with_notes(verdict, ckpt)
+        return _Noted(_verify_int8(ckpt, staged.path, data), ckpt.notes)
     return _verify_float(ckpt, staged.path)
 
 
-def _with_notes(verdict: Any, ckpt: Checkpoint) -> Verdict:
-    """A verdict whose ``to_dict`` also lists what the checkpoint left unsaid."""
+@dataclasses.dataclass(frozen=True)
+class _Noted:
+    """A verdict whose ``to_dict`` also lists what the checkpoint left unsaid (the int8 check's
+    result does not carry the checkpoint's notes itself)."""
 
-    class _Noted:
-        def __bool__(self) -> bool:
-            return bool(verdict)
+    verdict: Any
+    notes: tuple[str, ...]
 
-        def __str__(self) -> str:
-            return str(verdict)
+    def __bool__(self) -> bool:
+        return bool(self.verdict)
 
-        def to_dict(self) -> dict[str, Any]:
-            return {**verdict.to_dict(), "notes": list(ckpt.notes)}
+    def __str__(self) -> str:
+        return str(self.verdict)
 
-    return _Noted()
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.verdict.to_dict(), "notes": list(self.notes)}
 
 
 def _int8_data(ckpt: Checkpoint, req: ExportRequest) -> Any:
