@@ -174,7 +174,7 @@ def test_spec_from_shapes_alone_assumes_the_default_input_and_says_so() -> None:
     assert (kw["num_classes"], kw["qkv_bias"], kw["init_values"], kw["use_mean_pooling"]) == (10, True, 0.0, True)
     assert spec.mean == (0.485, 0.456, 0.406) and spec.std == (0.229, 0.224, 0.225)
     assert any("default input 3 x 16 x 224 x 224" in n and "not in the weights" in n for n in notes)
-    assert any("assumed 1 attention head" in n for n in notes)
+    assert "1 head: 64-wide heads assumed at 64 wide, not in the weights; pass --num-heads if not" in notes
 
 
 def test_spec_from_training_args() -> None:
@@ -269,9 +269,12 @@ def test_with_input_size_and_override() -> None:
         TINY_VIDEO.with_input_size((3, 7, 32, 32))
     sd = _vanilla_sd()
     assert FAMILY.override(TINY_VIDEO, sd) is TINY_VIDEO
-    moved = FAMILY.override(TINY_VIDEO, sd, input_size=(3, 2, 32, 32), options={"num_heads": 2})
-    assert moved.input_size == (3, 2, 32, 32) and moved.model_kwargs["num_heads"] == 2
+    moved = FAMILY.override(TINY_VIDEO, sd, input_size=(3, 2, 32, 32), options={"num_heads": 1})
+    assert moved.input_size == (3, 2, 32, 32) and moved.model_kwargs["num_heads"] == 1
     assert moved.arch == TINY_VIDEO.arch
+    # The config states 1 head: a --num-heads that differs is a contradiction, not an override.
+    with pytest.raises(M2ptError, match=r"^--num-heads 2 contradicts the checkpoint's config \(1 head\)$"):
+        FAMILY.override(TINY_VIDEO, sd, options={"num_heads": 2})
 
 
 def test_describe_and_input_metadata() -> None:
