@@ -56,7 +56,7 @@ def resolve_heads(width: int, *, flag: int | None, stated: Stated | None, conven
         return stated[0]
     if convention is None:
         raise M2ptError(f"the head count of a {width}-wide {title} is not in the weights and no convention "
-                        f"gives one ({HEAD_WIDTH}-wide heads do not divide {width}): pass --num-heads")
+                        "gives one: pass --num-heads")
     notes.append(f"{_count(convention[0])}: {convention[1]}, not in the weights; pass --num-heads if not")
     return convention[0]
 

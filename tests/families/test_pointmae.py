@@ -341,3 +341,36 @@ def test_point_mae_builder_checkpoint_without_options_gets_noted_defaults(tmp_pa
     assert ckpt.spec.family == "pointmae" and ckpt.spec.input_size == (1024, 3)
     assert any("assumed Point-MAE's grouping" in n for n in ckpt.notes)
     assert "6 heads: as in every Point-MAE config, not in the weights; pass --num-heads if not" in ckpt.notes
+
+
+# ------------------------------------------------------------------ no silent guess: heads
+
+
+def test_a_head_count_the_args_state_is_not_noted_and_the_flag_may_not_contradict_it() -> None:
+    sd = make_point_model().state_dict()
+    grouping = {k: v for k, v in OPTIONS.items() if k != "num_heads"}
+    notes: list[str] = []
+    spec = FAMILY.infer_spec(sd, args={"num_heads": 3}, options=grouping, notes=notes)
+    assert spec == TINY_POINT and notes == [CONVENTIONS]
+    with pytest.raises(M2ptError) as e:
+        FAMILY.infer_spec(sd, args={"num_heads": 3}, options={**grouping, "num_heads": 6})
+    assert str(e.value) == "--num-heads 6 contradicts the training args' num_heads (3 heads)"
+
+
+def test_a_config_states_the_head_count_and_the_flag_may_not_contradict_it() -> None:
+    sd = make_point_model().state_dict()
+    assert FAMILY.override(TINY_POINT, sd, options={"num_heads": 3}) == TINY_POINT
+    with pytest.raises(M2ptError) as e:
+        FAMILY.override(TINY_POINT, sd, options={"num_heads": 6})
+    assert str(e.value) == "--num-heads 6 contradicts the checkpoint's config (3 heads)"
+
+
+def test_a_width_six_heads_do_not_divide_needs_the_flag() -> None:
+    spec = dataclasses.replace(TINY_POINT, model_kwargs={**TINY_POINT.model_kwargs, "embed_dim": 40, "num_heads": 4})
+    sd = make_point_model(spec).state_dict()
+    grouping = {k: v for k, v in OPTIONS.items() if k != "num_heads"}
+    with pytest.raises(M2ptError) as e:
+        FAMILY.infer_spec(sd, options=grouping)
+    assert str(e.value) == ("the head count of a 40-wide Point-MAE is not in the weights and no convention gives one: "
+                            "pass --num-heads")
+    assert FAMILY.infer_spec(sd, options={**grouping, "num_heads": 4}) == spec

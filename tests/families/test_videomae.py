@@ -419,3 +419,44 @@ def test_full_size_videomae_v2_base_from_its_training_args() -> None:
     with torch.no_grad():
         out = model(torch.randn(1, *spec.input_size, generator=torch.Generator().manual_seed(0)))
     assert out.shape == (1, 400) and torch.isfinite(out).all()
+
+
+# --- no silent guess ----------------------------------------------------------------------------
+
+
+def test_without_args_every_assumed_value_is_noted() -> None:
+    notes: list[str] = []
+    FAMILY.infer_spec(_vanilla_sd(), notes=notes)
+    assert notes == [
+        "1 head: 64-wide heads assumed at 64 wide, not in the weights; pass --num-heads if not",
+        "assumed VideoMAE V2's default input 3 x 16 x 224 x 224 (C x T x H x W): the position table is not in the "
+        "weights; pass --input-size C T H W to override",
+        "ImageNet mean/std (VideoMAE V2's datasets) assumed for the input normalisation, not in the weights",
+        "VideoMAE V2 conventions assumed: LayerNorm eps 1e-6, exact GELU, a fixed sinusoidal position table, "
+        "not in the weights",
+    ]
+    notes = []
+    FAMILY.infer_spec(_small_sd(), input_size=(3, 2, 32, 32), notes=notes)
+    assert "6 heads: VideoMAE V2-small at 384 wide, not in the weights; pass --num-heads if not" in notes
+
+
+def test_a_stated_head_count_is_not_noted_and_the_flag_may_not_contradict_it() -> None:
+    notes: list[str] = []
+    FAMILY.infer_spec(_small_sd(), input_size=(3, 2, 32, 32), args={"model": "vit_small_patch16_224"},
+                      options={"num_heads": 6}, notes=notes)
+    assert not any(n.startswith("6 heads:") for n in notes)
+    with pytest.raises(M2ptError) as e:
+        FAMILY.infer_spec(_small_sd(), input_size=(3, 2, 32, 32), args={"model": "vit_small_patch16_224"},
+                          options={"num_heads": 3})
+    assert str(e.value) == "--num-heads 3 contradicts args.model 'vit_small_patch16_224' (6 heads)"
+
+
+def test_a_width_without_a_convention_needs_the_flag() -> None:
+    sd = VideoMAEClassifier(img_size=32, patch_size=16, embed_dim=96, depth=1, num_heads=3, num_frames=2,
+                            num_classes=5).state_dict()
+    with pytest.raises(M2ptError) as e:
+        FAMILY.infer_spec(sd, input_size=(3, 2, 32, 32))
+    assert str(e.value) == ("the head count of a 96-wide VideoMAE V2 is not in the weights and no convention gives "
+                            "one: pass --num-heads")
+    spec = FAMILY.infer_spec(sd, input_size=(3, 2, 32, 32), options={"num_heads": 3})
+    build_vanilla(spec).load_state_dict(sd)
