@@ -1,19 +1,17 @@
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.families.vit import ModelSpec, ViTFamily, infer_spec
 from m2pt_deploy.model.build import build_vanilla
 from m2pt_deploy.model.checkpoint import load_checkpoint, save_checkpoint
-from tests.tiny import TINY, TINY_AUDIO, TINY_MAE
+from tests.tiny import TINY, TINY_AUDIO, TINY_MAE, save_as_users_do, timm_vit
 
 
 @pytest.mark.parametrize("spec", [TINY, TINY_MAE], ids=["cls-token", "mae-avg-pool"])
@@ -70,24 +68,8 @@ def test_a_spec_with_overrides_is_named_by_its_shape() -> None:
 # --- no silent guess: the head count and every other value the weights do not show ---------------
 
 
-def _timm_vit(width: int, heads: int, **kwargs) -> nn.Module:
-    """A real timm ViT, as users build and save them (not through the toolkit's spec)."""
-    from timm.models.vision_transformer import VisionTransformer
-
-    torch.manual_seed(0)
-    return VisionTransformer(img_size=32, patch_size=8, embed_dim=width, depth=2, num_heads=heads, num_classes=10,
-                             **kwargs).eval()
-
-
-def _saved(path: Path, vit: nn.Module, **args) -> Path:
-    """``torch.save(state_dict)`` as timm users do; with ``args``, MAE's ``save_model`` layout."""
-    sd = vit.state_dict()
-    torch.save({"model": sd, "epoch": 1, "args": argparse.Namespace(**args)} if args else sd, path)
-    return path
-
-
 def test_a_128_wide_vit_without_the_flag_says_which_head_count_it_assumed(tmp_path: Path) -> None:
-    ckpt = load_checkpoint(_saved(tmp_path / "vit.pth", _timm_vit(128, 4)))
+    ckpt = load_checkpoint(save_as_users_do(tmp_path / "vit.pth", timm_vit(128, 4)))
     assert ckpt.spec.model_kwargs["num_heads"] == 2
     assert ckpt.notes == (
         "input 3 x 32 x 32: a square 4 x 4 grid assumed from pos_embed's 16 patches, not in the weights; "
@@ -105,8 +87,8 @@ def test_num_heads_exports_the_users_vit_exactly(tmp_path: Path) -> None:
     from m2pt_deploy.runtime.sessions import ort_session
     from tests.tiny import export
 
-    real = _timm_vit(128, 4)
-    path = _saved(tmp_path / "vit.pth", real)
+    real = timm_vit(128, 4)
+    path = save_as_users_do(tmp_path / "vit.pth", real)
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = real(x).numpy()
@@ -128,13 +110,13 @@ def test_num_heads_exports_the_users_vit_exactly(tmp_path: Path) -> None:
 ])
 def test_the_head_count_is_noted_at_every_width_the_standard_ones_too(width: int, heads: int, note: str) -> None:
     notes: list[str] = []
-    spec = ViTFamily().infer_spec(_timm_vit(width, heads).state_dict(), notes=notes)
+    spec = ViTFamily().infer_spec(timm_vit(width, heads).state_dict(), notes=notes)
     assert spec.model_kwargs["num_heads"] == heads
     assert f"{note}, not in the weights; pass --num-heads if not" in notes
 
 
 def test_a_head_count_the_file_states_is_used_without_a_note(tmp_path: Path) -> None:
-    ckpt = load_checkpoint(_saved(tmp_path / "s.pth", _timm_vit(384, 6), model="vit_small_patch16",
+    ckpt = load_checkpoint(save_as_users_do(tmp_path / "s.pth", timm_vit(384, 6), model="vit_small_patch16",
                                   global_pool=False, input_size=32))
     assert build_vanilla(ckpt.spec).blocks[0].attn.num_heads == 6
     assert not any("heads" in n or "grid" in n or "pooling (" in n for n in ckpt.notes), ckpt.notes
@@ -150,14 +132,14 @@ def test_a_head_count_the_file_states_is_used_without_a_note(tmp_path: Path) -> 
 ], ids=["not-dividing", "no-convention", "contradicts-args"])
 def test_head_counts_that_cannot_be_right_are_refused(tmp_path: Path, width: int, heads: int, args: dict,
                                                       options: dict, message: str) -> None:
-    path = _saved(tmp_path / "vit.pth", _timm_vit(width, heads), **args)
+    path = save_as_users_do(tmp_path / "vit.pth", timm_vit(width, heads), **args)
     with pytest.raises(M2ptError) as e:
         load_checkpoint(path, options=options)
     assert str(e.value) == f"{path}: {message}"
 
 
 def test_a_width_without_a_convention_loads_with_the_flag(tmp_path: Path) -> None:
-    ckpt = load_checkpoint(_saved(tmp_path / "vit.pth", _timm_vit(96, 3)), options={"num_heads": 3})
+    ckpt = load_checkpoint(save_as_users_do(tmp_path / "vit.pth", timm_vit(96, 3)), options={"num_heads": 3})
     assert build_vanilla(ckpt.spec).blocks[0].attn.num_heads == 3
 
 
