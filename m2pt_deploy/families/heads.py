@@ -12,13 +12,18 @@ from collections.abc import Mapping
 
 from m2pt_deploy.errors import M2ptError
 
-__all__ = ["HEAD_WIDTH", "Stated", "by_width", "resolve_heads"]
+__all__ = ["HEAD_WIDTH", "HeadCountUnknown", "Stated", "by_width", "resolve_heads"]
 
 #: The head width of every standard ViT size (timm's, MAE's, VideoMAE V2's): the fallback convention.
 HEAD_WIDTH = 64
 
 #: A head count the file states, and where: ``(6, "args.model 'vit_small_patch16'")``.
 Stated = tuple[int, str]
+
+
+class HeadCountUnknown(M2ptError):
+    """No flag, no statement and no convention: the user must say. Its own type so that callers
+    that never use the head count (an aux model lends only its weights) can tell it apart."""
 
 
 def by_width(width: int, sizes: Mapping[int, tuple[int, str]]) -> Stated | None:
@@ -55,7 +60,7 @@ def resolve_heads(width: int, *, flag: int | None, stated: Stated | None, conven
             raise M2ptError(f"{stated[1]} says {_count(stated[0])}, which do not divide the width {width}")
         return stated[0]
     if convention is None:
-        raise M2ptError(f"the head count of a {width}-wide {title} is not in the weights and no convention "
+        raise HeadCountUnknown(f"the head count of a {width}-wide {title} is not in the weights and no convention "
                         "gives one: pass --num-heads")
     notes.append(f"{_count(convention[0])}: {convention[1]}, not in the weights; pass --num-heads if not")
     return convention[0]

@@ -257,9 +257,49 @@ def test_a_merged_file_states_the_heads_and_the_flag_may_not_contradict_it(vit12
     out = tmp_path / "m.onnx"
     code, stdout, err = export(["--format", "onnx", str(merged), "-o", str(out)], capsys)
     _passed_all_three(code, stdout, err)
-    assert "note:" not in err  # our format records every setting
     assert _max_abs_to(model, out) <= 1e-4
+    # Our format states every setting; those the merge read off a foreign file are said as such.
+    notes = [line for line in err.splitlines() if line.startswith("note: ")]
+    assert notes and all(n.startswith("note: when this file was written: ") for n in notes), notes
+    assert not any("heads" in n for n in notes)
     code, _, err = export(["--format", "onnx", str(merged), "-o", str(tmp_path / "x.onnx"), "--num-heads", "2"],
                           capsys)
     assert_user_error(code, err)
     assert err.splitlines()[-1] == f"error: {merged}: --num-heads 2 contradicts the checkpoint's config (4 heads)"
+
+
+def test_a_file_written_from_an_assumption_keeps_saying_it(vit128, tmp_path: Path, capsys) -> None:
+    """m2pt-merge and m2pt-train write our format, which states the head count: the 2 heads they
+    assumed would become a silent fact there, so the files record the notes and loads repeat them."""
+    path, _ = vit128
+    merged = tmp_path / "m.safetensors"
+    assert run_main(merge_main, [str(path), "-o", str(merged)]) == 0
+    capsys.readouterr()
+    assert f"when this file was written: {HEADS_NOTE}" in load_checkpoint(merged).notes
+    again = tmp_path / "again.safetensors"
+    assert run_main(merge_main, [str(merged), "-o", str(again)]) == 0  # carried on, not nested
+    assert f"note: when this file was written: {HEADS_NOTE}" in capsys.readouterr().err
+    assert f"when this file was written: {HEADS_NOTE}" in load_checkpoint(again).notes
+    assert not any(n.count("when this file was written") > 1 for n in load_checkpoint(again).notes)
+    x = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", x=x, y=np.arange(16) % 2)
+    code = run_main(train_main, [str(path), "--data", str(tmp_path / "data.npz"), "--num-classes", "2",
+                                 "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "8", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"note: {HEADS_NOTE}" in err
+    assert f"when this file was written: {HEADS_NOTE}" in load_checkpoint(tmp_path / "run" / "last.safetensors").notes
+
+
+def test_an_aux_needs_no_head_count(tmp_path: Path, capsys) -> None:
+    """An aux lends only its weight matrices: a width no convention covers is no reason to refuse it."""
+    spec = ModelSpec("vit_base_patch16_224", dict(img_size=32, patch_size=8, embed_dim=96, depth=2, num_heads=3,
+                                                  num_classes=2), (3, 32, 32))
+    target = save_checkpoint(tmp_path / "target.safetensors", build_vanilla(spec).state_dict(), spec)
+    aux = save_as_users_do(tmp_path / "aux.pth", timm_vit(96, 3))
+    x = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", x=x, y=np.arange(16) % 2)
+    code = run_main(train_main, [str(target), "--aux", f"image={aux}", "--data", str(tmp_path / "data.npz"),
+                                 "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "8", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "run" / "last.safetensors").pathway is not None
