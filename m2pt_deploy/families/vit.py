@@ -221,7 +221,13 @@ def infer_spec(
         mean_std = _normalisation(chans, audio, notes if input_size is not None or not audio else [])
     notes.append(_conventions(avg_pool, pooling_stated=pooling_stated))
     mean, std = mean_std
-    return ModelSpec(arch=arch, model_kwargs=kwargs, input_size=(chans, height, img_w), mean=mean, std=std)
+    spec = ModelSpec(arch=arch, model_kwargs=kwargs, input_size=(chans, height, img_w), mean=mean, std=std)
+    if chans == 3:  # what the export records for a server's /classify (see input_metadata)
+        crop_pct, interpolation = eval_preprocessing(spec)
+        crop = f"crop {crop_pct}" if crop_pct is not None else "timm's default crop"
+        notes.append(f"{crop} and {interpolation} resize for served images: timm {arch}'s eval config assumed, "
+                     "not in the weights")
+    return spec
 
 
 def _conventions(avg_pool: bool, *, pooling_stated: bool) -> str:

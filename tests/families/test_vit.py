@@ -78,6 +78,8 @@ def test_a_128_wide_vit_without_the_flag_says_which_head_count_it_assumed(tmp_pa
         "ImageNet mean/std assumed for the input normalisation, not in the weights",
         "timm ViT conventions assumed: LayerNorm eps 1e-6, exact GELU, cls-token pooling (a final norm and "
         "no fc_norm), not in the weights",
+        "crop 0.9 and bicubic resize for served images: timm vit_base_patch16_224's eval config assumed, "
+        "not in the weights",
     )
 
 
@@ -157,7 +159,7 @@ def test_our_config_states_the_head_count_and_the_flag_may_not_contradict_it(tmp
 def test_audiomae_and_mae_notes_name_their_normalisation_and_pooling() -> None:
     notes: list[str] = []
     ViTFamily().infer_spec(build_vanilla(TINY_MAE).state_dict(), notes=notes)
-    assert notes[-1] == ("timm ViT conventions assumed: LayerNorm eps 1e-6, exact GELU, mean pooling (fc_norm and no "
+    assert notes[-2] == ("timm ViT conventions assumed: LayerNorm eps 1e-6, exact GELU, mean pooling (fc_norm and no "
                          "final norm: MAE's global pool), not in the weights")
     notes = []
     audio = ViTFamily().infer_spec(build_vanilla(TINY_AUDIO).state_dict(), input_size=(1, 16, 48), notes=notes)
