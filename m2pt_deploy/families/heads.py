@@ -60,8 +60,8 @@ def resolve_heads(width: int, *, flag: int | None, stated: Stated | None, conven
             raise M2ptError(f"{stated[1]} says {_count(stated[0])}, which do not divide the width {width}")
         return stated[0]
     if convention is None:
-        raise HeadCountUnknown(f"the head count of a {width}-wide {title} is not in the weights and no convention "
-                        "gives one: pass --num-heads")
+        raise HeadCountUnknown(f"the head count of a {width}-wide {title} is not in the weights and no "
+                               "convention gives one: pass --num-heads")
     notes.append(f"{_count(convention[0])}: {convention[1]}, not in the weights; pass --num-heads if not")
     return convention[0]
 

@@ -101,7 +101,7 @@ def _heads(shapes: _Shapes, *, arch: str | None, args: Mapping[str, Any], option
         size, heads = _named_size(arch, what="--arch", width=width, patch=shapes.patch)
         arch_name = f"videomae_v2_{size}"
         if stated is not None and stated[0] != heads:
-            raise M2ptError(f"--arch {arch!r} ({heads} heads) contradicts {stated[1]} ({stated[0]} heads)")
+            raise M2ptError(f"--arch {arch!r} has {heads} heads, {stated[1]} says {stated[0]}")
         stated = (heads, f"--arch {arch!r}")
     elif stated is None and isinstance(args.get("model"), str):
         model = args["model"]

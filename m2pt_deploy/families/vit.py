@@ -188,10 +188,10 @@ def infer_spec(
     stated: Stated | None = None
     if arch is not None:
         named, heads = _arch_dims(arch)
+        if named != width and arch_from:
+            raise M2ptError(f"{arch_from} is {named} wide, the weights are {width} wide")
         if named != width:
-            whose = f"{arch_from} is {named} wide, the weights" if arch_from else f"--arch {arch} is {named} wide, " \
-                "the checkpoint's weights"
-            raise M2ptError(f"{whose} are {width} wide")
+            raise M2ptError(f"--arch {arch} is {named} wide, the checkpoint's weights are {width} wide")
         arch_from = arch_from or f"--arch {arch}"
         stated = (heads, arch_from) if heads is not None else None
     heads = resolve_heads(width, flag=num_heads, stated=stated, convention=by_width(width, _TIMM_SIZES),
