@@ -53,8 +53,8 @@ def timm_vit(width: int, heads: int, *, seed: int = 0, **kwargs) -> nn.Module:
     from timm.models.vision_transformer import VisionTransformer
 
     torch.manual_seed(seed)
-    return VisionTransformer(img_size=32, patch_size=8, embed_dim=width, depth=2, num_heads=heads, num_classes=10,
-                             **kwargs).eval()
+    kwargs = {"img_size": 32, "patch_size": 8, "num_classes": 10, **kwargs}
+    return VisionTransformer(embed_dim=width, depth=2, num_heads=heads, **kwargs).eval()
 
 
 def save_as_users_do(path: Path, model: nn.Module, /, **args) -> Path:

@@ -165,3 +165,17 @@ def test_audiomae_and_mae_notes_name_their_normalisation_and_pooling() -> None:
     audio = ViTFamily().infer_spec(build_vanilla(TINY_AUDIO).state_dict(), input_size=(1, 16, 48), notes=notes)
     assert audio.mean == (0.5,)
     assert "mean 0.5, std 0.5 assumed for the 1-channel input normalisation, not in the weights" in notes
+
+
+def test_audiomae_takes_num_heads_too(tmp_path: Path) -> None:
+    audio = timm_vit(128, 4, img_size=(1024, 128), patch_size=16, in_chans=1)
+    path = save_as_users_do(tmp_path / "audio.pth", audio)
+    assumed = load_checkpoint(path)
+    assert assumed.spec.input_size == (1, 1024, 128) and assumed.spec.model_kwargs["num_heads"] == 2
+    assert "2 heads: 64-wide heads assumed at 128 wide, not in the weights; pass --num-heads if not" in assumed.notes
+    given = load_checkpoint(path, options={"num_heads": 4})
+    model = build_vanilla(given.spec)
+    model.load_state_dict(audio.state_dict())
+    x = torch.randn(2, 1, 1024, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(x), audio(x))
