@@ -278,7 +278,7 @@ def export_tensorrt(
         with step(f"verifying the {precision} ONNX in ONNX Runtime against the unmerged model"):
             check = verify_onnx_precision(ckpt, onnx_path, images, precision=precision)
         show(check)
-        _write_report(report, check.to_dict(), force=force)
+        _write_report(report, {**check.to_dict(), "notes": list(ckpt.notes)}, force=force)
         if not check:
             return ExportResult((onnx_path,), check, kept=onnx_path)
     out = build_engine_from_onnx(onnx_path, engine_path, precision=precision,  # type: ignore[arg-type]

@@ -220,6 +220,10 @@ def test_the_assumed_head_count_is_said_on_stderr_and_in_the_report(vit128, tmp_
     assert f"note: {HEADS_NOTE}" in stdout  # the verification report's own note lines
     code = run_main(merge_main, [str(path), "-o", str(tmp_path / "m.safetensors")])
     assert code == 0 and f"note: {HEADS_NOTE}" in capsys.readouterr().err
+    trt_report = tmp_path / "trt.json"  # verified in ONNX Runtime, then (no TensorRT here) handed off
+    code, _, err = export(["--format", "trt", str(path), "-o", str(tmp_path / "v.engine"), "--precision", "fp16",
+                           "--report", str(trt_report)], capsys)
+    assert f"note: {HEADS_NOTE}" in err and HEADS_NOTE in json.loads(trt_report.read_text())["notes"]
 
 
 def test_num_heads_exports_the_users_vit(vit128, tmp_path: Path, capsys) -> None:
