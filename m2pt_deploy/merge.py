@@ -123,7 +123,7 @@ def merge_checkpoint(
     many pathway layers were folded and how many tensors the merged file holds. ``model``
     takes ``load_checkpoint``'s keyword arguments.
     """
-    from m2pt_deploy.model.checkpoint import load_checkpoint, save_checkpoint
+    from m2pt_deploy.model.checkpoint import NOTES_KEY, load_checkpoint, recorded_notes, save_checkpoint
     from m2pt_deploy.request import MergeRequest, ModelRequest
 
     src = checkpoint.path if isinstance(checkpoint, Checkpoint) else Path(checkpoint)
@@ -132,8 +132,10 @@ def merge_checkpoint(
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(src, **request.model.load_kwargs())
     merged = merge_state_dict(ckpt.state_dict, family=ckpt.spec.model_family)
     load_strict(build_vanilla(ckpt.spec), merged, what="merged state dict")
-    extra = {"merged_from": {"sha256": ckpt.sha256, "kind": ckpt.kind,
-                             "pathway": ckpt.pathway.to_dict() if ckpt.pathway else None}}
+    extra: dict[str, Any] = {"merged_from": {"sha256": ckpt.sha256, "kind": ckpt.kind,
+                                             "pathway": ckpt.pathway.to_dict() if ckpt.pathway else None}}
+    if recorded_notes(ckpt):  # the config will state what was only assumed: keep saying so
+        extra[NOTES_KEY] = recorded_notes(ckpt)
     save_checkpoint(out, merged, ckpt.spec, extra={**ckpt.extra, **extra}, force=force)
     layers = sum(key.endswith(".aux_weight.0") for key in ckpt.state_dict)
     return out, layers, len(merged)

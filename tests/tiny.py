@@ -47,6 +47,25 @@ TINY_AUDIO = ModelSpec(
 )
 
 
+def timm_vit(width: int, heads: int, *, seed: int = 0, **kwargs) -> nn.Module:
+    """A real timm ViT built as users build it (not from a spec): the head count is the user's, and
+    only the file they save can tell the toolkit anything."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(seed)
+    kwargs = {"img_size": 32, "patch_size": 8, "num_classes": 10, **kwargs}
+    return VisionTransformer(embed_dim=width, depth=2, num_heads=heads, **kwargs).eval()
+
+
+def save_as_users_do(path: Path, model: nn.Module, /, **args) -> Path:
+    """``torch.save(model.state_dict())`` as timm users do; with ``args``, MAE's ``save_model`` layout."""
+    import argparse
+
+    sd = model.state_dict()
+    torch.save({"model": sd, "epoch": 1, "args": argparse.Namespace(**args)} if args else sd, path)
+    return path
+
+
 def random_lambdas(model: nn.Module, seed: int = 0, scale: float = 0.5) -> None:
     gen = torch.Generator().manual_seed(seed)
     for pathway in pathway_layers(model).values():

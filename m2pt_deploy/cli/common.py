@@ -61,7 +61,7 @@ _FAMILY_FLAGS = (
     ("npoints", "Point-MAE: points per cloud (default 1024)"),
     ("num_group", "Point-MAE: groups (farthest-point centres) per cloud (default 64)"),
     ("group_size", "Point-MAE: points per group, nearest neighbours of each centre (default 32)"),
-    ("num_heads", "attention heads where the weights do not show them (Point-MAE default 6)"),
+    ("num_heads", "attention heads, which no weight shows (default: what the file states, else a convention, noted)"),
 )
 
 

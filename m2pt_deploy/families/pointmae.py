@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.families.base import FamilyOption, ModelFamily, ModelSpec
+from m2pt_deploy.families.heads import resolve_heads
 
 __all__ = ["ARCH", "PointMAEFamily", "PointTransformer", "farthest_point_sample", "group_points",
            "knn_indices"]
@@ -196,8 +197,13 @@ _OPTIONS = (
     FamilyOption("npoints", "points per cloud (the input is npoints x 3)", 1024),
     FamilyOption("num_group", "centres picked by farthest point sampling", 64),
     FamilyOption("group_size", "nearest points grouped round each centre", 32),
-    FamilyOption("num_heads", "attention heads (not visible in the weights; Point-MAE uses 6)", 6),
+    FamilyOption("num_heads", "attention heads (not visible in the weights; default from the config, else 6 "
+                              "as in every Point-MAE config, noted)"),
 )
+# Every config in Point-MAE's cfgs/ uses 6 heads, at width 384 and 768.
+_HEADS = 6
+_CONVENTIONS = ("Point-MAE conventions assumed: LayerNorm and BatchNorm eps 1e-5, exact GELU, farthest point "
+                "sampling from point 0, kNN by squared distance, not in the weights")
 _BLOCKS = "blocks.blocks"
 
 
@@ -279,7 +285,8 @@ class PointMAEFamily(ModelFamily):
         """Architecture from the shapes; grouping and heads from ``options`` / ``input_size``,
         then the training ``args`` (a Point-MAE config's names), then Point-MAE's defaults."""
         settings = self.check_options(options)
-        given = {k for k, v in (options or {}).items() if v is not None}
+        flag = settings.pop("num_heads")
+        given = {k for k, v in (options or {}).items() if v is not None and k != "num_heads"}
         notes = notes if notes is not None else []
         if input_size is not None:
             npoints = _two(input_size)
@@ -293,14 +300,19 @@ class PointMAEFamily(ModelFamily):
         if from_args:
             notes.append(f"from the training args: {', '.join(f'{k} {settings[k]}' for k in from_args)}")
         assumed = [k for k in settings if k not in given and k not in from_args]
-        if {"npoints", "num_group", "group_size"} & set(assumed):
+        if assumed:
             notes.append(f"assumed Point-MAE's grouping: {settings['npoints']} points, {settings['num_group']} "
                          f"groups of {settings['group_size']} (pass --npoints/--num-group/--group-size)")
-        if "num_heads" in assumed:
-            notes.append(f"assumed {settings['num_heads']} attention heads, as in every Point-MAE config "
-                         "(not visible in the weights; pass --num-heads)")
-        kwargs = {**_architecture(state_dict), **settings}
-        _check_grouping(settings, kwargs["embed_dim"])
+        kwargs = _architecture(state_dict)
+        width = kwargs["embed_dim"]
+        args_heads = (args or {}).get("num_heads")
+        settings["num_heads"] = resolve_heads(
+            width, flag=flag, title=self.title, notes=notes,
+            stated=(args_heads, "the training args' num_heads") if isinstance(args_heads, int) else None,
+            convention=(_HEADS, "as in every Point-MAE config") if width % _HEADS == 0 else None)
+        notes.append(_CONVENTIONS)
+        kwargs.update(settings)
+        _check_grouping(settings, width)
         if arch is not None and arch != ARCH:
             raise M2ptError(f"--arch {arch}: a Point-MAE model is {ARCH!r} (its shape comes from the weights)")
         return ModelSpec(ARCH, kwargs, (settings["npoints"], 3), mean=(), std=(), family=self.name)
@@ -328,6 +340,9 @@ class PointMAEFamily(ModelFamily):
         if input_size is None and not given:
             return spec
         declared = {o.name: spec.model_kwargs.get(o.name) for o in self.options}
+        if "num_heads" in given and isinstance(declared["num_heads"], int):
+            resolve_heads(int(spec.model_kwargs["embed_dim"]), flag=given["num_heads"], convention=None,
+                          stated=(declared["num_heads"], "the checkpoint's config"), title=self.title, notes=[])
         if input_size is not None and "npoints" not in given:
             declared.pop("npoints")
         return self.infer_spec(state_dict, input_size=input_size, options={**declared, **given})

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.families.base import IMAGENET_MEAN, IMAGENET_STD, FamilyOption, ModelFamily, ModelSpec
+from m2pt_deploy.families.heads import Stated, by_width, resolve_heads
 from m2pt_deploy.families.video_transformer import VideoMAEClassifier
 
 __all__ = ["DEFAULT_INPUT", "VideoMAEFamily"]
@@ -27,6 +28,7 @@ DEFAULT_INPUT = (3, 16, 224, 224)
 # VideoMAE V2's registered models (modeling_finetune.py): width and heads of each size.
 _SIZES = {"small": (384, 6), "base": (768, 12), "large": (1024, 16), "huge": (1280, 16), "giant": (1408, 16)}
 _SIZE_BY_WIDTH = {width: size for size, (width, _) in _SIZES.items()}
+_CONVENTION = {width: (heads, f"VideoMAE V2-{size}") for size, (width, heads) in _SIZES.items()}
 # "videomae_v2_base" (ours) or VideoMAE V2's own "vit_base_patch16_224".
 _ARCH_NAME = re.compile(r"^(?:videomae_v2_(?P<ours>[a-z]+)|vit_(?P<theirs>[a-z]+)_patch(?P<patch>\d+)_\d+)$")
 _CHECKED = ("embed_dim", "depth", "in_chans", "patch_size", "tubelet_size", "num_classes", "mlp_ratio",
@@ -90,35 +92,28 @@ def _named_size(name: str, *, what: str, width: int, patch: int) -> tuple[str, i
 
 
 def _heads(shapes: _Shapes, *, arch: str | None, args: Mapping[str, Any], option: int | None,
-           notes: list[str]) -> tuple[str, int]:
-    """``(arch, num_heads)``: --num-heads, then --arch, then args.model, then the width table."""
+           stated: Stated | None, notes: list[str]) -> tuple[str, int]:
+    """``(arch, num_heads)``: --num-heads, which may not contradict what the config (``stated``),
+    --arch or args.model say; then those; then the width table or 64-wide heads (noted)."""
     width = shapes.width
     arch_name = f"videomae_v2_{_SIZE_BY_WIDTH[width]}" if width in _SIZE_BY_WIDTH else f"videomae_v2_w{width}"
     if arch is not None:
         size, heads = _named_size(arch, what="--arch", width=width, patch=shapes.patch)
         arch_name = f"videomae_v2_{size}"
-    elif isinstance(args.get("model"), str):
+        if stated is not None and stated[0] != heads:
+            raise M2ptError(f"--arch {arch!r} has {heads} heads, {stated[1]} says {stated[0]}")
+        stated = (heads, f"--arch {arch!r}")
+    elif stated is None and isinstance(args.get("model"), str):
         model = args["model"]
         m = _ARCH_NAME.match(model)
         if m is not None and (m["ours"] or m["theirs"]) in _SIZES:
             size, heads = _named_size(model, what="args.model", width=width, patch=shapes.patch)
             notes.append(f"{heads} attention heads from args.model {model!r}")
+            stated = (heads, f"args.model {model!r}")
         else:
-            heads = 0
             notes.append(f"args.model {model!r} is not a VideoMAE V2 architecture: heads from the width")
-    else:
-        heads = 0
-    if option is not None:
-        if width % option:
-            raise M2ptError(f"--num-heads {option} does not divide the width {width}")
-        return arch_name, option
-    if heads:
-        return arch_name, heads
-    if width in _SIZE_BY_WIDTH:
-        return arch_name, _SIZES[_SIZE_BY_WIDTH[width]][1]
-    heads = max(1, width // 64)
-    notes.append(f"assumed {heads} attention head(s) of 64 channels for width {width} "
-                 "(not in the weights; pass --num-heads to override)")
+    heads = resolve_heads(width, flag=option, stated=stated, convention=by_width(width, _CONVENTION),
+                          title="VideoMAE V2", notes=notes)
     return arch_name, heads
 
 
@@ -173,6 +168,14 @@ def _mean_std(chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return (IMAGENET_MEAN, IMAGENET_STD) if chans == 3 else ((0.5,) * chans, (0.5,) * chans)
 
 
+def _convention_notes(chans: int) -> list[str]:
+    """What every VideoMAE V2 spec read from a foreign file assumes; no weight shows it."""
+    stats = "ImageNet mean/std (VideoMAE V2's datasets)" if chans == 3 else f"mean 0.5, std 0.5 ({chans} channels)"
+    return [f"{stats} assumed for the input normalisation, not in the weights",
+            "VideoMAE V2 conventions assumed: LayerNorm eps 1e-6, exact GELU, a fixed sinusoidal position table, "
+            "not in the weights"]
+
+
 class VideoMAEFamily(ModelFamily):
     """VideoMAE V2 fine-tuned video classifiers (``Video/`` of the M2PT reference)."""
 
@@ -180,8 +183,8 @@ class VideoMAEFamily(ModelFamily):
     title = "VideoMAE V2"
     input_axes = ("channels", "frames", "height", "width")
     modality = "video"
-    options = (FamilyOption("num_heads", "attention heads (not in the weights; default from args.model "
-                                         "or the standard width table)"),)
+    options = (FamilyOption("num_heads", "attention heads (not in the weights; default from args.model or the "
+                                         "config, else the standard width table or 64-wide heads, noted)"),)
 
     def recognizes(self, state_dict: Mapping[str, Tensor]) -> bool:
         weight = state_dict.get("patch_embed.proj.weight")
@@ -198,16 +201,26 @@ class VideoMAEFamily(ModelFamily):
         notes: list[str] | None = None,
     ) -> ModelSpec:
         """Shapes give width, channels, tubelet, patch, depth, MLP ratio and classes; the head count
-        and T × H × W come from the user, then ``args``, then VideoMAE V2's defaults (noted)."""
+        and T × H × W come from the user, then ``args``, then VideoMAE V2's defaults (noted), and so
+        does every other convention the weights do not show."""
+        return self._infer(state_dict, arch=arch, input_size=input_size, args=args, options=options, notes=notes)
+
+    def _infer(self, state_dict: Mapping[str, Tensor], *, arch: str | None, input_size: tuple[int, ...] | None,
+               args: Mapping[str, Any] | None, options: Mapping[str, Any] | None, notes: list[str] | None,
+               stated: Stated | None = None) -> ModelSpec:
+        """``infer_spec``, given the head count a config states (``stated``), which --num-heads may
+        not contradict."""
         from m2pt_deploy.families.training_args import check_against_args
 
         opts = self.check_options(options)
         notes = notes if notes is not None else []
         args = args or {}
         shapes = _shapes(state_dict)
-        arch_name, heads = _heads(shapes, arch=arch, args=args, option=opts["num_heads"], notes=notes)
+        arch_name, heads = _heads(shapes, arch=arch, args=args, option=opts["num_heads"], stated=stated,
+                                  notes=notes)
         c, t, h, w = _input(shapes, input_size, args, notes)
         mean, std = _mean_std(c)
+        notes.extend(_convention_notes(c))
         kwargs: dict[str, Any] = {
             "embed_dim": shapes.width, "depth": shapes.depth, "num_heads": heads, "mlp_ratio": shapes.mlp_ratio,
             "patch_size": shapes.patch, "tubelet_size": shapes.tubelet, "num_frames": t, "img_size": (h, w),
@@ -250,9 +263,10 @@ class VideoMAEFamily(ModelFamily):
         given = {k: v for k, v in self.check_options(options).items() if v is not None}
         if arch is None and input_size is None and not given:
             return spec
-        heads = given.get("num_heads", None if arch is not None else spec.model_kwargs.get("num_heads"))
-        new = self.infer_spec(state_dict, arch=arch, input_size=input_size or spec.input_size,
-                              options={"num_heads": heads})
+        declared = spec.model_kwargs.get("num_heads")
+        new = self._infer(state_dict, arch=arch, input_size=input_size or spec.input_size, args=None,
+                          options={"num_heads": given.get("num_heads")}, notes=None,
+                          stated=(declared, "the checkpoint's config") if isinstance(declared, int) else None)
         return new if arch is not None else dataclasses.replace(new, arch=spec.arch)
 
     def build(self, spec: ModelSpec, *, exportable: bool = False) -> nn.Module:

@@ -7,6 +7,7 @@ the model is ``timm.create_model(spec.arch, **spec.model_kwargs)``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any, cast
@@ -14,9 +15,10 @@ from typing import Any, cast
 from torch import Tensor, nn
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.families.base import IMAGENET_MEAN, IMAGENET_STD, ModelFamily, ModelSpec
+from m2pt_deploy.families.base import IMAGENET_MEAN, IMAGENET_STD, FamilyOption, ModelFamily, ModelSpec
+from m2pt_deploy.families.heads import Stated, by_width, resolve_heads
 
-__all__ = ["AUDIO_DATASETS", "PROBE_BN_EPS", "ViTFamily", "arch_width", "audio_spec_input", "check_arch",
+__all__ = ["AUDIO_DATASETS", "PROBE_BN_EPS", "ViTFamily", "arch_heads", "arch_width", "audio_spec_input", "check_arch",
            "check_spec", "create_vit", "eval_preprocessing", "fold_probe_head", "infer_spec"]
 
 # AudioMAE (and M2PT's Audio code): fbank spectrograms of 128 mel bins, time × frequency,
@@ -28,8 +30,9 @@ AUDIO_DATASETS: dict[str, tuple[int, float, float]] = {  # name: (frames, mean, 
     "speechcommands": (128, -6.845978, 5.5654526),
 }
 _AUDIO_MEL_BINS = 16 * 8
-# timm's standard ViT widths and their head counts; other widths assume 64-wide heads.
-_HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
+# timm's standard ViT widths, their head counts and names (for the note); other widths assume 64-wide heads.
+_TIMM_SIZES = {192: (3, "timm's ViT-Ti"), 384: (6, "timm's ViT-S"), 768: (12, "timm's ViT-B"),
+               1024: (16, "timm's ViT-L"), 1280: (16, "timm's ViT-H")}
 _ARCH_BY_WIDTH = {192: "vit_tiny", 384: "vit_small", 768: "vit_base", 1024: "vit_large", 1280: "vit_huge"}
 
 
@@ -98,17 +101,45 @@ def _grid(num_patches: int, input_size: tuple[int, ...] | None, patch: int, chan
         raise M2ptError(
             f"pos_embed has {num_patches} patches, not a square grid; pass --input-size C H W"
         )
+    # NOTE a square count is not a square grid (256 patches are 16 x 16 or 8 x 32): both load.
+    notes.append(f"input {chans} x {side * patch} x {side * patch}: a square {side} x {side} grid assumed from "
+                 f"pos_embed's {num_patches} patches, not in the weights; pass --input-size C H W if not")
     return side * patch, side * patch
 
 
-def arch_width(arch: str) -> int:
-    """The embedding width of a timm architecture, built on the meta device (no memory, no init cost)."""
+@functools.lru_cache(maxsize=32)
+def _arch_dims(arch: str) -> tuple[int, int | None]:
     import timm
     import torch
 
-    with torch.device("meta"):
+    with torch.device("meta"):  # no memory, no init cost
         model = timm.create_model(arch, pretrained=False)
-    return cast(int, model.num_features)  # the width of the final features: embed_dim for ViTs
+    blocks = getattr(model, "blocks", None)
+    heads = getattr(getattr(blocks[0], "attn", None), "num_heads", None) if blocks else None
+    return cast(int, model.num_features), heads  # the width of the final features: embed_dim for ViTs
+
+
+def arch_width(arch: str) -> int:
+    """The embedding width of a timm architecture, built on the meta device."""
+    return _arch_dims(arch)[0]
+
+
+def arch_heads(arch: str) -> int | None:
+    """The head count of a timm ViT architecture (None for a model without ViT blocks)."""
+    return _arch_dims(arch)[1]
+
+
+def _normalisation(chans: int, audio: bool, notes: list[str]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The input normalisation nothing in the file states, with the note that says so."""
+    if audio:
+        _, mean, std = audio_spec_input()
+        notes.append("AudioMAE's AudioSet normalisation assumed: (x + 4.2677) / (2 x 4.5690), not in the weights")
+        return mean, std
+    if chans == 3:
+        notes.append("ImageNet mean/std assumed for the input normalisation, not in the weights")
+        return IMAGENET_MEAN, IMAGENET_STD
+    notes.append(f"mean 0.5, std 0.5 assumed for the {chans}-channel input normalisation, not in the weights")
+    return (0.5,) * chans, (0.5,) * chans
 
 
 def infer_spec(
@@ -117,6 +148,9 @@ def infer_spec(
     arch: str | None = None,
     input_size: tuple[int, ...] | None = None,
     mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    num_heads: int | None = None,
+    arch_from: str | None = None,
+    pooling_stated: bool = False,
     notes: list[str] | None = None,
 ) -> ModelSpec:
     """Read a timm (or MAE fine-tuned) ViT's architecture off its tensor shapes.
@@ -125,8 +159,12 @@ def infer_spec(
     the block indices; the image size from ``pos_embed`` (square unless ``input_size``
     says otherwise; a 1-channel 512-patch grid is AudioMAE's 1024 × 128); classes from
     ``head.weight``; ``fc_norm`` without a final ``norm`` means MAE-style global average
-    pooling. ``arch`` must have the weights' width. Assumptions are appended to ``notes``.
+    pooling. ``arch`` (named by ``arch_from``, default ``--arch``) must have the weights' width and
+    fixes the head count, which ``num_heads`` (--num-heads) may not contradict; without either,
+    timm's width table or 64-wide heads. Every value the weights do not show is noted in ``notes``
+    unless given: the grid, the head count, the normalisation (``mean_std``), timm's conventions.
     """
+    notes = notes if notes is not None else []
     if "patch_embed.proj.weight" not in state_dict or "pos_embed" not in state_dict:
         sample = ", ".join(list(state_dict)[:3])
         raise M2ptError(f"not a ViT checkpoint: no patch_embed.proj.weight / pos_embed (keys: {sample}, ...)")
@@ -140,20 +178,31 @@ def infer_spec(
     num_patches = state_dict["pos_embed"].shape[1] - num_prefix
     if input_size is not None and input_size[0] != chans:
         raise M2ptError(f"--input-size says {input_size[0]} channels, the checkpoint has {chans}")
-    height, img_w = _grid(num_patches, input_size, patch, chans, notes if notes is not None else [])
+    height, img_w = _grid(num_patches, input_size, patch, chans, notes)
     if (height // patch) * (img_w // patch) != num_patches:
         raise M2ptError(
             f"input {height}x{img_w} with patch {patch} gives {(height // patch) * (img_w // patch)} "
             f"patches, pos_embed has {num_patches}"
         )
     avg_pool = "fc_norm.weight" in state_dict and "norm.weight" not in state_dict
+    stated: Stated | None = None
+    if arch is not None:
+        named, heads = _arch_dims(arch)
+        if named != width and arch_from:
+            raise M2ptError(f"{arch_from} is {named} wide, the weights are {width} wide")
+        if named != width:
+            raise M2ptError(f"--arch {arch} is {named} wide, the checkpoint's weights are {width} wide")
+        arch_from = arch_from or f"--arch {arch}"
+        stated = (heads, arch_from) if heads is not None else None
+    heads = resolve_heads(width, flag=num_heads, stated=stated, convention=by_width(width, _TIMM_SIZES),
+                          title="ViT", notes=notes)
     kwargs: dict[str, Any] = {
         "img_size": (height, img_w) if height != img_w else height,
         "patch_size": patch,
         "in_chans": chans,
         "embed_dim": width,
         "depth": depth,
-        "num_heads": _HEADS_BY_WIDTH.get(width, max(1, width // 64)),
+        "num_heads": heads,
         "mlp_ratio": state_dict["blocks.0.mlp.fc1.weight"].shape[0] / width,
         "qkv_bias": "blocks.0.attn.qkv.bias" in state_dict,
         "class_token": has_cls,
@@ -164,18 +213,29 @@ def infer_spec(
     }
     if arch is None:
         arch = f"{_ARCH_BY_WIDTH.get(width, 'vit_base')}_patch16_224"
-    else:
-        named = arch_width(arch)
-        if named != width:
-            raise M2ptError(f"--arch {arch} is {named} wide, the checkpoint's weights are {width} wide")
-        del kwargs["num_heads"]  # shapes do not show it; a named architecture does
-    if mean_std is not None:
-        mean, std = mean_std
-    elif _is_audiomae_grid(chans, patch, num_patches) and (height, img_w) == (1024, _AUDIO_MEL_BINS):
-        _, mean, std = audio_spec_input()
-    else:
-        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if chans == 3 else ((0.5,) * chans, (0.5,) * chans)
-    return ModelSpec(arch=arch, model_kwargs=kwargs, input_size=(chans, height, img_w), mean=mean, std=std)
+    elif stated is not None:
+        del kwargs["num_heads"]  # the named architecture's own
+    if mean_std is None:
+        audio = _is_audiomae_grid(chans, patch, num_patches) and (height, img_w) == (1024, _AUDIO_MEL_BINS)
+        # AudioMAE's default grid note already names its normalisation.
+        mean_std = _normalisation(chans, audio, notes if input_size is not None or not audio else [])
+    notes.append(_conventions(avg_pool, pooling_stated=pooling_stated))
+    mean, std = mean_std
+    spec = ModelSpec(arch=arch, model_kwargs=kwargs, input_size=(chans, height, img_w), mean=mean, std=std)
+    if chans == 3:  # what the export records for a server's /classify (see input_metadata)
+        crop_pct, interpolation = eval_preprocessing(spec)
+        crop = f"crop {crop_pct}" if crop_pct is not None else "timm's default crop"
+        notes.append(f"{crop} and {interpolation} resize for served images: timm {arch}'s eval config assumed, "
+                     "not in the weights")
+    return spec
+
+
+def _conventions(avg_pool: bool, *, pooling_stated: bool) -> str:
+    # timm's VisionTransformer and MAE's subclass agree on these; no weight shows them.
+    pooling = ("mean pooling (fc_norm and no final norm: MAE's global pool)" if avg_pool
+               else "cls-token pooling (a final norm and no fc_norm)")
+    assumed = ["LayerNorm eps 1e-6", "exact GELU", *(() if pooling_stated else (pooling,))]
+    return f"timm ViT conventions assumed: {', '.join(assumed)}, not in the weights"
 
 
 # What a declared spec must agree on with the weights; the rest (mlp ratio, pooling) is checked
@@ -189,7 +249,8 @@ def check_spec(spec: ModelSpec, state_dict: Mapping[str, Tensor]) -> None:
     Runs on shapes only, before any model is built: a config claiming a 65536-pixel input
     for 32 × 32 weights would otherwise allocate a position table for 16M patches.
     """
-    inferred = infer_spec(state_dict, input_size=spec.input_size)
+    # Heads are not in the shapes: one head (any count that divides the width) reads the same.
+    inferred = infer_spec(state_dict, input_size=spec.input_size, num_heads=1)
     for key in _CHECKED:
         declared, actual = spec.model_kwargs.get(key), inferred.model_kwargs[key]
         if declared is not None and declared != actual:
@@ -231,6 +292,8 @@ class ViTFamily(ModelFamily):
     title = "ViT"
     input_axes = ("channels", "height", "width")
     modality = "image"
+    options = (FamilyOption("num_heads", "attention heads (not in the weights; default from args.model or "
+                                         "--arch, else timm's width table or 64-wide heads, noted)"),)
 
     def recognizes(self, state_dict: Mapping[str, Tensor]) -> bool:
         patch = state_dict.get("patch_embed.proj.weight")
@@ -257,27 +320,25 @@ class ViTFamily(ModelFamily):
     ) -> ModelSpec:
         from m2pt_deploy.families.training_args import check_against_args, hints_from_args
 
-        self.check_options(options)
+        heads = self.check_options(options)["num_heads"]
         notes = notes if notes is not None else []
         args = args or {}
         if arch is not None:
             check_arch(arch)
         patch = state_dict.get("patch_embed.proj.weight")
         hints = hints_from_args(args, channels=int(patch.shape[1]) if patch is not None and patch.ndim > 1 else 3)
+        arch_from = None
         # What the user passed wins over args, and then args are not reported as used.
         if arch is None and hints.model_note is not None:
             notes.append(hints.model_note)
             if hints.model_name is not None:
-                width = int(patch.shape[0]) if patch is not None else 0
-                named = arch_width(hints.model_name)
-                if named != width:
-                    raise M2ptError(f"args.model {args['model']!r} is {named} wide, the weights are {width} wide")
-                arch = hints.model_name
+                arch, arch_from = hints.model_name, f"args.model {args['model']!r}"
         mean_std = None
         if input_size is None and hints.input_note is not None:
             notes.append(hints.input_note)
             input_size, mean_std = hints.input_size, hints.mean_std
-        spec = infer_spec(state_dict, arch=arch, input_size=_three(input_size), mean_std=mean_std, notes=notes)
+        spec = infer_spec(state_dict, arch=arch, input_size=_three(input_size), mean_std=mean_std, num_heads=heads,
+                          arch_from=arch_from, pooling_stated=isinstance(args.get("global_pool"), bool), notes=notes)
         notes.extend(check_against_args(spec, args))
         return spec
 
@@ -286,10 +347,15 @@ class ViTFamily(ModelFamily):
 
     def override(self, spec: ModelSpec, state_dict: Mapping[str, Tensor], *, arch: str | None = None,
                  input_size: tuple[int, ...] | None = None, options: Mapping[str, Any] | None = None) -> ModelSpec:
-        self.check_options(options)
+        """Our config with the user's flags: --num-heads must be the count the config states."""
+        heads = self.check_options(options)["num_heads"]
+        width = state_dict["patch_embed.proj.weight"].shape[0]
+        if heads is not None:
+            declared = spec.model_kwargs.get("num_heads") or arch_heads(spec.arch)
+            resolve_heads(width, flag=heads, stated=(declared, "the checkpoint's config") if declared else None,
+                          convention=None, title=self.title, notes=[])
         if arch is not None:
             check_arch(arch)
-            width = state_dict["patch_embed.proj.weight"].shape[0]
             if arch_width(arch) != width:
                 raise M2ptError(f"--arch {arch} is {arch_width(arch)} wide, the checkpoint's weights are {width} wide")
             spec = dataclasses.replace(spec, arch=arch)

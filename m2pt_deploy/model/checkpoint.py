@@ -30,15 +30,19 @@ from m2pt_deploy.model.torchfile import load_torch_file
 
 __all__ = [
     "METADATA_KEY",
+    "NOTES_KEY",
     "Checkpoint",
     "PathwayInfo",
     "load_checkpoint",
     "read_checkpoint_file",
     "read_state_dict",
+    "recorded_notes",
     "save_checkpoint",
 ]
 
 METADATA_KEY = "m2pt_deploy"
+#: The config key of what was read from args or assumed when a file was written from a foreign one.
+NOTES_KEY = "notes"
 # Where the reference writers put the weights (see shared M2PT_REFERENCE.md's table).
 _WRAPPER_KEYS = ("model", "module", "state_dict", "base_model", "model_state_dict")
 _EMA_KEY = "model_ema"
@@ -265,6 +269,9 @@ def load_checkpoint(
             spec = _declared_spec(config, sd, family, arch, input_size, options)
             aux = tuple(config["pathway"]["aux"]) if config.get("pathway") else None
             extra = {k: v for k, v in config.items() if k not in ("spec", "pathway")}
+            # The config states every setting, but a file written from a foreign one (merged,
+            # trained) took some of them from that file's args or assumptions: said again here.
+            notes.extend(f"when this file was written: {n}" for n in _written_notes(config))
         else:
             if any(k.rpartition(".")[2] in _REFERENCE_NAMES for k in sd):
                 # The M2PT reference code's checkpoint: one pathway per layer.
@@ -288,6 +295,17 @@ def load_checkpoint(
             raise M2ptError(f"metadata lists pathway layers {declared.layers}, tensors have {found}", p)
         pathway = declared
     return Checkpoint(p, sha256_file(p), kind, sd, spec, pathway, extra, tuple(notes))
+
+
+def _written_notes(config: Mapping[str, Any]) -> list[str]:
+    notes = config.get(NOTES_KEY)
+    return [str(n) for n in notes] if isinstance(notes, list) else []
+
+
+def recorded_notes(ckpt: Checkpoint) -> list[str]:
+    """What a file written from ``ckpt`` (a merge, a training run) records under ``"notes"``: the
+    notes of a foreign file's reading, or those our file itself carries from its own source."""
+    return _written_notes(ckpt.extra) if ckpt.kind == "m2pt" else list(ckpt.notes)
 
 
 def _read_config(text: str) -> dict[str, Any]:

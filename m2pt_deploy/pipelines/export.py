@@ -341,7 +341,7 @@ def _export_tensorrt(req: ExportRequest, checkpoint: CheckpointSource, show: Sho
             images = held_out_inputs(spec, HELD_OUT)
             with step(f"verifying the {precision} ONNX in ONNX Runtime against the unmerged model "
                       f"({len(images)} held-out inputs)"):
-                verdict = verify_onnx_precision(ckpt, staged.path, images, precision=precision)
+                verdict = _Noted(verify_onnx_precision(ckpt, staged.path, images, precision=precision), ckpt.notes)
         settled = _settle(req, staged, verdict, show)
     if not settled.passed:
         return settled

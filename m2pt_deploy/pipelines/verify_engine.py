@@ -58,7 +58,7 @@ def verify_engine_file(
         result = verify_engine(ckpt, engine, inputs, batch=batch)
     show(result)
     data: dict[str, object] = {"engine": os.fspath(engine), "check": result.to_dict(),
-                               "engine_info": info.to_dict()}
+                               "engine_info": info.to_dict(), "notes": list(ckpt.notes)}
     if latency:
         with tempfile.TemporaryDirectory(prefix="m2pt-vanilla-") as tmp, \
                 step("building a vanilla engine and timing both, interleaved"):

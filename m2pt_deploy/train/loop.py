@@ -23,8 +23,9 @@ from torch.utils.data import DataLoader
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.model.build import build_unmerged
-from m2pt_deploy.model.checkpoint import PathwayInfo, load_checkpoint, save_checkpoint
+from m2pt_deploy.model.checkpoint import NOTES_KEY, PathwayInfo, load_checkpoint, recorded_notes, save_checkpoint
 from m2pt_deploy.model.pathway import pathway_state_dict
+from m2pt_deploy.progress import note
 from m2pt_deploy.train import state as train_state
 from m2pt_deploy.train.config import TrainConfig
 from m2pt_deploy.train.data import SizedDataset, batches, check_classes, load_data
@@ -71,6 +72,8 @@ class _Run:
     step: int = 0
     best_acc: float = -1.0
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: What the target's reading took from its args or assumed, recorded in every checkpoint.
+    notes: tuple[str, ...] = ()
 
 
 def train(
@@ -185,6 +188,9 @@ def _fresh(config: TrainConfig, dist: Distributed) -> _Run:
     # (DDP starts every rank from rank 0's weights, whatever each rank initialised).
     train_state.seed_all(config.seed + dist.rank)
     target = load_checkpoint(config.target)
+    if target.notes and dist.is_main:  # the target's reading: nothing it assumed goes unsaid
+        for text in target.notes:
+            note(text)
     split = load_data(config.data, target.spec, val_data=config.val_data, val_split=config.val_split,
                       seed=config.seed)
     head = target.spec.num_classes
@@ -194,7 +200,8 @@ def _fresh(config: TrainConfig, dist: Distributed) -> _Run:
     auxes = load_aux(config.aux)
     pathway = attach_pathways(model, auxes, family=spec.model_family, layers=config.layers,
                               lambda_kind=config.lambda_kind, train_aux=config.train_aux)
-    return _Run(config, dist, Path(config.out_dir), model, spec, pathway, split.classes, split.train, split.val)
+    return _Run(config, dist, Path(config.out_dir), model, spec, pathway, split.classes, split.train, split.val,
+                notes=tuple(recorded_notes(target)))
 
 
 def _resume(path: Path, config: TrainConfig, state: tuple[dict[str, Tensor], dict[str, Any]],
@@ -209,7 +216,8 @@ def _resume(path: Path, config: TrainConfig, state: tuple[dict[str, Tensor], dic
     classes = tuple(ckpt.extra.get("labels", split.classes))
     check_classes(split.classes, ckpt.spec.num_classes, config.data)
     return _Run(config, dist, out, model, ckpt.spec, ckpt.pathway, classes, split.train, split.val,
-                epoch=info["epoch"], step=info["step"], best_acc=info["best_acc"], history=info["history"])
+                epoch=info["epoch"], step=info["step"], best_acc=info["best_acc"], history=info["history"],
+                notes=tuple(recorded_notes(ckpt)))
 
 
 def _recover(out: Path, info: dict[str, Any], state: Path) -> None:
@@ -362,7 +370,7 @@ def _save_epoch(run: _Run, core: nn.Module, optimizer: torch.optim.Optimizer, re
 def _write_epoch(run: _Run, core: nn.Module, optimizer: torch.optim.Optimizer, record: dict[str, Any],
                  rng: dict[str, Tensor]) -> None:
     extra = {"labels": list(run.classes), "training": run.config.to_dict(), "metrics": record,
-             "epoch": run.epoch}
+             "epoch": run.epoch, **({NOTES_KEY: list(run.notes)} if run.notes else {})}
     weights = pathway_state_dict(core)
 
     def write(path: Path) -> None:

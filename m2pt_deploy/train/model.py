@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.families import ModelFamily, ModelSpec
+from m2pt_deploy.families.heads import HeadCountUnknown
 from m2pt_deploy.merge import merge_state_dict
 from m2pt_deploy.model.build import build_vanilla, load_strict
 from m2pt_deploy.model.checkpoint import Checkpoint, PathwayInfo, load_checkpoint
@@ -73,7 +74,7 @@ def load_aux(sources: Sequence[tuple[str | os.PathLike[str], str | None]]) -> li
     """
     out = []
     for path, modality in sources:
-        ckpt = load_checkpoint(path)
+        ckpt = _load_aux_checkpoint(path)
         name = modality or ckpt.extra.get("modality") or "unknown"
         info = {"modality": name, "sha256": ckpt.sha256, "file": Path(path).name}
         state_dict = ckpt.state_dict
@@ -82,6 +83,17 @@ def load_aux(sources: Sequence[tuple[str | os.PathLike[str], str | None]]) -> li
             info["merged_on_load"] = True
         out.append(AuxModel(state_dict, info))
     return out
+
+
+def _load_aux_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    try:
+        return load_checkpoint(path)
+    except M2ptError as e:
+        if not isinstance(e.__cause__, HeadCountUnknown):
+            raise
+    # An aux lends only its weight matrices to the pathways: its head count is never used, and one
+    # head divides every width.
+    return load_checkpoint(path, options={"num_heads": 1})
 
 
 def attach_pathways(

@@ -4,6 +4,7 @@ the same family), m2pt-verify, m2pt-merge and m2pt-train."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from tests.cli.commands import assert_user_error, export
 from tests.families.point_formats import OPTIONS as POINT_OPTIONS
 from tests.families.point_formats import TINY_POINT, point_mae_builder
 from tests.families.video_formats import TINY_VIDEO, write_videomae_checkpoint
-from tests.tiny import TINY
+from tests.tiny import TINY, save_as_users_do, timm_vit
 
 
 def _passed_all_three(code: int, out: str, err: str) -> None:
@@ -183,3 +184,132 @@ def test_point_and_video_models_get_trt_hand_off_and_triton_repositories(point_c
     config = text_format.Parse((tmp_path / "repo" / "clips" / "config.pbtxt").read_text(),
                                model_config_pb2.ModelConfig())
     assert [list(t.dims) for t in config.input] == [[3, 4, 32, 32]]
+    config = (tmp_path / "repo" / "clips" / "config.pbtxt").read_text()
+    assert "dims: [ 3, 4, 32, 32 ]" in config
+
+
+# --- no silent guess: a timm ViT 128 wide with 4 heads, as a user saves it ----------------------
+
+HEADS_NOTE = "2 heads: 64-wide heads assumed at 128 wide, not in the weights; pass --num-heads if not"
+
+
+@pytest.fixture(scope="module")
+def vit128(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    model = timm_vit(128, 4)
+    return save_as_users_do(tmp_path_factory.mktemp("vit128") / "vit128.pth", model), model
+
+
+def _max_abs_to(model: Any, onnx_path: Path) -> float:
+    import torch
+
+    from m2pt_deploy.runtime.sessions import ort_session
+
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    session = ort_session(str(onnx_path))
+    return float(np.abs(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0] - expected).max())
+
+
+def test_the_assumed_head_count_is_said_on_stderr_and_in_the_report(vit128, tmp_path: Path, capsys) -> None:
+    path, _ = vit128
+    out, report = tmp_path / "v.onnx", tmp_path / "r.json"
+    code, stdout, err = export(["--format", "onnx", str(path), "-o", str(out), "--report", str(report)], capsys)
+    _passed_all_three(code, stdout, err)  # it verifies: against its own reading, which the note names
+    assert f"note: {HEADS_NOTE}" in err
+    assert HEADS_NOTE in json.loads(report.read_text())["notes"]
+    verified = tmp_path / "verify.json"
+    code, stdout, err = run_main(verify_main, [str(path), "--onnx", str(out), "--report", str(verified)]), \
+        *capsys.readouterr()
+    _passed_all_three(code, stdout, err)
+    assert f"note: {HEADS_NOTE}" in err and HEADS_NOTE in json.loads(verified.read_text())["notes"]
+    assert f"note: {HEADS_NOTE}" in stdout  # the verification report's own note lines
+    code = run_main(merge_main, [str(path), "-o", str(tmp_path / "m.safetensors")])
+    assert code == 0 and f"note: {HEADS_NOTE}" in capsys.readouterr().err
+    trt_report = tmp_path / "trt.json"  # verified in ONNX Runtime, then (no TensorRT here) handed off
+    code, _, err = export(["--format", "trt", str(path), "-o", str(tmp_path / "v.engine"), "--precision", "fp16",
+                           "--report", str(trt_report)], capsys)
+    assert f"note: {HEADS_NOTE}" in err and HEADS_NOTE in json.loads(trt_report.read_text())["notes"]
+
+
+def test_num_heads_exports_the_users_vit(vit128, tmp_path: Path, capsys) -> None:
+    path, model = vit128
+    out = tmp_path / "v4.onnx"
+    code, stdout, err = export(["--format", "onnx", str(path), "-o", str(out), "--num-heads", "4"], capsys)
+    _passed_all_three(code, stdout, err)
+    assert "heads" not in err, err  # given, not assumed
+    assert _max_abs_to(model, out) <= 1e-4
+
+
+@pytest.mark.parametrize(("width", "heads", "args", "argv", "message"), [
+    (128, 4, {}, ["--num-heads", "3"], "--num-heads 3 does not divide the width 128"),
+    (96, 3, {}, [], "the head count of a 96-wide ViT is not in the weights and no convention gives one: "
+                    "pass --num-heads"),
+    (384, 6, {"model": "vit_small_patch16"}, ["--num-heads", "4"],
+     "--num-heads 4 contradicts args.model 'vit_small_patch16' (6 heads)"),
+], ids=["not-dividing", "no-convention", "contradicts-args"])
+def test_head_counts_that_cannot_be_right_exit_2(tmp_path: Path, capsys, width: int, heads: int, args: dict,
+                                                 argv: list[str], message: str) -> None:
+    path = save_as_users_do(tmp_path / "vit.pth", timm_vit(width, heads), **args)
+    out = tmp_path / "v.onnx"
+    code, _, err = export(["--format", "onnx", str(path), "-o", str(out), *argv], capsys)
+    assert_user_error(code, err)
+    assert err.splitlines()[-1] == f"error: {path}: {message}"
+    assert not out.exists()
+
+
+def test_a_merged_file_states_the_heads_and_the_flag_may_not_contradict_it(vit128, tmp_path: Path, capsys) -> None:
+    path, model = vit128
+    merged = tmp_path / "m.safetensors"
+    code = run_main(merge_main, [str(path), "-o", str(merged), "--num-heads", "4"])
+    assert code == 0, capsys.readouterr().err
+    assert "heads" not in capsys.readouterr().err
+    out = tmp_path / "m.onnx"
+    code, stdout, err = export(["--format", "onnx", str(merged), "-o", str(out)], capsys)
+    _passed_all_three(code, stdout, err)
+    assert _max_abs_to(model, out) <= 1e-4
+    # Our format states every setting; those the merge read off a foreign file are said as such.
+    notes = [line for line in err.splitlines() if line.startswith("note: ")]
+    assert notes and all(n.startswith("note: when this file was written: ") for n in notes), notes
+    assert not any("heads" in n for n in notes)
+    code, _, err = export(["--format", "onnx", str(merged), "-o", str(tmp_path / "x.onnx"), "--num-heads", "2"],
+                          capsys)
+    assert_user_error(code, err)
+    assert err.splitlines()[-1] == f"error: {merged}: --num-heads 2 contradicts the checkpoint's config (4 heads)"
+
+
+def test_a_file_written_from_an_assumption_keeps_saying_it(vit128, tmp_path: Path, capsys) -> None:
+    """m2pt-merge and m2pt-train write our format, which states the head count: the 2 heads they
+    assumed would become a silent fact there, so the files record the notes and loads repeat them."""
+    path, _ = vit128
+    merged = tmp_path / "m.safetensors"
+    assert run_main(merge_main, [str(path), "-o", str(merged)]) == 0
+    capsys.readouterr()
+    assert f"when this file was written: {HEADS_NOTE}" in load_checkpoint(merged).notes
+    again = tmp_path / "again.safetensors"
+    assert run_main(merge_main, [str(merged), "-o", str(again)]) == 0  # carried on, not nested
+    assert f"note: when this file was written: {HEADS_NOTE}" in capsys.readouterr().err
+    assert f"when this file was written: {HEADS_NOTE}" in load_checkpoint(again).notes
+    assert not any(n.count("when this file was written") > 1 for n in load_checkpoint(again).notes)
+    x = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", x=x, y=np.arange(16) % 2)
+    code = run_main(train_main, [str(path), "--data", str(tmp_path / "data.npz"), "--num-classes", "2",
+                                 "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "8", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"note: {HEADS_NOTE}" in err
+    assert f"when this file was written: {HEADS_NOTE}" in load_checkpoint(tmp_path / "run" / "last.safetensors").notes
+
+
+def test_an_aux_needs_no_head_count(tmp_path: Path, capsys) -> None:
+    """An aux lends only its weight matrices: a width no convention covers is no reason to refuse it."""
+    spec = ModelSpec("vit_base_patch16_224", dict(img_size=32, patch_size=8, embed_dim=96, depth=2, num_heads=3,
+                                                  num_classes=2), (3, 32, 32))
+    target = save_checkpoint(tmp_path / "target.safetensors", build_vanilla(spec).state_dict(), spec)
+    aux = save_as_users_do(tmp_path / "aux.pth", timm_vit(96, 3))
+    x = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", x=x, y=np.arange(16) % 2)
+    code = run_main(train_main, [str(target), "--aux", f"image={aux}", "--data", str(tmp_path / "data.npz"),
+                                 "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "8", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "run" / "last.safetensors").pathway is not None

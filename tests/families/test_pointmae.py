@@ -34,6 +34,8 @@ from tests.families.point_formats import (
 from tests.tiny import TINY, random_lambdas
 
 FAMILY = PointMAEFamily()
+CONVENTIONS = ("Point-MAE conventions assumed: LayerNorm and BatchNorm eps 1e-5, exact GELU, farthest point "
+               "sampling from point 0, kNN by squared distance, not in the weights")
 
 
 def cloud(batch: int, n: int = 128, *, seed: int = 0) -> Tensor:
@@ -58,7 +60,7 @@ def test_infer_spec_reads_shapes_and_takes_options() -> None:
     notes: list[str] = []
     spec = FAMILY.infer_spec(make_point_model().state_dict(), options=OPTIONS, notes=notes)
     assert spec == TINY_POINT
-    assert notes == []  # nothing assumed
+    assert notes == [CONVENTIONS]  # every setting given: only the model's own conventions are assumed
     assert FAMILY.describe(spec) == "Point-MAE (48 wide, 2 blocks, 3 heads; 128 points in 16 groups of 8)"
     meta = FAMILY.input_metadata(spec)
     assert meta["layout"] == ["batch", "points", "xyz"] and meta["shape"] == [128, 3]
@@ -74,7 +76,8 @@ def test_defaults_are_point_mae_s_and_each_is_noted() -> None:
     assert spec.input_size == (1024, 3)
     assert notes == [
         "assumed Point-MAE's grouping: 1024 points, 64 groups of 32 (pass --npoints/--num-group/--group-size)",
-        "assumed 6 attention heads, as in every Point-MAE config (not visible in the weights; pass --num-heads)",
+        "6 heads: as in every Point-MAE config, not in the weights; pass --num-heads if not",
+        CONVENTIONS,
     ]
 
 
@@ -84,7 +87,7 @@ def test_input_size_sets_npoints_and_training_args_fill_the_rest() -> None:
                              args={"num_group": 16, "group_size": 8}, options={"num_heads": 3}, notes=notes)
     assert spec.input_size == (256, 3) and spec.model_kwargs["npoints"] == 256
     assert (spec.model_kwargs["num_group"], spec.model_kwargs["group_size"]) == (16, 8)
-    assert notes == ["from the training args: num_group 16, group_size 8"]
+    assert notes == ["from the training args: num_group 16, group_size 8", CONVENTIONS]
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -337,4 +340,37 @@ def test_point_mae_builder_checkpoint_without_options_gets_noted_defaults(tmp_pa
     ckpt = load_checkpoint(point_mae_builder(tmp_path).path)
     assert ckpt.spec.family == "pointmae" and ckpt.spec.input_size == (1024, 3)
     assert any("assumed Point-MAE's grouping" in n for n in ckpt.notes)
-    assert any("assumed 6 attention heads" in n for n in ckpt.notes)
+    assert "6 heads: as in every Point-MAE config, not in the weights; pass --num-heads if not" in ckpt.notes
+
+
+# ------------------------------------------------------------------ no silent guess: heads
+
+
+def test_a_head_count_the_args_state_is_not_noted_and_the_flag_may_not_contradict_it() -> None:
+    sd = make_point_model().state_dict()
+    grouping = {k: v for k, v in OPTIONS.items() if k != "num_heads"}
+    notes: list[str] = []
+    spec = FAMILY.infer_spec(sd, args={"num_heads": 3}, options=grouping, notes=notes)
+    assert spec == TINY_POINT and notes == [CONVENTIONS]
+    with pytest.raises(M2ptError) as e:
+        FAMILY.infer_spec(sd, args={"num_heads": 3}, options={**grouping, "num_heads": 6})
+    assert str(e.value) == "--num-heads 6 contradicts the training args' num_heads (3 heads)"
+
+
+def test_a_config_states_the_head_count_and_the_flag_may_not_contradict_it() -> None:
+    sd = make_point_model().state_dict()
+    assert FAMILY.override(TINY_POINT, sd, options={"num_heads": 3}) == TINY_POINT
+    with pytest.raises(M2ptError) as e:
+        FAMILY.override(TINY_POINT, sd, options={"num_heads": 6})
+    assert str(e.value) == "--num-heads 6 contradicts the checkpoint's config (3 heads)"
+
+
+def test_a_width_six_heads_do_not_divide_needs_the_flag() -> None:
+    spec = dataclasses.replace(TINY_POINT, model_kwargs={**TINY_POINT.model_kwargs, "embed_dim": 40, "num_heads": 4})
+    sd = make_point_model(spec).state_dict()
+    grouping = {k: v for k, v in OPTIONS.items() if k != "num_heads"}
+    with pytest.raises(M2ptError) as e:
+        FAMILY.infer_spec(sd, options=grouping)
+    assert str(e.value) == ("the head count of a 40-wide Point-MAE is not in the weights and no convention gives one: "
+                            "pass --num-heads")
+    assert FAMILY.infer_spec(sd, options={**grouping, "num_heads": 4}) == spec

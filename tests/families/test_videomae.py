@@ -174,7 +174,7 @@ def test_spec_from_shapes_alone_assumes_the_default_input_and_says_so() -> None:
     assert (kw["num_classes"], kw["qkv_bias"], kw["init_values"], kw["use_mean_pooling"]) == (10, True, 0.0, True)
     assert spec.mean == (0.485, 0.456, 0.406) and spec.std == (0.229, 0.224, 0.225)
     assert any("default input 3 x 16 x 224 x 224" in n and "not in the weights" in n for n in notes)
-    assert any("assumed 1 attention head" in n for n in notes)
+    assert "1 head: 64-wide heads assumed at 64 wide, not in the weights; pass --num-heads if not" in notes
 
 
 def test_spec_from_training_args() -> None:
@@ -269,9 +269,12 @@ def test_with_input_size_and_override() -> None:
         TINY_VIDEO.with_input_size((3, 7, 32, 32))
     sd = _vanilla_sd()
     assert FAMILY.override(TINY_VIDEO, sd) is TINY_VIDEO
-    moved = FAMILY.override(TINY_VIDEO, sd, input_size=(3, 2, 32, 32), options={"num_heads": 2})
-    assert moved.input_size == (3, 2, 32, 32) and moved.model_kwargs["num_heads"] == 2
+    moved = FAMILY.override(TINY_VIDEO, sd, input_size=(3, 2, 32, 32), options={"num_heads": 1})
+    assert moved.input_size == (3, 2, 32, 32) and moved.model_kwargs["num_heads"] == 1
     assert moved.arch == TINY_VIDEO.arch
+    # The config states 1 head: a --num-heads that differs is a contradiction, not an override.
+    with pytest.raises(M2ptError, match=r"^--num-heads 2 contradicts the checkpoint's config \(1 head\)$"):
+        FAMILY.override(TINY_VIDEO, sd, options={"num_heads": 2})
 
 
 def test_describe_and_input_metadata() -> None:
@@ -416,3 +419,44 @@ def test_full_size_videomae_v2_base_from_its_training_args() -> None:
     with torch.no_grad():
         out = model(torch.randn(1, *spec.input_size, generator=torch.Generator().manual_seed(0)))
     assert out.shape == (1, 400) and torch.isfinite(out).all()
+
+
+# --- no silent guess ----------------------------------------------------------------------------
+
+
+def test_without_args_every_assumed_value_is_noted() -> None:
+    notes: list[str] = []
+    FAMILY.infer_spec(_vanilla_sd(), notes=notes)
+    assert notes == [
+        "1 head: 64-wide heads assumed at 64 wide, not in the weights; pass --num-heads if not",
+        "assumed VideoMAE V2's default input 3 x 16 x 224 x 224 (C x T x H x W): the position table is not in the "
+        "weights; pass --input-size C T H W to override",
+        "ImageNet mean/std (VideoMAE V2's datasets) assumed for the input normalisation, not in the weights",
+        "VideoMAE V2 conventions assumed: LayerNorm eps 1e-6, exact GELU, a fixed sinusoidal position table, "
+        "not in the weights",
+    ]
+    notes = []
+    FAMILY.infer_spec(_small_sd(), input_size=(3, 2, 32, 32), notes=notes)
+    assert "6 heads: VideoMAE V2-small at 384 wide, not in the weights; pass --num-heads if not" in notes
+
+
+def test_a_stated_head_count_is_not_noted_and_the_flag_may_not_contradict_it() -> None:
+    notes: list[str] = []
+    FAMILY.infer_spec(_small_sd(), input_size=(3, 2, 32, 32), args={"model": "vit_small_patch16_224"},
+                      options={"num_heads": 6}, notes=notes)
+    assert not any(n.startswith("6 heads:") for n in notes)
+    with pytest.raises(M2ptError) as e:
+        FAMILY.infer_spec(_small_sd(), input_size=(3, 2, 32, 32), args={"model": "vit_small_patch16_224"},
+                          options={"num_heads": 3})
+    assert str(e.value) == "--num-heads 3 contradicts args.model 'vit_small_patch16_224' (6 heads)"
+
+
+def test_a_width_without_a_convention_needs_the_flag() -> None:
+    sd = VideoMAEClassifier(img_size=32, patch_size=16, embed_dim=96, depth=1, num_heads=3, num_frames=2,
+                            num_classes=5).state_dict()
+    with pytest.raises(M2ptError) as e:
+        FAMILY.infer_spec(sd, input_size=(3, 2, 32, 32))
+    assert str(e.value) == ("the head count of a 96-wide VideoMAE V2 is not in the weights and no convention gives "
+                            "one: pass --num-heads")
+    spec = FAMILY.infer_spec(sd, input_size=(3, 2, 32, 32), options={"num_heads": 3})
+    build_vanilla(spec).load_state_dict(sd)
