@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).parents[1] / "m2pt_deploy"
 # Same-numbered layers may not import each other either (except within themselves).
 LAYERS: dict[str, int] = {
     "__init__": 0, "errors": 0, "fileio": 0, "filekind": 0, "cpu": 0, "heap": 0, "progress": 0,
-    "vocabulary": 0, "request": 0, "extras": 0,
+    "vocabulary": 0, "request": 0, "extras": 0, "metadata": 0,
     "families": 1,
     "model": 2,
     "merge": 3,

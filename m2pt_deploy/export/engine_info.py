@@ -25,10 +25,10 @@ from typing import Any, Literal
 import onnx
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.export.metadata import read_metadata
 from m2pt_deploy.export.onnx import BatchSpec, parse_batch
 from m2pt_deploy.export.profiles import ShapeProfile, profile_for
 from m2pt_deploy.fileio import atomic_output, sha256_file
+from m2pt_deploy.metadata import PRECISION_KEY, read_metadata
 from m2pt_deploy.vocabulary import PRECISIONS, EnginePrecision
 
 __all__ = [
@@ -289,14 +289,14 @@ def write_sidecar(
 
 
 def _onnx_precision(proto: onnx.ModelProto, given: str | None, api_path: str, source: Path) -> str:
-    recorded = read_metadata(proto).get("m2pt_deploy.precision")
+    recorded = PRECISION_KEY.get(read_metadata(proto))
     # A strongly typed engine computes in the ONNX's types; builder flags may lower an fp32 ONNX.
     if given is not None and recorded is not None and given != recorded and api_path == "strong-typing":
-        raise M2ptError(f"--precision {given}, but the ONNX is {recorded} (m2pt_deploy.precision) and a "
+        raise M2ptError(f"--precision {given}, but the ONNX is {recorded} ({PRECISION_KEY}) and a "
                         "strongly typed engine computes in the ONNX's types", source)
     precision = given or recorded
     if precision not in PRECISIONS:
-        raise M2ptError(f"the ONNX names no precision (m2pt_deploy.precision {recorded!r}); pass "
+        raise M2ptError(f"the ONNX names no precision ({PRECISION_KEY} {recorded!r}); pass "
                         f"--precision, one of {', '.join(PRECISIONS)}", source)
     return str(precision)
 
@@ -320,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          help="strong-typing: built with --stronglyTyped / --strongly-typed; builder-flags: "
                          "with --fp16, --bf16, --int8 or --fp8 (TensorRT 10)")
     sidecar.add_argument("--precision", choices=PRECISIONS,
-                         help="default: the ONNX's m2pt_deploy.precision metadata")
+                         help=f"default: the ONNX's {PRECISION_KEY} metadata")
     sidecar.add_argument("--force", action="store_true", help="overwrite an existing sidecar")
     args = parser.parse_args(argv)
     try:

@@ -15,7 +15,6 @@ from polygraphy.backend.base import BaseRunner
 
 from m2pt_deploy.cpu import cpu_model, int8_target
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.export.int8.quantize import INT8_TARGET_KEY
 from m2pt_deploy.export.onnx import INPUT_NAME
 from m2pt_deploy.model.build import build_unmerged
 from m2pt_deploy.model.checkpoint import Checkpoint
@@ -32,10 +31,10 @@ __all__ = ["cpu_runner", "verify_int8_cpu"]
 def _cpu_note(onnx_path: str | os.PathLike[str]) -> str:
     import onnx
 
-    from m2pt_deploy.export.metadata import read_metadata
+    from m2pt_deploy.metadata import INT8_TARGET_KEY, read_metadata
 
     meta = read_metadata(onnx.load_model(os.fspath(onnx_path), load_external_data=False))
-    quantized = meta.get(INT8_TARGET_KEY) or {}
+    quantized = INT8_TARGET_KEY.get(meta) or {}
     made_for = f"{quantized['target']}, {quantized['weight_bits']}-bit weights" if quantized else "unrecorded target"
     return f"run on {int8_target()} ({cpu_model()}); quantized for {made_for}"
 

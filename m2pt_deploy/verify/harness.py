@@ -18,8 +18,8 @@ from google.protobuf.message import DecodeError
 from polygraphy.backend.base import BaseRunner
 
 from m2pt_deploy.errors import M2ptError, first_line
-from m2pt_deploy.export.metadata import read_metadata
 from m2pt_deploy.merge import merge_model
+from m2pt_deploy.metadata import SOURCE_SHA256_KEY, read_metadata
 from m2pt_deploy.model.build import build_unmerged
 from m2pt_deploy.model.checkpoint import Checkpoint, load_checkpoint
 from m2pt_deploy.runtime.runners import TorchRunner, onnxrt_runner, seeded_inputs
@@ -134,7 +134,7 @@ def _feeds(
 
 
 def _provenance(proto: onnx.ModelProto, ckpt: Checkpoint) -> tuple[str, ...]:
-    source = read_metadata(proto).get("m2pt_deploy.source_sha256")
+    source = SOURCE_SHA256_KEY.get(read_metadata(proto))
     if source and source != ckpt.sha256:
         return (
             f"the ONNX metadata names source sha256 {source[:12]}…, "
