@@ -13,9 +13,9 @@ from typing import Literal, get_args
 
 from m2pt_deploy.errors import M2ptError
 
-__all__ = ["DEFAULT_OPSET", "DYNAMIC_BATCH", "MIN_OPSET", "MAX_OPT_LEVEL", "BatchSpec", "check_build_options",
-           "parse_batch", "DYNAMIC_BATCH_RANGE", "FORMATS", "ONNX_PRECISIONS", "PRECISIONS", "VERIFY_IMAGES",
-           "EnginePrecision", "FloatPrecision", "LowPrecision", "OnnxPrecision"]
+__all__ = ["API_PATHS", "DEFAULT_OPSET", "DYNAMIC_BATCH", "MIN_OPSET", "MAX_OPT_LEVEL", "BatchSpec",
+           "check_build_options", "parse_batch", "DYNAMIC_BATCH_RANGE", "FORMATS", "ONNX_PRECISIONS", "PRECISIONS",
+           "VERIFY_IMAGES", "ApiPath", "EnginePrecision", "FloatPrecision", "LowPrecision", "OnnxPrecision"]
 
 FORMATS = ("onnx", "trt", "triton")
 # The precision words, one home: every module that takes a precision types it with one of these.
@@ -29,6 +29,9 @@ FloatPrecision = Literal["fp32", "fp16"]
 LowPrecision = Literal["fp16", "bf16"]
 PRECISIONS: tuple[str, ...] = get_args(EnginePrecision)
 ONNX_PRECISIONS: tuple[str, ...] = get_args(OnnxPrecision)
+#: How TensorRT was told the precision: the ONNX's own types, or builder flags (TensorRT 10).
+ApiPath = Literal["strong-typing", "builder-flags"]
+API_PATHS: tuple[str, ...] = get_args(ApiPath)
 DEFAULT_OPSET = 18
 #: The oldest opset the exporter writes (LayerNormalization is a standard op from 17).
 MIN_OPSET = 17

@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "bench": 9,
     "pipelines": 10,
     "cli": 11,
+    "__main__": 12,
 }
 _NAME = re.compile(r"\bm2pt_deploy\.([a-z_0-9]+)")
 

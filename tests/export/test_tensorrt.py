@@ -12,12 +12,12 @@ import onnx
 import pytest
 import torch
 
+from m2pt_deploy.cli.engine_info import main
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.engine_info import (
     EngineInfo,
     check_compatible,
     check_engine_file,
-    main,
     read_engine_info,
     sidecar_path,
     write_engine_info,
