@@ -19,7 +19,7 @@ import os
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
@@ -28,7 +28,11 @@ from m2pt_deploy.export.onnx import BatchSpec
 from m2pt_deploy.export.profiles import ShapeProfile, profile_for
 from m2pt_deploy.fileio import atomic_output, sha256_file
 from m2pt_deploy.metadata import PRECISION_KEY, read_metadata
+from m2pt_deploy.runtime.tensorrt import trt_runner
 from m2pt_deploy.vocabulary import API_PATHS, PRECISIONS, ApiPath, EnginePrecision
+
+if TYPE_CHECKING:
+    from polygraphy.backend.base import BaseRunner
 
 __all__ = [
     "API_PATHS",
@@ -41,6 +45,7 @@ __all__ = [
     "check_engine_file",
     "describe_engine",
     "detect_platform",
+    "engine_runner",
     "read_engine_info",
     "sidecar_path",
     "write_engine_info",
@@ -158,6 +163,22 @@ def check_compatible(
         built, here = info.compute_capability, compute_capability
         raise M2ptError(f"engine was built for {info.gpu_name} (sm_{built[0]}{built[1]}) but this GPU is "
                         f"{gpu_name} (sm_{here[0]}{here[1]}); rebuild it here", source)
+
+
+def engine_runner(engine_path: str | os.PathLike[str], *, platform: Platform | None = None,
+                  name: str | None = None) -> tuple[BaseRunner, EngineInfo]:
+    """A Polygraphy ``TrtRunner`` (:func:`~m2pt_deploy.runtime.tensorrt.trt_runner`), once the
+    sidecar says the engine runs here."""
+    path = Path(engine_path)
+    info = read_engine_info(path)
+    platform = platform or detect_platform()
+    missing = platform.missing()
+    if missing is not None:
+        raise M2ptError(f"cannot run the engine: {missing}", path)
+    assert platform.tensorrt_version and platform.gpu_name and platform.compute_capability
+    check_compatible(info, tensorrt_version=platform.tensorrt_version, gpu_name=platform.gpu_name,
+                     compute_capability=platform.compute_capability, source=path)
+    return trt_runner(path, name=name), info
 
 
 def _looks_like_onnx(path: Path) -> bool:

@@ -12,12 +12,9 @@ from m2pt_deploy.export.int8.calibration import calibration_tiles
 from m2pt_deploy.export.int8.quantize import quantize_qdq
 from m2pt_deploy.export.precision import to_mixed_precision
 from m2pt_deploy.metadata import PRECISION_KEY
+from m2pt_deploy.vocabulary import CALIBRATION_SEED
 
-__all__ = ["CALIBRATION_SEED", "VERIFY_SEED", "engine_onnx"]
-
-
-# Calibration and verification tiles come from different seeds, so verification is held out.
-CALIBRATION_SEED, VERIFY_SEED = 0, 1
+__all__ = ["engine_onnx"]
 
 
 def engine_onnx(

@@ -18,7 +18,7 @@ from m2pt_deploy.metadata import OPTIMIZED_KEY
 if TYPE_CHECKING:  # onnx loads when a session is made, so that --help stays instant
     import onnx
 
-__all__ = ["cpu_session", "cpu_session_options", "is_optimized", "ort_session",
+__all__ = ["ModelSource", "Optimization", "cpu_session", "cpu_session_options", "is_optimized", "ort_session",
            "physical_cores", "session_options"]
 
 Optimization = Literal["auto", "all", "extended", "none"]

@@ -27,7 +27,7 @@ from m2pt_deploy.verify.numerics import check_merge, compare_runners
 from m2pt_deploy.verify.result import Result, VerificationReport
 from m2pt_deploy.verify.structure import check_structure, export_settings
 from m2pt_deploy.verify.tolerance import tolerance_for
-from m2pt_deploy.vocabulary import VERIFY_IMAGES
+from m2pt_deploy.vocabulary import VERIFY_IMAGES, VERIFY_SEED
 
 __all__ = ["assert_equivalent", "check_inputs", "load_onnx", "verify_onnx"]
 
@@ -144,7 +144,7 @@ def _provenance(proto: onnx.ModelProto, ckpt: Checkpoint) -> tuple[str, ...]:
 
 
 def _int8_runtime(ckpt: Checkpoint, path: Path, inputs: np.ndarray | None) -> Result:
-    from m2pt_deploy.export.int8.cpu import VERIFY_SEED, photo_tiles
+    from m2pt_deploy.export.int8.cpu import photo_tiles
     from m2pt_deploy.verify.cpu_int8 import verify_int8_cpu
 
     spec = ckpt.spec

@@ -24,13 +24,10 @@ from m2pt_deploy.export.int8.quantize import quantize_qdq
 from m2pt_deploy.export.optimize import optimize_onnx
 from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.metadata import PRECISION_KEY
-from m2pt_deploy.vocabulary import VERIFY_IMAGES
+from m2pt_deploy.vocabulary import CALIBRATION_SEED, VERIFY_IMAGES, VERIFY_SEED
 
-__all__ = ["CALIBRATION_SEED", "VERIFY_IMAGES", "VERIFY_SEED", "Int8Data", "cpu_int8_onnx", "int8_data",
-           "photo_tiles"]
+__all__ = ["VERIFY_IMAGES", "Int8Data", "cpu_int8_onnx", "int8_data", "photo_tiles"]
 
-# Calibration and verification tiles come from different seeds: verification is held out.
-CALIBRATION_SEED, VERIFY_SEED = 0, 1
 _CALIBRATION_BATCH = 8
 
 
