@@ -4,7 +4,10 @@ the error contract that :func:`m2pt_deploy.cli.common.run_main` applies)."""
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).parents[2] / "m2pt_deploy"
 CLI = PACKAGE / "cli"
@@ -33,3 +36,21 @@ def test_the_check_sees_parsers(tmp_path: Path) -> None:
                      "a = argparse.ArgumentParser(prog='x')\nb = ArgumentParser()\n")
     assert parsers(probe) == [3, 4]
     assert parsers(CLI / "engine_info.py")
+
+
+def test_python_m_runs_a_command_by_its_module_name(tmp_path: Path, capsys, monkeypatch) -> None:
+    """``python -m m2pt_deploy engine-info ...`` (what an engine's build script runs) is that cli module."""
+    from m2pt_deploy.__main__ import commands, main
+
+    monkeypatch.setattr(sys, "argv", ["python"])  # main() rewrites it for the command, as -m would
+
+    assert {"engine-info", "export", "serve-bench", "verify"} <= set(commands()) and "common" not in commands()
+    for argv in ([], ["no-such-command"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2 and "usage: python -m m2pt_deploy {bench," in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["engine-info", "sidecar", str(tmp_path / "none.engine"), "--onnx", "x.onnx", "--batch", "1",
+              "--api-path", "strong-typing"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'none.engine'}: engine file not found\n"
