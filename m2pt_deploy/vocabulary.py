@@ -13,9 +13,10 @@ from typing import Literal, get_args
 
 from m2pt_deploy.errors import M2ptError
 
-__all__ = ["DEFAULT_OPSET", "DYNAMIC_BATCH", "MIN_OPSET", "MAX_OPT_LEVEL", "BatchSpec", "check_build_options",
-           "parse_batch", "DYNAMIC_BATCH_RANGE", "FORMATS", "ONNX_PRECISIONS", "PRECISIONS", "VERIFY_IMAGES",
-           "EnginePrecision", "FloatPrecision", "LowPrecision", "OnnxPrecision"]
+__all__ = ["API_PATHS", "CALIBRATION_SEED", "DEFAULT_OPSET", "DYNAMIC_BATCH", "MIN_OPSET", "MAX_OPT_LEVEL",
+           "BatchSpec", "check_build_options", "parse_batch", "DYNAMIC_BATCH_RANGE", "FORMATS", "ONNX_PRECISIONS",
+           "PRECISIONS", "VERIFY_IMAGES", "VERIFY_SEED", "ApiPath", "EnginePrecision", "FloatPrecision",
+           "LowPrecision", "OnnxPrecision"]
 
 FORMATS = ("onnx", "trt", "triton")
 # The precision words, one home: every module that takes a precision types it with one of these.
@@ -29,6 +30,12 @@ FloatPrecision = Literal["fp32", "fp16"]
 LowPrecision = Literal["fp16", "bf16"]
 PRECISIONS: tuple[str, ...] = get_args(EnginePrecision)
 ONNX_PRECISIONS: tuple[str, ...] = get_args(OnnxPrecision)
+#: How TensorRT was told the precision: the ONNX's own types, or builder flags (TensorRT 10).
+ApiPath = Literal["strong-typing", "builder-flags"]
+API_PATHS: tuple[str, ...] = get_args(ApiPath)
+#: Seeds of the calibration tiles and of the tiles that verify a quantized model: different, so that
+#: verification is held out (the CPU int8 export and the TensorRT engine ONNX share them).
+CALIBRATION_SEED, VERIFY_SEED = 0, 1
 DEFAULT_OPSET = 18
 #: The oldest opset the exporter writes (LayerNormalization is a standard op from 17).
 MIN_OPSET = 17

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).parents[1] / "m2pt_deploy"
 # Same-numbered layers may not import each other either (except within themselves).
 LAYERS: dict[str, int] = {
     "__init__": 0, "errors": 0, "fileio": 0, "filekind": 0, "cpu": 0, "heap": 0, "progress": 0,
-    "vocabulary": 0, "request": 0, "extras": 0,
+    "vocabulary": 0, "request": 0, "extras": 0, "metadata": 0,
     "families": 1,
     "model": 2,
     "merge": 3,
@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "bench": 9,
     "pipelines": 10,
     "cli": 11,
+    "__main__": 12,
 }
 _NAME = re.compile(r"\bm2pt_deploy\.([a-z_0-9]+)")
 

@@ -37,17 +37,17 @@ from m2pt_deploy.bench.peak import forward_gflop, matmul_peak_gflops
 from m2pt_deploy.bench.subject import Subject, random_subject
 from m2pt_deploy.bench.throughput import ThroughputRow, Variant, paired_ratio, rows_for_batch, run_variants
 from m2pt_deploy.errors import M2ptError, first_line
-from m2pt_deploy.export.int8.cpu import VERIFY_SEED, cpu_int8_onnx, photo_tiles
+from m2pt_deploy.export.int8.cpu import cpu_int8_onnx, photo_tiles
 from m2pt_deploy.export.onnx import INPUT_NAME, export_model, save_onnx
 from m2pt_deploy.export.optimize import optimize_onnx, save_optimized
 from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.model.build import build_vanilla
-from m2pt_deploy.runtime.runners import TorchRunner, seeded_inputs
+from m2pt_deploy.runtime.runners import TorchRunner, cpu_runner, seeded_inputs
 from m2pt_deploy.runtime.sessions import cpu_session, ort_session, physical_cores
-from m2pt_deploy.verify.cpu_int8 import cpu_runner
 from m2pt_deploy.verify.numerics import compare_runners
 from m2pt_deploy.verify.structure import graph_signature, structure_differences
 from m2pt_deploy.verify.tolerance import INT8_CPU
+from m2pt_deploy.vocabulary import VERIFY_SEED
 
 __all__ = ["EAGER", "ERROR_BARS", "RUNTIMES", "BenchOptions", "run_benchmark"]
 

@@ -10,14 +10,14 @@ import numpy as np
 import onnx
 
 from m2pt_deploy.bench.latency import LatencyComparison, compare_latency
-from m2pt_deploy.export.engine_info import read_engine_info
+from m2pt_deploy.export.engine_info import engine_runner, read_engine_info
 from m2pt_deploy.export.engine_onnx import engine_onnx
 from m2pt_deploy.export.onnx import INPUT_NAME, BatchSpec, export_model, save_onnx
 from m2pt_deploy.export.tensorrt import build_engine_from_onnx
 from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.model.build import build_vanilla
 from m2pt_deploy.model.checkpoint import Checkpoint
-from m2pt_deploy.verify.tensorrt import batch_feeds, engine_runner
+from m2pt_deploy.verify.tensorrt import batch_feeds
 
 __all__ = ["latency_vs_vanilla", "vanilla_engine_onnx"]
 

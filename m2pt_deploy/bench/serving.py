@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.metadata import ARCH_KEY, MODEL_KWARGS_KEY
 
 __all__ = ["MODES", "run_serving_benchmark", "serving_table"]
 
@@ -91,8 +92,8 @@ class _Load:
         self.grpc_request = grpc_infer_request(model.name, {spec.name: x}, {spec.name: spec.datatype})
         self.want = model.run({spec.name: x})[output.name]
         self.info = {"path": model_path, "name": model.name, "input_shape": shape,
-                     "arch": model.metadata.get("m2pt_deploy.arch"),
-                     "model_kwargs": model.metadata.get("m2pt_deploy.model_kwargs")}
+                     "arch": ARCH_KEY.get(model.metadata),
+                     "model_kwargs": MODEL_KWARGS_KEY.get(model.metadata)}
 
     def check(self, server: _Server, mode: str) -> None:
         import numpy as np

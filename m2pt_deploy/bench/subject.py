@@ -21,11 +21,18 @@ from torch import nn
 
 from m2pt_deploy.bench.latency import pathway_pair, trained_like
 from m2pt_deploy.errors import M2ptError, first_line
-from m2pt_deploy.export.metadata import read_metadata
 from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.families.base import IMAGENET_MEAN, IMAGENET_STD
 from m2pt_deploy.fileio import sha256_file
 from m2pt_deploy.merge import merge_model
+from m2pt_deploy.metadata import (
+    ARCH_KEY,
+    INPUT_KEY,
+    MODEL_KWARGS_KEY,
+    NUM_CLASSES_KEY,
+    PRECISION_KEY,
+    read_metadata,
+)
 from m2pt_deploy.model.build import build_unmerged, build_vanilla
 from m2pt_deploy.model.checkpoint import Checkpoint, PathwayInfo, save_checkpoint
 from m2pt_deploy.model.pathway import DEFAULT_LAYERS, pathway_state_dict
@@ -141,7 +148,7 @@ def _elem_dims(value_info: Any) -> tuple[int, list[int | None]]:
 
 
 def _precision(proto: onnx.ModelProto, meta: dict[str, Any]) -> tuple[str, str | None]:
-    declared = meta.get("m2pt_deploy.precision")
+    declared = PRECISION_KEY.get(meta)
     if isinstance(declared, str):
         return declared, None
     if any(n.op_type in _INT8_OPS for n in proto.graph.node):
@@ -187,7 +194,7 @@ def read_onnx_file(path: str | os.PathLike[str], *,
 def _onnx_spec(proto: onnx.ModelProto, meta: dict[str, Any], dims: list[int | None],
                input_size: tuple[int, ...] | None, path: Path) -> tuple[ModelSpec, list[str]]:
     notes: list[str] = []
-    found = meta.get("m2pt_deploy.input")
+    found = INPUT_KEY.get(meta)
     declared: dict[str, Any] = found if isinstance(found, dict) else {}
     shown = ["?" if d is None else d for d in dims]
     if input_size is not None:
@@ -206,9 +213,9 @@ def _onnx_spec(proto: onnx.ModelProto, meta: dict[str, Any], dims: list[int | No
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if c == 3 else ((0.5,) * c, (0.5,) * c)
         notes.append(f"no normalisation in its metadata: mean {list(mean)}, std {list(std)} assumed")
     _, out_dims = _elem_dims(proto.graph.output[0])
-    classes = out_dims[-1] if out_dims and out_dims[-1] else meta.get("m2pt_deploy.num_classes")
-    arch = meta.get("m2pt_deploy.arch")
-    kwargs = dict(meta.get("m2pt_deploy.model_kwargs") or {})
+    classes = out_dims[-1] if out_dims and out_dims[-1] else NUM_CLASSES_KEY.get(meta)
+    arch = ARCH_KEY.get(meta)
+    kwargs = dict(MODEL_KWARGS_KEY.get(meta) or {})
     if classes:
         kwargs.setdefault("num_classes", int(classes))
     return ModelSpec(arch if isinstance(arch, str) else "unknown", kwargs, (c, h, w), mean, std), notes

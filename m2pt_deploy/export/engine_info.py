@@ -7,29 +7,32 @@ source ONNX's hash — lives in ``<engine>.json``.
 
 ``m2pt-export`` writes the sidecar after building in Python. An engine built outside
 Python (``<engine>.build.sh``, ``trtexec``, ``polygraphy convert``) gets it from
-``python -m m2pt_deploy.export.engine_info sidecar``, run where the engine was built.
+``python -m m2pt_deploy engine-info sidecar`` (:mod:`m2pt_deploy.cli.engine_info`), run where the
+engine was built.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import subprocess
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.export.metadata import read_metadata
-from m2pt_deploy.export.onnx import BatchSpec, parse_batch
+from m2pt_deploy.export.onnx import BatchSpec
 from m2pt_deploy.export.profiles import ShapeProfile, profile_for
 from m2pt_deploy.fileio import atomic_output, sha256_file
-from m2pt_deploy.vocabulary import PRECISIONS, EnginePrecision
+from m2pt_deploy.metadata import PRECISION_KEY, read_metadata
+from m2pt_deploy.runtime.tensorrt import trt_runner
+from m2pt_deploy.vocabulary import API_PATHS, PRECISIONS, ApiPath, EnginePrecision
+
+if TYPE_CHECKING:
+    from polygraphy.backend.base import BaseRunner
 
 __all__ = [
     "API_PATHS",
@@ -42,7 +45,7 @@ __all__ = [
     "check_engine_file",
     "describe_engine",
     "detect_platform",
-    "main",
+    "engine_runner",
     "read_engine_info",
     "sidecar_path",
     "write_engine_info",
@@ -50,8 +53,6 @@ __all__ = [
 ]
 
 TrtPrecision = EnginePrecision
-ApiPath = Literal["strong-typing", "builder-flags"]
-API_PATHS: tuple[str, ...] = ("strong-typing", "builder-flags")
 FORMAT_VERSION = 1
 # Leading bytes of files that are often passed where an engine belongs.
 _NOT_ENGINES: tuple[tuple[bytes, str], ...] = (
@@ -111,7 +112,7 @@ def read_engine_info(engine: str | os.PathLike[str]) -> EngineInfo:
     if not path.is_file():
         raise M2ptError(f"no sidecar {path.name} beside the engine; build engines with m2pt-export "
                         "--format trt or the ENGINE.build.sh it writes (both write the sidecar), or write "
-                        "it where the engine was built: python -m m2pt_deploy.export.engine_info sidecar "
+                        "it where the engine was built: python -m m2pt_deploy engine-info sidecar "
                         "ENGINE --onnx ONNX --batch MIN:OPT:MAX --api-path PATH", engine)
     try:
         info = EngineInfo.from_dict(json.loads(path.read_text()))
@@ -162,6 +163,22 @@ def check_compatible(
         built, here = info.compute_capability, compute_capability
         raise M2ptError(f"engine was built for {info.gpu_name} (sm_{built[0]}{built[1]}) but this GPU is "
                         f"{gpu_name} (sm_{here[0]}{here[1]}); rebuild it here", source)
+
+
+def engine_runner(engine_path: str | os.PathLike[str], *, platform: Platform | None = None,
+                  name: str | None = None) -> tuple[BaseRunner, EngineInfo]:
+    """A Polygraphy ``TrtRunner`` (:func:`~m2pt_deploy.runtime.tensorrt.trt_runner`), once the
+    sidecar says the engine runs here."""
+    path = Path(engine_path)
+    info = read_engine_info(path)
+    platform = platform or detect_platform()
+    missing = platform.missing()
+    if missing is not None:
+        raise M2ptError(f"cannot run the engine: {missing}", path)
+    assert platform.tensorrt_version and platform.gpu_name and platform.compute_capability
+    check_compatible(info, tensorrt_version=platform.tensorrt_version, gpu_name=platform.gpu_name,
+                     compute_capability=platform.compute_capability, source=path)
+    return trt_runner(path, name=name), info
 
 
 def _looks_like_onnx(path: Path) -> bool:
@@ -289,49 +306,13 @@ def write_sidecar(
 
 
 def _onnx_precision(proto: onnx.ModelProto, given: str | None, api_path: str, source: Path) -> str:
-    recorded = read_metadata(proto).get("m2pt_deploy.precision")
+    recorded = PRECISION_KEY.get(read_metadata(proto))
     # A strongly typed engine computes in the ONNX's types; builder flags may lower an fp32 ONNX.
     if given is not None and recorded is not None and given != recorded and api_path == "strong-typing":
-        raise M2ptError(f"--precision {given}, but the ONNX is {recorded} (m2pt_deploy.precision) and a "
+        raise M2ptError(f"--precision {given}, but the ONNX is {recorded} ({PRECISION_KEY}) and a "
                         "strongly typed engine computes in the ONNX's types", source)
     precision = given or recorded
     if precision not in PRECISIONS:
-        raise M2ptError(f"the ONNX names no precision (m2pt_deploy.precision {recorded!r}); pass "
+        raise M2ptError(f"the ONNX names no precision ({PRECISION_KEY} {recorded!r}); pass "
                         f"--precision, one of {', '.join(PRECISIONS)}", source)
     return str(precision)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m m2pt_deploy.export.engine_info sidecar ENGINE --onnx ONNX --batch B --api-path P``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m m2pt_deploy.export.engine_info",
-        description="Describe a TensorRT engine built outside m2pt-export (by ENGINE.build.sh, trtexec or "
-        "polygraphy convert) in the sidecar ENGINE.json that m2pt-verify --engine checks.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="sidecar")
-    sidecar = commands.add_parser(
-        "sidecar", help="write ENGINE.json; run it on the machine that built the engine",
-        description="Write ENGINE.json: this machine's TensorRT version and GPU (so run it where the "
-        "engine was built), then the precision, profile, model metadata and hashes of the ONNX.")
-    sidecar.add_argument("engine", metavar="ENGINE", help="the engine (a serialized TensorRT plan)")
-    sidecar.add_argument("--onnx", required=True, metavar="FILE", help="the ONNX it was built from")
-    sidecar.add_argument("--batch", required=True, metavar="MIN:OPT:MAX",
-                         help="the batch range of the engine's optimization profile")
-    sidecar.add_argument("--api-path", required=True, choices=API_PATHS,
-                         help="strong-typing: built with --stronglyTyped / --strongly-typed; builder-flags: "
-                         "with --fp16, --bf16, --int8 or --fp8 (TensorRT 10)")
-    sidecar.add_argument("--precision", choices=PRECISIONS,
-                         help="default: the ONNX's m2pt_deploy.precision metadata")
-    sidecar.add_argument("--force", action="store_true", help="overwrite an existing sidecar")
-    args = parser.parse_args(argv)
-    try:
-        out = write_sidecar(args.onnx, args.engine, batch=parse_batch(args.batch), api_path=args.api_path,
-                            precision=args.precision, force=args.force)
-    except M2ptError as e:  # the CLI's contract (one line, exit 2); m2pt_deploy.cli sits above this layer
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,15 +10,11 @@ from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.graph import prepare_graph
 from m2pt_deploy.export.int8.calibration import calibration_tiles
 from m2pt_deploy.export.int8.quantize import quantize_qdq
-from m2pt_deploy.export.metadata import set_metadata
 from m2pt_deploy.export.precision import to_mixed_precision
+from m2pt_deploy.metadata import PRECISION_KEY
+from m2pt_deploy.vocabulary import CALIBRATION_SEED
 
-__all__ = ["CALIBRATION_SEED", "VERIFY_SEED", "engine_onnx"]
-
-PRECISION_KEY = "m2pt_deploy.precision"
-
-# Calibration and verification tiles come from different seeds, so verification is held out.
-CALIBRATION_SEED, VERIFY_SEED = 0, 1
+__all__ = ["engine_onnx"]
 
 
 def engine_onnx(
@@ -40,5 +36,5 @@ def engine_onnx(
         proto = quantize_qdq(proto, precision, tiles, target="vnni")  # type: ignore[arg-type]
     elif precision != "fp32":
         raise M2ptError(f"precision {precision!r}: choose one of fp32, fp16, bf16, int8, fp8")
-    set_metadata(proto, PRECISION_KEY, precision)  # the graph's precision now, not the export's fp32
+    PRECISION_KEY.set(proto, precision)  # the graph's precision now, not the export's fp32
     return proto

@@ -20,10 +20,24 @@ from torch import nn
 
 from m2pt_deploy import __version__
 from m2pt_deploy.errors import M2ptError, first_line
-from m2pt_deploy.export.metadata import encode_metadata
 from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.fileio import atomic_output, relink_external_data
 from m2pt_deploy.merge import merge_model
+from m2pt_deploy.metadata import (
+    ARCH_KEY,
+    FAMILY_KEY,
+    INPUT_KEY,
+    LABELS_KEY,
+    LAMBDA_KEY,
+    MODEL_KWARGS_KEY,
+    NUM_CLASSES_KEY,
+    PATHWAY_KEY,
+    PRECISION_KEY,
+    SOURCE_KIND_KEY,
+    SOURCE_SHA256_KEY,
+    VERSION_KEY,
+    encode_metadata,
+)
 from m2pt_deploy.model.build import build_unmerged
 from m2pt_deploy.model.checkpoint import Checkpoint, load_checkpoint
 from m2pt_deploy.model.pathway import pathway_layers
@@ -152,21 +166,21 @@ class OnnxFromCheckpoint:
     def metadata(self, ckpt: Checkpoint, unmerged: nn.Module) -> dict[str, str]:
         # The input's layout and normalisation (for an image ViT also timm's crop and resize, which the
         # server's /classify applies as training evaluated).
-        fields: dict[str, Any] = {
-            "m2pt_deploy.version": __version__,
-            "m2pt_deploy.source_sha256": ckpt.sha256,
-            "m2pt_deploy.source_kind": ckpt.kind,
-            "m2pt_deploy.family": ckpt.spec.family,
-            "m2pt_deploy.arch": ckpt.spec.arch,
-            "m2pt_deploy.model_kwargs": ckpt.spec.model_kwargs,
-            "m2pt_deploy.input": {"name": INPUT_NAME, **ckpt.spec.model_family.input_metadata(ckpt.spec)},
-            "m2pt_deploy.num_classes": ckpt.spec.num_classes,
-            "m2pt_deploy.precision": self.precision,
-            "m2pt_deploy.lambda": lambda_summary(unmerged),
-            "m2pt_deploy.model.pathway": ckpt.pathway.to_dict() if ckpt.pathway else None,
-        }
+        fields: dict[str, Any] = dict([
+            VERSION_KEY.field(__version__),
+            SOURCE_SHA256_KEY.field(ckpt.sha256),
+            SOURCE_KIND_KEY.field(ckpt.kind),
+            FAMILY_KEY.field(ckpt.spec.family),
+            ARCH_KEY.field(ckpt.spec.arch),
+            MODEL_KWARGS_KEY.field(ckpt.spec.model_kwargs),
+            INPUT_KEY.field({"name": INPUT_NAME, **ckpt.spec.model_family.input_metadata(ckpt.spec)}),
+            NUM_CLASSES_KEY.field(ckpt.spec.num_classes),
+            PRECISION_KEY.field(self.precision),
+            LAMBDA_KEY.field(lambda_summary(unmerged)),
+            PATHWAY_KEY.field(ckpt.pathway.to_dict() if ckpt.pathway else None),
+        ])
         if "labels" in ckpt.extra:
-            fields["m2pt_deploy.labels"] = ckpt.extra["labels"]
+            fields.update([LABELS_KEY.field(ckpt.extra["labels"])])
         return encode_metadata(fields)
 
     def __call__(self) -> onnx.ModelProto:

@@ -38,12 +38,11 @@ import onnx
 
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.graph import copy_model_fields, import_graph
-from m2pt_deploy.export.metadata import set_metadata
 from m2pt_deploy.fileio import atomic_output
-from m2pt_deploy.runtime.sessions import OPTIMIZED_KEY, is_optimized, ort_session
+from m2pt_deploy.metadata import OPTIMIZED_KEY
+from m2pt_deploy.runtime.sessions import is_optimized, ort_session
 
 __all__ = [
-    "OPTIMIZED_KEY",
     "fuse_attention",
     "fused_op_counts",
     "optimize_onnx",
@@ -237,7 +236,7 @@ def optimize_onnx(proto: onnx.ModelProto, *, attention: AttentionKind | None = "
     record = {"runtime": "onnxruntime", "version": ort.__version__, "level": "extended",
               "attention": attention if fused else None, "attention_fused": fused,
               "fused_ops": fused_op_counts(out)}
-    set_metadata(out, OPTIMIZED_KEY, record)
+    OPTIMIZED_KEY.set(out, record)
     return out
 
 

@@ -6,7 +6,7 @@ so everything up to the build call is exercised on machines without TensorRT or 
 Where either is missing, ``build_engine_from_onnx`` still leaves the verified ONNX and
 ``<engine>.build.sh``: copied with its folder to a machine that has both, it builds the same
 engine with ``trtexec`` or ``polygraphy convert``, then its sidecar
-(``python -m m2pt_deploy.export.engine_info sidecar``), so that ``m2pt-verify --engine`` accepts it.
+(``python -m m2pt_deploy engine-info sidecar``), so that ``m2pt-verify --engine`` accepts it.
 
 Two API paths, chosen by the TensorRT major version:
 
@@ -280,7 +280,7 @@ def build_commands(onnx_path: str | os.PathLike[str], engine_path: str | os.Path
         '[ -f "$ENGINE" ] || fail "no engine $ENGINE to describe; build it first: bash $0 trtexec"',
         '"$PYTHON" -c "import m2pt_deploy" >/dev/null 2>&1 || fail "$ENGINE has no sidecar:'
         ' $PYTHON cannot import m2pt_deploy; install m2pt-deploy (or set PYTHON), then run: bash $0 sidecar"',
-        '"$PYTHON" -m m2pt_deploy.export.engine_info sidecar "$ENGINE" --onnx "$ONNX" '
+        '"$PYTHON" -m m2pt_deploy engine-info sidecar "$ENGINE" --onnx "$ONNX" '
         f'--batch {batch} --precision {precision} --api-path "$API" --force ||',
         '  fail "$ENGINE has no sidecar (see above); once that is fixed, run: bash $0 sidecar"',
     ]

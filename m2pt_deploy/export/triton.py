@@ -172,9 +172,9 @@ def _write_model(model: str | os.PathLike[str] | onnx.ModelProto, proto: onnx.Mo
 
 
 def _labels(proto: onnx.ModelProto) -> list[str] | None:
-    from m2pt_deploy.export.metadata import read_metadata
+    from m2pt_deploy.metadata import LABELS_KEY, read_metadata
 
-    labels = read_metadata(proto).get("m2pt_deploy.labels")
+    labels = LABELS_KEY.get(read_metadata(proto))
     return [str(x) for x in labels] if isinstance(labels, list) else None
 
 

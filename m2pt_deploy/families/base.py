@@ -1,7 +1,9 @@
 """What a target model family is: the contract every family (ViT, VideoMAE, Point-MAE, yours) fulfils.
 
 The rest of the pipeline never names a family: it reads a :class:`ModelSpec`, asks the
-registry for ``spec.family`` and calls the methods below. A family recognises its
+registry for ``spec.family`` and calls the methods below. The table of registered families
+lives here, filled by :mod:`~m2pt_deploy.families.registry`, so that a spec finds its family
+without this module importing the registry (which imports this one). A family recognises its
 checkpoints from their keys, infers its spec from tensor shapes (and from the training
 ``args`` the reference scripts save), builds its vanilla model, names its pathway layers
 and block path, and makes example inputs and the metadata that describes its input layout.
@@ -19,7 +21,7 @@ from torch import Tensor, nn
 
 from m2pt_deploy.errors import M2ptError
 
-__all__ = ["FamilyOption", "ModelFamily", "ModelSpec"]
+__all__ = ["FAMILIES", "FamilyOption", "ModelFamily", "ModelSpec", "get_family"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -57,8 +59,6 @@ class ModelSpec:
 
     @property
     def model_family(self) -> ModelFamily:
-        from m2pt_deploy.families.registry import get_family
-
         return get_family(self.family)
 
     def describe(self) -> str:
@@ -187,3 +187,15 @@ class ModelFamily(ABC):
             flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
             raise M2ptError(f"{flags} do{'es' if len(unknown) == 1 else ''} not apply to a {self.title}")
         return {name: given.get(name, o.default) for name, o in known.items()}
+
+
+#: The registered families by name, in registration order; only ``registry.register_family`` and
+#: ``unregister_family`` change it.
+FAMILIES: dict[str, ModelFamily] = {}
+
+
+def get_family(name: str) -> ModelFamily:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise M2ptError(f"unknown model family {name!r} (known: {', '.join(FAMILIES)})") from None

@@ -2,7 +2,8 @@
 
 Like timm's ``register_model``: a family registered from Python is used by every command
 that runs in that process (merge, export, verify, serve, train). Built-in families are
-registered when :mod:`m2pt_deploy.families` is imported.
+registered when :mod:`m2pt_deploy.families` is imported, which Python does before any of its
+modules (this one included) can be used. The table itself is ``base.FAMILIES``.
 """
 
 from __future__ import annotations
@@ -12,11 +13,9 @@ from collections.abc import Mapping
 from torch import Tensor
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.families.base import ModelFamily
+from m2pt_deploy.families.base import FAMILIES, ModelFamily, get_family
 
 __all__ = ["detect_family", "family_names", "get_family", "register_family", "unregister_family"]
-
-_FAMILIES: dict[str, ModelFamily] = {}
 
 
 def register_family(family: ModelFamily, *, replace: bool = False) -> ModelFamily:
@@ -24,47 +23,31 @@ def register_family(family: ModelFamily, *, replace: bool = False) -> ModelFamil
     checkpoint is recognised, so a user's family can claim keys a built-in one would also take."""
     if not isinstance(family, ModelFamily):
         raise TypeError(f"register_family takes a ModelFamily instance, got {type(family).__name__}")
-    if family.name in _FAMILIES and not replace:
+    if family.name in FAMILIES and not replace:
         raise ValueError(f"a model family named {family.name!r} is already registered (pass replace=True)")
-    _FAMILIES.pop(family.name, None)
-    _FAMILIES[family.name] = family
+    FAMILIES.pop(family.name, None)
+    FAMILIES[family.name] = family
     return family
 
 
 def unregister_family(name: str) -> ModelFamily:
     """Forget a registered family (a test's, or one to be replaced); returns it."""
-    _builtins()
     try:
-        return _FAMILIES.pop(name)
+        return FAMILIES.pop(name)
     except KeyError:
-        raise M2ptError(f"unknown model family {name!r} (known: {', '.join(_FAMILIES)})") from None
+        raise M2ptError(f"unknown model family {name!r} (known: {', '.join(FAMILIES)})") from None
 
 
 def family_names() -> tuple[str, ...]:
-    _builtins()
-    return tuple(_FAMILIES)
-
-
-def get_family(name: str) -> ModelFamily:
-    _builtins()
-    try:
-        return _FAMILIES[name]
-    except KeyError:
-        raise M2ptError(f"unknown model family {name!r} (known: {', '.join(_FAMILIES)})") from None
+    return tuple(FAMILIES)
 
 
 def detect_family(state_dict: Mapping[str, Tensor]) -> ModelFamily:
     """The family whose checkpoints look like these vanilla-layout weights (latest registered first)."""
-    _builtins()
-    for family in reversed(_FAMILIES.values()):
+    for family in reversed(FAMILIES.values()):
         if family.recognizes(state_dict):
             return family
     sample = ", ".join(list(state_dict)[:3])
     raise M2ptError(f"cannot recognise the model family of these weights (keys: {sample}, ...); "
-                    f"known families: {', '.join(_FAMILIES)} (pass --family, or register yours)")
+                    f"known families: {', '.join(FAMILIES)} (pass --family, or register yours)")
 
-
-def _builtins() -> None:
-    # The built-in families register themselves on import; importing here, not at module
-    # top, keeps base -> registry free of cycles.
-    import m2pt_deploy.families  # noqa: F401

@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.families.vit import AUDIO_DATASETS, ModelSpec, audio_spec_input
+from m2pt_deploy.families.audio import AUDIO_DATASETS, audio_spec_input
+from m2pt_deploy.families.base import ModelSpec
 
 __all__ = ["ArgsHints", "check_against_args", "hints_from_args"]
 

@@ -15,21 +15,14 @@ from typing import Any, cast
 from torch import Tensor, nn
 
 from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.families.audio import AUDIO_MEL_BINS, audio_spec_input
 from m2pt_deploy.families.base import IMAGENET_MEAN, IMAGENET_STD, FamilyOption, ModelFamily, ModelSpec
 from m2pt_deploy.families.heads import Stated, by_width, resolve_heads
+from m2pt_deploy.families.training_args import check_against_args, hints_from_args
 
-__all__ = ["AUDIO_DATASETS", "PROBE_BN_EPS", "ViTFamily", "arch_heads", "arch_width", "audio_spec_input", "check_arch",
+__all__ = ["PROBE_BN_EPS", "ViTFamily", "arch_heads", "arch_width", "check_arch",
            "check_spec", "create_vit", "eval_preprocessing", "fold_probe_head", "infer_spec"]
 
-# AudioMAE (and M2PT's Audio code): fbank spectrograms of 128 mel bins, time × frequency,
-# normalised as (x - mean) / (2 * std) with per-dataset statistics; audioset is the default.
-AUDIO_DATASETS: dict[str, tuple[int, float, float]] = {  # name: (frames, mean, std)
-    "audioset": (1024, -4.2677393, 4.5689974),
-    "k400": (1024, -4.2677393, 4.5689974),
-    "esc50": (512, -6.6268077, 5.358466),
-    "speechcommands": (128, -6.845978, 5.5654526),
-}
-_AUDIO_MEL_BINS = 16 * 8
 # timm's standard ViT widths, their head counts and names (for the note); other widths assume 64-wide heads.
 _TIMM_SIZES = {192: (3, "timm's ViT-Ti"), 384: (6, "timm's ViT-S"), 768: (12, "timm's ViT-B"),
                1024: (16, "timm's ViT-L"), 1280: (16, "timm's ViT-H")}
@@ -70,12 +63,6 @@ def create_vit(spec: ModelSpec, *, exportable: bool = False) -> nn.Module:
     return model.eval()
 
 
-def audio_spec_input(dataset: str = "audioset") -> tuple[tuple[int, int, int], tuple[float], tuple[float]]:
-    """AudioMAE's input (1, frames, 128) and its normalisation (mean, 2 × std) for a dataset."""
-    frames, mean, std = AUDIO_DATASETS[dataset]
-    return (1, frames, _AUDIO_MEL_BINS), (mean,), (2 * std,)
-
-
 def _is_audiomae_grid(chans: int, patch: int, num_patches: int) -> bool:
     return chans == 1 and patch == 16 and num_patches == 512
 
@@ -95,7 +82,7 @@ def _grid(num_patches: int, input_size: tuple[int, ...] | None, patch: int, chan
         # only one is right, and 1-channel 512-patch ViTs are AudioMAE's.
         notes.append("assumed AudioMAE's input: 1 x 1024 x 128 (time x frequency), normalised as "
                      "(x + 4.2677) / (2 x 4.5690); pass --input-size to override")
-        return 1024, _AUDIO_MEL_BINS
+        return 1024, AUDIO_MEL_BINS
     side = math.isqrt(num_patches)
     if side * side != num_patches:
         raise M2ptError(
@@ -216,7 +203,7 @@ def infer_spec(
     elif stated is not None:
         del kwargs["num_heads"]  # the named architecture's own
     if mean_std is None:
-        audio = _is_audiomae_grid(chans, patch, num_patches) and (height, img_w) == (1024, _AUDIO_MEL_BINS)
+        audio = _is_audiomae_grid(chans, patch, num_patches) and (height, img_w) == (1024, AUDIO_MEL_BINS)
         # AudioMAE's default grid note already names its normalisation.
         mean_std = _normalisation(chans, audio, notes if input_size is not None or not audio else [])
     notes.append(_conventions(avg_pool, pooling_stated=pooling_stated))
@@ -318,8 +305,6 @@ class ViTFamily(ModelFamily):
         options: Mapping[str, Any] | None = None,
         notes: list[str] | None = None,
     ) -> ModelSpec:
-        from m2pt_deploy.families.training_args import check_against_args, hints_from_args
-
         heads = self.check_options(options)["num_heads"]
         notes = notes if notes is not None else []
         args = args or {}

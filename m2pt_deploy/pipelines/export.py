@@ -84,8 +84,8 @@ def load_for_export(checkpoint: CheckpointSource, model: ModelRequest | Mapping[
 def held_out_inputs(spec: ModelSpec, count: int) -> np.ndarray:
     """Inputs a reduced-precision model is verified on: held-out photo tiles for RGB image models,
     the family's seeded example inputs for any other."""
-    from m2pt_deploy.export.engine_onnx import VERIFY_SEED
     from m2pt_deploy.export.int8.calibration import calibration_tiles
+    from m2pt_deploy.vocabulary import VERIFY_SEED
 
     if _photos(spec):
         return calibration_tiles(spec.input_size, spec.mean, spec.std, count=count, seed=VERIFY_SEED)

@@ -1,8 +1,9 @@
-"""Polygraphy runners for every backend, and running any list of them on the same inputs.
+"""Polygraphy runners for torch and ONNX Runtime, and running any list of them on the same inputs.
 
-ONNX Runtime uses Polygraphy's own ``OnnxrtRunner``; TensorRT's ``TrtRunner`` plugs into
-:func:`run_runners` the same way. Polygraphy's ``PytRunner`` moves inputs to CUDA and
-splits a single output tensor by its first axis, so torch gets a small runner here.
+ONNX Runtime uses Polygraphy's own ``OnnxrtRunner`` over this package's sessions; TensorRT's
+``TrtRunner`` (:mod:`m2pt_deploy.runtime.tensorrt`) plugs into :func:`run_runners` the same way.
+Polygraphy's ``PytRunner`` moves inputs to CUDA and splits a single output tensor by its first
+axis, so torch gets a small runner here.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,12 +25,14 @@ from torch import nn
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.progress import tracked
 from m2pt_deploy.runtime.io_names import INPUT_NAME, OUTPUT_NAME
-from m2pt_deploy.runtime.sessions import cpu_session
+from m2pt_deploy.runtime.sessions import ModelSource, Optimization, cpu_session, ort_session
 
 __all__ = [
     "SessionFromOnnxNoSpin",
     "TorchRunner",
+    "cpu_runner",
     "onnxrt_runner",
+    "ort_runner",
     "quiet_polygraphy",
     "run_runners",
     "seeded_inputs",
@@ -104,6 +108,25 @@ def onnxrt_runner(
     if not spinning:
         return OnnxrtRunner(SessionFromOnnxNoSpin(onnx_path), name=name)
     return OnnxrtRunner(SessionFromOnnx(os.fspath(onnx_path), providers=list(providers)), name=name)
+
+
+def cpu_runner(onnx_path: str | os.PathLike[str], *, name: str | None = None, spinning: bool = True,
+               threads: int | None = None) -> BaseRunner:
+    """Polygraphy's ONNX Runtime runner over :func:`cpu_session` (an optimized file is not re-optimized)."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner
+
+    path = Path(onnx_path)
+    return OnnxrtRunner(lambda: cpu_session(path, spinning=spinning, threads=threads),
+                        name=name or f"onnxrt-cpu:{path.name}")
+
+
+def ort_runner(model: ModelSource, *, name: str, optimization: Optimization = "all",
+               path: str | os.PathLike[str] | None = None) -> BaseRunner:
+    """Polygraphy's ONNX Runtime runner over :func:`ort_session` on CPU, for a file, serialized bytes
+    or a proto; ``path`` names the file in a refusal."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner
+
+    return OnnxrtRunner(lambda: ort_session(model, optimization=optimization, path=path), name=name)
 
 
 def seeded_inputs(input_size: Sequence[int], batch_size: int, *, seed: int = 0) -> np.ndarray:

@@ -13,21 +13,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
 
 from m2pt_deploy.errors import M2ptError, first_line
+from m2pt_deploy.metadata import OPTIMIZED_KEY
 
 if TYPE_CHECKING:  # onnx loads when a session is made, so that --help stays instant
     import onnx
 
-__all__ = ["OPTIMIZED_KEY", "cpu_session", "cpu_session_options", "is_optimized", "ort_session",
+__all__ = ["ModelSource", "Optimization", "cpu_session", "cpu_session_options", "is_optimized", "ort_session",
            "physical_cores", "session_options"]
 
-#: Metadata key of a model ``m2pt-export --optimize`` already optimized (no second pass at load).
-OPTIMIZED_KEY = "m2pt_deploy.optimized"
 Optimization = Literal["auto", "all", "extended", "none"]
 ModelSource = Union[str, "os.PathLike[str]", bytes, "onnx.ModelProto"]
 
 
 def is_optimized(proto: onnx.ModelProto) -> bool:
-    return any(p.key == OPTIMIZED_KEY for p in proto.metadata_props)
+    """``m2pt-export --optimize`` already optimized this model: no second pass at load."""
+    return OPTIMIZED_KEY.is_in(proto)
 
 
 def physical_cores() -> int:

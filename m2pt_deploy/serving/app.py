@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from m2pt_deploy.metadata import INPUT_KEY, LABELS_KEY
 from m2pt_deploy.serving.batching import Draining, Overloaded, RequestTimeout
 from m2pt_deploy.serving.core import (
     Deadline,
@@ -191,14 +192,14 @@ async def _classify(request: Any, state: ServerState) -> Any:
 
     model = state.model(request.path_params["name"])
     spec = input_spec(model.metadata)
-    layout = model.metadata.get("m2pt_deploy.input")
+    layout = INPUT_KEY.get(model.metadata)
     layout = layout if isinstance(layout, dict) else {}
     modality = layout.get("modality")
     if modality not in (None, "image", "spectrogram"):
         raise ProtocolError(f"/classify takes images; model '{model.name}' takes {modality} "
                             f"({', '.join(layout.get('layout', []))}): send tensors to /infer (KServe v2)")
     if spec is None or len(model.inputs) != 1:
-        raise ProtocolError(f"model '{model.name}' has no m2pt_deploy.input metadata for image "
+        raise ProtocolError(f"model '{model.name}' has no {INPUT_KEY} metadata for image "
                             "preprocessing; use /infer with tensors")
     k = _top_k_param(request, state)
 
@@ -210,7 +211,7 @@ async def _classify(request: Any, state: ServerState) -> Any:
         if not np.isfinite(logits).all():
             raise ProtocolError(f"model '{model.name}' gave NaN or Inf logits for this image",
                                 status=500)
-        labels = model.metadata.get("m2pt_deploy.labels")
+        labels = LABELS_KEY.get(model.metadata)
         return _json({"model_name": model.name, "classes": top_k(
             logits[0], min(k, logits.shape[-1]), labels if isinstance(labels, list) else None)})
 

@@ -25,6 +25,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from m2pt_deploy.metadata import INPUT_KEY
 from m2pt_deploy.serving.protocol import ProtocolError
 
 __all__ = ["MAX_ASPECT", "MAX_PIXELS", "MAX_RESIZED_PIXELS", "InputSpec", "decode_image", "input_spec",
@@ -65,7 +66,7 @@ class InputSpec:
 
 def input_spec(metadata: Mapping[str, Any]) -> InputSpec | None:
     """The ``m2pt_deploy.input`` entry as an :class:`InputSpec`, or None when absent or unusable."""
-    raw = metadata.get("m2pt_deploy.input")
+    raw = INPUT_KEY.get(metadata)
     if not isinstance(raw, dict) or raw.get("modality", "image") not in ("image", "spectrogram"):
         return None
     try:

@@ -1,7 +1,7 @@
 """ONNX Runtime sessions for serving, and finding models in a file or a Triton repository.
 
 The server never imports torch: model metadata comes from ONNX Runtime's view of the
-file's ``metadata_props``, decoded the same way as ``export.metadata.read_metadata``.
+file's ``metadata_props``, decoded the same way as ``metadata.read_metadata``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import numpy as np
 
 from m2pt_deploy.cpu import INT8_TARGETS, int8_target, weaker_than
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.export.int8.quantize import INT8_TARGET_KEY
-from m2pt_deploy.export.metadata import decode_metadata
+from m2pt_deploy.metadata import INT8_TARGET_KEY, PRECISION_KEY, decode_metadata
 from m2pt_deploy.runtime.sessions import ort_session
 from m2pt_deploy.serving.protocol import TensorSpec
 
@@ -93,10 +92,10 @@ class OrtModel:
 
     def int8_warning(self) -> str | None:
         """Why this CPU may serve the model less accurately than it was verified, if it may."""
-        if self.metadata.get("m2pt_deploy.precision") != "int8":
+        if PRECISION_KEY.get(self.metadata) != "int8":
             return None
         # Exports before the target was recorded used full 8-bit weights, as a VNNI target does.
-        quantized = (self.metadata.get(INT8_TARGET_KEY) or {}).get("target", "vnni")
+        quantized = (INT8_TARGET_KEY.get(self.metadata) or {}).get("target", "vnni")
         serving = int8_target()
         if quantized not in INT8_TARGETS or not weaker_than(serving, quantized):
             return None

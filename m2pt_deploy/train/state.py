@@ -21,6 +21,7 @@ from torch import Tensor
 
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.fileio import atomic_output, sha256_file
+from m2pt_deploy.metadata import TRAIN_STATE_KEY
 
 __all__ = [
     "commit",
@@ -33,7 +34,6 @@ __all__ = [
     "set_rng_state",
 ]
 
-_META_KEY = "m2pt_deploy.train_state"
 _PENDING = ".pending"
 
 
@@ -112,7 +112,7 @@ def _write_state(path: Path, tensors: Mapping[str, Tensor], info: Mapping[str, A
 
     body = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_output(path, force=True) as tmp:
-        save_file(body, str(tmp), metadata={_META_KEY: json.dumps(info), "format": "pt"})
+        save_file(body, str(tmp), metadata={TRAIN_STATE_KEY: json.dumps(info), "format": "pt"})
 
 
 def read_resume(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -127,9 +127,9 @@ def read_resume(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
     except (SafetensorError, OSError, ValueError) as e:
         raise M2ptError(f"truncated or corrupt resume file ({e})", p) from e
-    if _META_KEY not in meta:
+    if TRAIN_STATE_KEY not in meta:
         raise M2ptError("not an m2pt-train resume file (no training state in its metadata)", p)
-    return tensors, json.loads(meta[_META_KEY])
+    return tensors, json.loads(meta[TRAIN_STATE_KEY])
 
 
 def commit(

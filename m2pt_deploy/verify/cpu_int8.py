@@ -1,53 +1,39 @@
 """The int8 CPU model against the fp32 model it was quantized from.
 
 Reference: the unmerged torch model (bit-identical to the merged fp32 one); candidate: the
-int8 ONNX run the way a server runs it (:func:`cpu_session`). int8 logits move by design,
+int8 ONNX run the way a server runs it (``runtime.runners.cpu_runner``). int8 logits move by design,
 so the judge is top-1 agreement, at least 99%, on held-out real images.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
-from polygraphy.backend.base import BaseRunner
 
 from m2pt_deploy.cpu import cpu_model, int8_target
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.export.int8.quantize import INT8_TARGET_KEY
 from m2pt_deploy.export.onnx import INPUT_NAME
 from m2pt_deploy.model.build import build_unmerged
 from m2pt_deploy.model.checkpoint import Checkpoint
-from m2pt_deploy.runtime.runners import TorchRunner
-from m2pt_deploy.runtime.sessions import cpu_session
+from m2pt_deploy.runtime.runners import TorchRunner, cpu_runner
 from m2pt_deploy.verify.numerics import compare_runners
 from m2pt_deploy.verify.result import CheckResult
 from m2pt_deploy.verify.tolerance import INT8_CPU
 
-__all__ = ["cpu_runner", "verify_int8_cpu"]
+__all__ = ["verify_int8_cpu"]
 
 
 
 def _cpu_note(onnx_path: str | os.PathLike[str]) -> str:
     import onnx
 
-    from m2pt_deploy.export.metadata import read_metadata
+    from m2pt_deploy.metadata import INT8_TARGET_KEY, read_metadata
 
     meta = read_metadata(onnx.load_model(os.fspath(onnx_path), load_external_data=False))
-    quantized = meta.get(INT8_TARGET_KEY) or {}
+    quantized = INT8_TARGET_KEY.get(meta) or {}
     made_for = f"{quantized['target']}, {quantized['weight_bits']}-bit weights" if quantized else "unrecorded target"
     return f"run on {int8_target()} ({cpu_model()}); quantized for {made_for}"
-
-
-def cpu_runner(onnx_path: str | os.PathLike[str], *, name: str | None = None, spinning: bool = True,
-               threads: int | None = None) -> BaseRunner:
-    """Polygraphy's ONNX Runtime runner over :func:`cpu_session` (an optimized file is not re-optimized)."""
-    from polygraphy.backend.onnxrt import OnnxrtRunner
-
-    path = Path(onnx_path)
-    return OnnxrtRunner(lambda: cpu_session(path, spinning=spinning, threads=threads),
-                        name=name or f"onnxrt-cpu:{path.name}")
 
 
 def verify_int8_cpu(ckpt: Checkpoint, onnx_path: str | os.PathLike[str], images: np.ndarray, *,

@@ -18,8 +18,8 @@ from google.protobuf.message import DecodeError
 from polygraphy.backend.base import BaseRunner
 
 from m2pt_deploy.errors import M2ptError, first_line
-from m2pt_deploy.export.metadata import read_metadata
 from m2pt_deploy.merge import merge_model
+from m2pt_deploy.metadata import SOURCE_SHA256_KEY, read_metadata
 from m2pt_deploy.model.build import build_unmerged
 from m2pt_deploy.model.checkpoint import Checkpoint, load_checkpoint
 from m2pt_deploy.runtime.runners import TorchRunner, onnxrt_runner, seeded_inputs
@@ -27,7 +27,7 @@ from m2pt_deploy.verify.numerics import check_merge, compare_runners
 from m2pt_deploy.verify.result import Result, VerificationReport
 from m2pt_deploy.verify.structure import check_structure, export_settings
 from m2pt_deploy.verify.tolerance import tolerance_for
-from m2pt_deploy.vocabulary import VERIFY_IMAGES
+from m2pt_deploy.vocabulary import VERIFY_IMAGES, VERIFY_SEED
 
 __all__ = ["assert_equivalent", "check_inputs", "load_onnx", "verify_onnx"]
 
@@ -134,7 +134,7 @@ def _feeds(
 
 
 def _provenance(proto: onnx.ModelProto, ckpt: Checkpoint) -> tuple[str, ...]:
-    source = read_metadata(proto).get("m2pt_deploy.source_sha256")
+    source = SOURCE_SHA256_KEY.get(read_metadata(proto))
     if source and source != ckpt.sha256:
         return (
             f"the ONNX metadata names source sha256 {source[:12]}…, "
@@ -144,7 +144,7 @@ def _provenance(proto: onnx.ModelProto, ckpt: Checkpoint) -> tuple[str, ...]:
 
 
 def _int8_runtime(ckpt: Checkpoint, path: Path, inputs: np.ndarray | None) -> Result:
-    from m2pt_deploy.export.int8.cpu import VERIFY_SEED, photo_tiles
+    from m2pt_deploy.export.int8.cpu import photo_tiles
     from m2pt_deploy.verify.cpu_int8 import verify_int8_cpu
 
     spec = ckpt.spec

@@ -28,10 +28,10 @@ import torch
 from torch import Tensor, nn
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.export.metadata import read_metadata
 from m2pt_deploy.export.onnx import DYNAMIC_BATCH, BatchSpec, convert_fp16, export_model
 from m2pt_deploy.export.optimize import optimize_onnx
 from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.metadata import PRECISION_KEY, read_metadata
 from m2pt_deploy.model.build import build_vanilla
 from m2pt_deploy.runtime.sessions import is_optimized
 from m2pt_deploy.verify.result import StructureResult
@@ -171,7 +171,7 @@ def export_settings(proto: onnx.ModelProto) -> ExportSettings:
         batch = BatchSpec(first[0].dim_value, first[0].dim_value, first[0].dim_value)
     else:
         batch = DYNAMIC_BATCH
-    precision = read_metadata(proto).get("m2pt_deploy.precision")
+    precision = PRECISION_KEY.get(read_metadata(proto))
     if precision is None:
         fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
         precision = "fp16" if fp16 else "fp32"

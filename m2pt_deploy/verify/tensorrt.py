@@ -4,8 +4,9 @@ The same Polygraphy comparison as ONNX Runtime's (:func:`compare_runners` with t
 unmerged model's :class:`TorchRunner` as reference), with TensorRT's tolerances: fp32
 within 1e-3 on logits (TensorRT reorders reductions); fp16 / bf16 by cosine and top-1
 agreement on real images; int8 / fp8 by top-1 agreement, since their logits move by design.
-Before a ``TrtRunner`` is built, the engine's sidecar must say it runs on this TensorRT
-and this GPU, and every batch must fit the engine's profile.
+The runners come from ``runtime/`` (the engine's through ``export.engine_info.engine_runner``,
+once its sidecar says it runs on this TensorRT and this GPU); every batch must fit the engine's
+profile.
 """
 
 from __future__ import annotations
@@ -18,21 +19,20 @@ import onnx
 from polygraphy.backend.base import BaseRunner
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.export.engine_info import EngineInfo, check_compatible, read_engine_info
+from m2pt_deploy.export.engine_info import engine_runner, read_engine_info
 from m2pt_deploy.export.onnx import INPUT_NAME
 from m2pt_deploy.export.precision import emulate_in_fp32
-from m2pt_deploy.export.tensorrt import Platform, detect_platform
+from m2pt_deploy.export.tensorrt import Platform
 from m2pt_deploy.model.build import build_unmerged
 from m2pt_deploy.model.checkpoint import Checkpoint
-from m2pt_deploy.runtime.runners import TorchRunner
-from m2pt_deploy.runtime.sessions import ort_session
+from m2pt_deploy.runtime.runners import TorchRunner, ort_runner
+from m2pt_deploy.runtime.sessions import Optimization
 from m2pt_deploy.verify.numerics import compare_runners
 from m2pt_deploy.verify.result import CheckResult
 from m2pt_deploy.verify.tolerance import TOLERANCES, engine_tolerance
 
 __all__ = [
     "batch_feeds",
-    "engine_runner",
     "onnx_precision_runner",
     "verify_engine",
     "verify_onnx_precision",
@@ -60,15 +60,12 @@ def onnx_precision_runner(onnx_path: str | os.PathLike[str], *, name: str | None
     Runtime's CPU integer kernels it would instead saturate int16 on CPUs without VNNI
     (see ``m2pt_deploy.cpu``) and judge the engine by the verifying machine's instruction set.
     """
-    from polygraphy.backend.onnxrt import OnnxrtRunner
-
     proto = onnx.load_model(os.fspath(onnx_path))
     if _has_bf16(proto):
         proto = emulate_in_fp32(proto)
-    optimization = "none" if _has_qdq(proto) else "all"
-    model = proto.SerializeToString()
-    return OnnxrtRunner(lambda: ort_session(model, optimization=optimization, path=onnx_path),
-                        name=name or f"onnxrt:{Path(onnx_path).name}")
+    optimization: Optimization = "none" if _has_qdq(proto) else "all"
+    return ort_runner(proto.SerializeToString(), optimization=optimization, path=onnx_path,
+                      name=name or f"onnxrt:{Path(onnx_path).name}")
 
 
 def verify_onnx_precision(ckpt: Checkpoint, onnx_path: str | os.PathLike[str], images: np.ndarray,
@@ -103,24 +100,6 @@ def _has_bf16(proto: onnx.ModelProto) -> bool:
     bf16 = onnx.TensorProto.BFLOAT16
     return any(t.data_type == bf16 for t in proto.graph.initializer) or any(
         a.name == "to" and a.i == bf16 for n in proto.graph.node for a in n.attribute)
-
-
-def engine_runner(engine_path: str | os.PathLike[str], *, platform: Platform | None = None,
-                  name: str | None = None) -> tuple[BaseRunner, EngineInfo]:
-    """A Polygraphy ``TrtRunner``, once the sidecar says the engine runs here."""
-    path = Path(engine_path)
-    info = read_engine_info(path)
-    platform = platform or detect_platform()
-    missing = platform.missing()
-    if missing is not None:
-        raise M2ptError(f"cannot run the engine: {missing}", path)
-    assert platform.tensorrt_version and platform.gpu_name and platform.compute_capability
-    check_compatible(info, tensorrt_version=platform.tensorrt_version, gpu_name=platform.gpu_name,
-                     compute_capability=platform.compute_capability, source=path)
-    from polygraphy.backend.common import BytesFromPath
-    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-
-    return TrtRunner(EngineFromBytes(BytesFromPath(os.fspath(path))), name=name or f"tensorrt:{path.name}"), info
 
 
 def verify_engine(ckpt: Checkpoint, engine_path: str | os.PathLike[str], images: np.ndarray, *,

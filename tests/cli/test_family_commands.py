@@ -16,8 +16,8 @@ from m2pt_deploy.cli.common import run_main
 from m2pt_deploy.cli.merge import main as merge_main
 from m2pt_deploy.cli.train import main as train_main
 from m2pt_deploy.cli.verify import main as verify_main
-from m2pt_deploy.export.metadata import read_metadata
 from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.metadata import read_metadata
 from m2pt_deploy.model.build import build_vanilla
 from m2pt_deploy.model.checkpoint import load_checkpoint, save_checkpoint
 from tests.cli.commands import assert_user_error, export

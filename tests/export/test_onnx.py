@@ -12,7 +12,6 @@ import torch
 
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export import onnx as onnx_export
-from m2pt_deploy.export.metadata import read_metadata
 from m2pt_deploy.export.onnx import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -21,6 +20,7 @@ from m2pt_deploy.export.onnx import (
     parse_batch,
     save_onnx,
 )
+from m2pt_deploy.metadata import read_metadata
 from m2pt_deploy.model.build import build_unmerged
 from m2pt_deploy.model.checkpoint import load_checkpoint
 
@@ -143,8 +143,8 @@ def test_metadata_records_the_eval_crop_and_interpolation(m2pt_ckpt) -> None:
     """The server's /classify reads them to preprocess as training evaluated (timm's data config)."""
     import timm
 
-    from m2pt_deploy.export.metadata import read_metadata
     from m2pt_deploy.export.onnx import OnnxFromCheckpoint
+    from m2pt_deploy.metadata import read_metadata
     from tests.tiny import TINY
 
     meta = read_metadata(OnnxFromCheckpoint(m2pt_ckpt)())["m2pt_deploy.input"]

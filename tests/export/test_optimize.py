@@ -13,13 +13,12 @@ import pytest
 
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.int8.cpu import cpu_int8_onnx, photo_tiles
-from m2pt_deploy.export.metadata import set_metadata
 from m2pt_deploy.export.optimize import fuse_attention, optimize_onnx, save_optimized
 from m2pt_deploy.merge import merge_model
+from m2pt_deploy.metadata import OPTIMIZED_KEY, set_metadata
 from m2pt_deploy.model.build import build_unmerged
 from m2pt_deploy.model.checkpoint import Checkpoint
 from m2pt_deploy.runtime.sessions import (
-    OPTIMIZED_KEY,
     cpu_session,
     cpu_session_options,
     is_optimized,

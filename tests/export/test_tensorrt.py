@@ -12,19 +12,18 @@ import onnx
 import pytest
 import torch
 
+from m2pt_deploy.cli.engine_info import main
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.engine_info import (
     EngineInfo,
     check_compatible,
     check_engine_file,
-    main,
     read_engine_info,
     sidecar_path,
     write_engine_info,
     write_sidecar,
 )
 from m2pt_deploy.export.graph import prepare_graph
-from m2pt_deploy.export.metadata import read_metadata
 from m2pt_deploy.export.onnx import BatchSpec, parse_batch
 from m2pt_deploy.export.profiles import ShapeProfile, profile_for
 from m2pt_deploy.export.tensorrt import (
@@ -37,6 +36,7 @@ from m2pt_deploy.export.tensorrt import (
     engine_chain,
 )
 from m2pt_deploy.fileio import sha256_file
+from m2pt_deploy.metadata import read_metadata
 from tests.export.test_precision import fp32_graph  # noqa: F401 - shared module fixture
 
 ROOT = Path(__file__).resolve().parents[2]

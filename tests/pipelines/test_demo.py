@@ -11,7 +11,7 @@ import pytest
 
 from m2pt_deploy.cli import demo, export
 from m2pt_deploy.cli.common import run_main
-from m2pt_deploy.export.metadata import read_metadata
+from m2pt_deploy.metadata import read_metadata
 from m2pt_deploy.model.checkpoint import load_checkpoint
 from m2pt_deploy.pipelines.demo import AUX_ASSET, DEMO_SPEC
 

@@ -8,15 +8,15 @@ import pytest
 
 from m2pt_deploy.bench.engine_latency import latency_vs_vanilla, vanilla_engine_onnx
 from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.export.engine_info import engine_runner
 from m2pt_deploy.export.engine_onnx import engine_onnx
-from m2pt_deploy.export.metadata import read_metadata
 from m2pt_deploy.export.onnx import BatchSpec, OnnxFromCheckpoint
 from m2pt_deploy.export.tensorrt import Platform
+from m2pt_deploy.metadata import read_metadata
 from m2pt_deploy.model.checkpoint import load_checkpoint
 from m2pt_deploy.verify.metrics import error_stats
 from m2pt_deploy.verify.tensorrt import (
     batch_feeds,
-    engine_runner,
     verify_engine,
     verify_onnx_precision,
 )

@@ -21,16 +21,13 @@ from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.graph import prepare_graph
 from m2pt_deploy.export.int8.calibration import calibration_tiles, load_calibration_data
 from m2pt_deploy.export.int8.quantize import quantize_qdq
-from m2pt_deploy.export.metadata import set_metadata
 from m2pt_deploy.export.optimize import optimize_onnx
 from m2pt_deploy.families import ModelSpec
-from m2pt_deploy.vocabulary import VERIFY_IMAGES
+from m2pt_deploy.metadata import PRECISION_KEY
+from m2pt_deploy.vocabulary import CALIBRATION_SEED, VERIFY_IMAGES, VERIFY_SEED
 
-__all__ = ["CALIBRATION_SEED", "VERIFY_IMAGES", "VERIFY_SEED", "Int8Data", "cpu_int8_onnx", "int8_data",
-           "photo_tiles"]
+__all__ = ["VERIFY_IMAGES", "Int8Data", "cpu_int8_onnx", "int8_data", "photo_tiles"]
 
-# Calibration and verification tiles come from different seeds: verification is held out.
-CALIBRATION_SEED, VERIFY_SEED = 0, 1
 _CALIBRATION_BATCH = 8
 
 
@@ -76,5 +73,5 @@ def cpu_int8_onnx(proto: onnx.ModelProto, calibration: np.ndarray, *, optimize: 
     """
     quantized = quantize_qdq(prepare_graph(proto), "int8", calibration, batch_size=_CALIBRATION_BATCH,
                              target=target)
-    set_metadata(quantized, "m2pt_deploy.precision", "int8")
+    PRECISION_KEY.set(quantized, "int8")
     return optimize_onnx(quantized, attention=None) if optimize else quantized

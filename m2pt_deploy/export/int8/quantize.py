@@ -33,15 +33,14 @@ import onnx
 from m2pt_deploy.cpu import Int8Target, int8_target, saturates
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.int8.activation_ranges import activation_ranges
-from m2pt_deploy.export.metadata import set_metadata
+from m2pt_deploy.metadata import INT8_TARGET_KEY
 
-__all__ = ["INT8_TARGET_KEY", "QuantPrecision", "quantizable_nodes", "quantize_qdq", "qdq_summary"]
+__all__ = ["QuantPrecision", "quantizable_nodes", "quantize_qdq", "qdq_summary"]
 
 QuantPrecision = Literal["int8", "fp8"]
 _WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
 # float8 Q/DQ operators exist from opset 19 on.
 _FP8_MIN_OPSET = 19
-INT8_TARGET_KEY = "m2pt_deploy.int8_target"
 # Images per range-measuring run: every measured activation of a batch is alive at once
 # (ViT-B/16: ~116 MB per image), so small batches keep calibration memory flat.
 _RANGE_BATCH = 2
@@ -114,7 +113,7 @@ def quantize_qdq(
     del out.metadata_props[:]
     out.metadata_props.extend(p for p in proto.metadata_props if p.key != INT8_TARGET_KEY)
     if precision == "int8":
-        set_metadata(out, INT8_TARGET_KEY, {"target": target, "weight_bits": 7 if reduce_range else 8})
+        INT8_TARGET_KEY.set(out, {"target": target, "weight_bits": 7 if reduce_range else 8})
     return out
 
 

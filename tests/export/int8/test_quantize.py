@@ -6,7 +6,8 @@ import pytest
 
 from m2pt_deploy.cpu import int8_target
 from m2pt_deploy.export.int8.calibration import calibration_tiles
-from m2pt_deploy.export.int8.quantize import INT8_TARGET_KEY, qdq_summary, quantizable_nodes, quantize_qdq
+from m2pt_deploy.export.int8.quantize import qdq_summary, quantizable_nodes, quantize_qdq
+from m2pt_deploy.metadata import INT8_TARGET_KEY
 from tests.export.test_precision import compare, fp32_graph, onnx_logits  # noqa: F401 - fixture
 from tests.tiny import TINY
 
