@@ -27,7 +27,7 @@ from m2pt_deploy.merge import merge_model
 from m2pt_deploy.model.build import build_unmerged
 from m2pt_deploy.model.checkpoint import Checkpoint, load_checkpoint
 from m2pt_deploy.model.pathway import pathway_layers
-from m2pt_deploy.runtime.io_names import INPUT_NAME, OUTPUT_NAME
+from m2pt_deploy.runtime.io_names import INPUT_NAME, OUTPUT_NAME, input_name
 from m2pt_deploy.vocabulary import DEFAULT_OPSET, DYNAMIC_BATCH, MIN_OPSET, BatchSpec, FloatPrecision, parse_batch
 
 __all__ = [
@@ -79,7 +79,7 @@ def export_model(
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
         program = torch.onnx.export(
             model.eval(), (example,), None, dynamo=True, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=shapes,
+            input_names=[input_name(spec)], output_names=[OUTPUT_NAME], dynamic_shapes=shapes,
             verbose=False,
         )
     assert program is not None  # f=None makes the exporter return the program
@@ -159,7 +159,7 @@ class OnnxFromCheckpoint:
             "m2pt_deploy.family": ckpt.spec.family,
             "m2pt_deploy.arch": ckpt.spec.arch,
             "m2pt_deploy.model_kwargs": ckpt.spec.model_kwargs,
-            "m2pt_deploy.input": {"name": INPUT_NAME, **ckpt.spec.model_family.input_metadata(ckpt.spec)},
+            "m2pt_deploy.input": {"name": input_name(ckpt.spec), **ckpt.spec.model_family.input_metadata(ckpt.spec)},
             "m2pt_deploy.num_classes": ckpt.spec.num_classes,
             "m2pt_deploy.precision": self.precision,
             "m2pt_deploy.lambda": lambda_summary(unmerged),
