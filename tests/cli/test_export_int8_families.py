@@ -78,7 +78,8 @@ def _refused(argv: list[str], out: Path, capsys, *needles: str) -> str:
     ("video", ("a VideoMAE V2 needs --calib-data FILE.npz",
                "[N, 3, 4, 32, 32] (batch, channels, frames, height, width)")),
     ("points", ("a Point-MAE needs --calib-data FILE.npz", "[N, 128, 3] (batch, points, xyz)")),
-    ("audio", ("a 1-channel model needs --calib-data",)),
+    ("audio", ("an AudioMAE ViT needs --calib-data FILE.npz whose x holds its own spectrogram inputs",
+               "[N, 1, 1024, 128] (batch, channels, height, width)")),
 ])
 def test_no_calibration_data_is_refused_right_after_loading(untrained, kind: str, needles: tuple[str, ...],
                                                             tmp_path: Path, capsys) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.families import ModelSpec
 
-__all__ = ["PHOTO_NAMES", "calibration_tiles", "load_calibration_data", "sample_photos"]
+__all__ = ["PHOTO_NAMES", "calibration_tiles", "input_layout", "load_calibration_data", "sample_photos"]
 
 PHOTO_NAMES = ("china.jpg", "flower.jpg")
 
@@ -102,11 +102,11 @@ def load_calibration_data(path: str | os.PathLike[str], spec: ModelSpec, *, coun
     if p.is_dir():
         if not _resizable(spec):
             raise M2ptError(f"a {spec.model_family.title} calibrates on an .npz of model-ready inputs, "
-                            f"x {_layout(spec)}, not a folder", p)
+                            f"x {input_layout(spec)}, not a folder", p)
         return _images(p, spec, count, rng)
     if p.suffix != ".npz":
         raise M2ptError("calibration data must be an image folder or an .npz file" if _resizable(spec) else
-                        f"calibration data must be an .npz with x {_layout(spec)}", p)
+                        f"calibration data must be an .npz with x {input_layout(spec)}", p)
     return _arrays(p, spec, count, rng)
 
 
@@ -116,7 +116,7 @@ def _resizable(spec: ModelSpec) -> bool:
     return spec.model_family.modality in ("image", "spectrogram")
 
 
-def _layout(spec: ModelSpec) -> str:
+def input_layout(spec: ModelSpec) -> str:
     """``[N, 3, 16, 224, 224] (batch, channels, frames, height, width)``: the input's shape and axes."""
     axes = ", ".join(("batch", *spec.model_family.input_axes))
     return f"[N, {', '.join(map(str, spec.input_size))}] ({axes})"
@@ -162,7 +162,7 @@ def _arrays(path: Path, spec: ModelSpec, count: int, rng: np.random.Generator) -
         x = _pictures(x, spec, path)
     elif tuple(x.shape[1:]) != tuple(spec.input_size):
         raise M2ptError(f"'x' is {_shape(x.shape)}, a {spec.model_family.title} takes model-ready "
-                        f"{_layout(spec)}", path)
+                        f"{input_layout(spec)}", path)
     if not np.isfinite(x).all():
         raise M2ptError("'x' contains NaN or Inf", path)
     transform = array_transform(spec)
@@ -177,14 +177,14 @@ def _pictures(x: np.ndarray, spec: ModelSpec, path: Path) -> np.ndarray:
     c = spec.input_size[0]
     if x.ndim != 4:
         raise M2ptError(f"'x' is {_shape(x.shape)}, a {spec.model_family.title} calibrates on [N, C, H, W] "
-                        f"(or [N, H, W]) arrays resized to its {_layout(spec)}", path)
+                        f"(or [N, H, W]) arrays resized to its {input_layout(spec)}", path)
     if x.shape[1] != c:
         raise M2ptError(f"'x' is {_shape(x.shape)} with {x.shape[1]} channels, the model takes "
-                        f"{_layout(spec)}", path)
+                        f"{input_layout(spec)}", path)
     if spec.model_family.input_metadata(spec)["modality"] == "spectrogram" and x.shape[1:] != spec.input_size:
         # NOTE resizing would hide a transposed spectrogram (frequency x time): AudioMAE's input
         # is time x frequency, and the same 512 patches would meet the wrong position table.
-        raise M2ptError(f"'x' is {_shape(x.shape)}, an AudioMAE spectrogram model takes {_layout(spec)}: time x "
+        raise M2ptError(f"'x' is {_shape(x.shape)}, an AudioMAE spectrogram model takes {input_layout(spec)}: time x "
                         "frequency at the model's own size, not resized", path)
     return x
 

@@ -23,7 +23,7 @@ import onnx
 from m2pt_deploy.cpu import Int8Target
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.graph import prepare_graph
-from m2pt_deploy.export.int8.calibration import calibration_tiles, load_calibration_data
+from m2pt_deploy.export.int8.calibration import calibration_tiles, input_layout, load_calibration_data
 from m2pt_deploy.export.int8.quantize import quantize_qdq
 from m2pt_deploy.export.metadata import set_metadata
 from m2pt_deploy.export.optimize import optimize_onnx
@@ -81,13 +81,12 @@ def require_calibration_data(spec: ModelSpec, calib_data: str | os.PathLike[str]
     if calib_data is not None or photo_calibrated(spec):
         return
     family = spec.model_family
-    if family.modality in ("image", "spectrogram"):
-        what = f"a {spec.input_size[0]}-channel model needs --calib-data DIR|FILE.npz with its own inputs " \
-               "(e.g. spectrograms)"
+    modality = family.input_metadata(spec)["modality"]
+    if modality == "image":
+        what = f"a {spec.input_size[0]}-channel model needs --calib-data DIR|FILE.npz with its own inputs"
     else:
-        axes = ", ".join(("batch", *family.input_axes))
-        what = (f"a {family.title} needs --calib-data FILE.npz whose x holds its own {family.modality} inputs, "
-                f"model-ready: [N, {', '.join(map(str, spec.input_size))}] ({axes})")
+        model = "an AudioMAE ViT" if modality == "spectrogram" else f"a {family.title}"
+        what = f"{model} needs --calib-data FILE.npz whose x holds its own {modality} inputs, {input_layout(spec)}"
     raise M2ptError(f"int8 calibrates on real inputs and the built-in calibration photos are RGB; {what}")
 
 
