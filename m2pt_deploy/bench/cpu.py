@@ -42,6 +42,7 @@ from m2pt_deploy.export.onnx import INPUT_NAME, export_model, save_onnx
 from m2pt_deploy.export.optimize import optimize_onnx, save_optimized
 from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.model.build import build_vanilla
+from m2pt_deploy.runtime.io_names import input_name
 from m2pt_deploy.runtime.runners import TorchRunner, cpu_runner, seeded_inputs
 from m2pt_deploy.runtime.sessions import cpu_session, ort_session, physical_cores
 from m2pt_deploy.verify.numerics import compare_runners
@@ -261,8 +262,9 @@ def _format_accuracy(subject: Subject, paths: dict[str, dict[str, Path]], eval_d
     for runtime, files in paths.items():
         for m in (m for m in models if m in files):
             try:
-                predictors[f"{runtime} / {m}"] = onnx_predict(
-                    files[m], input_name=info.input_name if info else INPUT_NAME, batch=info.batch if info else None)
+                name = info.input_name if info else input_name(spec)  # what the family's export declares
+                predictors[f"{runtime} / {m}"] = onnx_predict(files[m], input_name=name,
+                                                              batch=info.batch if info else None)
             except Exception as e:  # the timing rows say the same; the other formats are still scored
                 say(f"{runtime} / {m} not scored: {first_line(e)}")
     reference = f"{EAGER} / {subject.reference}" if subject.reference else next(iter(predictors))
@@ -350,8 +352,8 @@ def run_benchmark(subject: Subject | ModelSpec, options: BenchOptions | None = N
             if subject.kind == "random" and files.paths[ORT_INT8] else None
         formats = _format_accuracy(subject, files.paths, eval_data, options, say) if subject.kind != "random" \
             else None
-        input_name = subject.onnx.input_name if subject.onnx else INPUT_NAME
-        feeds = {b: {input_name: seeded_inputs(spec.input_size, b, seed=options.seed)} for b in batches}
+        name = subject.onnx.input_name if subject.onnx else input_name(spec)
+        feeds = {b: {name: seeded_inputs(spec.input_size, b, seed=options.seed)} for b in batches}
         variants = _variants(subject, files.paths, options)
         baseline = EAGER if subject.torch else variants[0].runtime
         say(f"{len(variants)} variants, batches {list(batches)}, {options.rounds} interleaved rounds each")

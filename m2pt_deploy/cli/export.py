@@ -77,8 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "load it without re-optimizing; runs on ONNX Runtime only (fp32 or int8)")
     int8 = parser.add_argument_group("int8 (--format onnx --precision int8)")
     int8.add_argument("--calib-data", metavar="DIR|FILE.npz",
-                      help="your own inputs to calibrate and verify on: a folder of images, or an .npz whose "
-                      "'x' is [N, C, H, W] raw inputs such as spectrograms (default: photo tiles; RGB only)")
+                      help="your own inputs to calibrate on, a held-out part of which verifies: a folder of "
+                      "images, or an .npz whose 'x' is [N, C, H, W] raw images (resized), AudioMAE "
+                      "spectrograms [N, 1, 1024, 128], VideoMAE clips [N, C, T, H, W] or Point-MAE clouds "
+                      "[N, P, 3], as m2pt-train reads them (default: photo tiles; RGB image models only)")
     int8.add_argument("--verify-images", type=int, metavar="N",
                       help=f"held-out inputs the int8 model is verified on (default: {VERIFY_IMAGES})")
     int8.add_argument("--int8-target", choices=INT8_TARGET_CHOICES,

@@ -2,8 +2,8 @@
 
 Folding constants and dropping dead nodes gives TensorRT's parser less to do and makes
 the reduced-precision rewrite see weights as initializers; a topological order is what
-the rewrite and the parser both assume; fixed I/O names let an engine, its sidecar and
-the runners agree on what to feed without reading the graph.
+the rewrite and the parser both assume; a fixed output name (and the input name the family's export
+gave) lets an engine, its sidecar and the runners agree on what to feed.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import onnx
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.runtime.io_names import INPUT_NAME, OUTPUT_NAME
+from m2pt_deploy.runtime.io_names import OUTPUT_NAME
 
 __all__ = ["copy_model_fields", "import_graph", "prepare_graph"]
 
@@ -30,9 +30,10 @@ def import_graph(proto: onnx.ModelProto) -> Any:
 
 
 def prepare_graph(
-    proto: onnx.ModelProto, *, input_name: str = INPUT_NAME, output_name: str = OUTPUT_NAME,
+    proto: onnx.ModelProto, *, input_name: str | None = None, output_name: str = OUTPUT_NAME,
 ) -> onnx.ModelProto:
-    """Fold constants, clean up, sort topologically and name the one input and output."""
+    """Fold constants, clean up, sort topologically and name the one input and output
+    (``input_name`` ``None``: the name the export gave its family's input)."""
     import onnx_graphsurgeon as gs
 
     graph = import_graph(proto)
@@ -40,7 +41,8 @@ def prepare_graph(
         raise M2ptError(
             f"expected one input and one output, got {len(graph.inputs)} and {len(graph.outputs)}")
     graph.fold_constants().cleanup().toposort()
-    graph.inputs[0].name = input_name
+    if input_name is not None:
+        graph.inputs[0].name = input_name
     graph.outputs[0].name = output_name
     out = gs.export_onnx(graph)
     copy_model_fields(proto, out)

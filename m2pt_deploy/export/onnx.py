@@ -41,7 +41,7 @@ from m2pt_deploy.metadata import (
 from m2pt_deploy.model.build import build_unmerged
 from m2pt_deploy.model.checkpoint import Checkpoint, load_checkpoint
 from m2pt_deploy.model.pathway import pathway_layers
-from m2pt_deploy.runtime.io_names import INPUT_NAME, OUTPUT_NAME
+from m2pt_deploy.runtime.io_names import INPUT_NAME, OUTPUT_NAME, input_name
 from m2pt_deploy.vocabulary import DEFAULT_OPSET, DYNAMIC_BATCH, MIN_OPSET, BatchSpec, FloatPrecision, parse_batch
 
 __all__ = [
@@ -93,7 +93,7 @@ def export_model(
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
         program = torch.onnx.export(
             model.eval(), (example,), None, dynamo=True, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=shapes,
+            input_names=[input_name(spec)], output_names=[OUTPUT_NAME], dynamic_shapes=shapes,
             verbose=False,
         )
     assert program is not None  # f=None makes the exporter return the program
@@ -173,7 +173,7 @@ class OnnxFromCheckpoint:
             FAMILY_KEY.field(ckpt.spec.family),
             ARCH_KEY.field(ckpt.spec.arch),
             MODEL_KWARGS_KEY.field(ckpt.spec.model_kwargs),
-            INPUT_KEY.field({"name": INPUT_NAME, **ckpt.spec.model_family.input_metadata(ckpt.spec)}),
+            INPUT_KEY.field({"name": input_name(ckpt.spec), **ckpt.spec.model_family.input_metadata(ckpt.spec)}),
             NUM_CLASSES_KEY.field(ckpt.spec.num_classes),
             PRECISION_KEY.field(self.precision),
             LAMBDA_KEY.field(lambda_summary(unmerged)),

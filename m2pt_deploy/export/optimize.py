@@ -250,12 +250,16 @@ def save_optimized(proto: onnx.ModelProto, path: str | os.PathLike[str], *, forc
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """The transformer optimizer logs every fusion at INFO and prints a model-type hint."""
-    logger = logging.getLogger("onnxruntime.transformers")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """The transformer optimizer logs every fusion at INFO and prints a model-type hint; its fusers
+    log under their bare module names (``fusion_skiplayernorm`` warns that symbolic shape
+    inference failed on Point-MAE's grouping), which only the root logger's level reaches."""
+    loggers = [logging.getLogger("onnxruntime.transformers"), logging.getLogger()]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)

@@ -21,7 +21,12 @@ from torch import Tensor, nn
 
 from m2pt_deploy.errors import M2ptError
 
-__all__ = ["FAMILIES", "FamilyOption", "ModelFamily", "ModelSpec", "get_family"]
+__all__ = ["FAMILIES", "PIXEL_VALUES", "FamilyOption", "ModelFamily", "ModelSpec", "get_family"]
+
+# Hugging Face's name for image and video inputs (``ViTForImageClassification``,
+# ``VideoMAEForVideoClassification``): the default ONNX input name, so clients written for them
+# feed an export unchanged. Families whose input is not pixels name theirs (``input_name``).
+PIXEL_VALUES = "pixel_values"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -167,6 +172,10 @@ class ModelFamily(ABC):
 
     def describe(self, spec: ModelSpec) -> str:
         return f"{self.title} ({spec.arch}, input {'x'.join(map(str, spec.input_size))})"
+
+    def input_name(self, spec: ModelSpec) -> str:
+        """The exported graph's input name, recorded in its metadata; servers read it off the graph."""
+        return PIXEL_VALUES
 
     def input_metadata(self, spec: ModelSpec) -> dict[str, Any]:
         """How the exported model's input is laid out, for the ONNX metadata and for servers."""

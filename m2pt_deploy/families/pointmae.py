@@ -267,6 +267,10 @@ class PointMAEFamily(ModelFamily):
     modality = "points"
     options = _OPTIONS
 
+    def input_name(self, spec: ModelSpec) -> str:
+        """``points``: raw xyz coordinates, not pixels (Hugging Face has no point-cloud convention)."""
+        return "points"
+
     def recognizes(self, state_dict: Mapping[str, Tensor]) -> bool:
         conv = state_dict.get("encoder.first_conv.0.weight")
         return (conv is not None and conv.ndim == 3 and f"{_BLOCKS}.0.attn.qkv.weight" in state_dict

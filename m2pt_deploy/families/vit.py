@@ -391,12 +391,22 @@ class ViTFamily(ModelFamily):
                  f"{kw['depth']} blocks" if "depth" in kw else "", f"input {c}x{h}x{w}"]
         return f"ViT ({', '.join(p for p in parts if p)}; timm {spec.arch} with overrides)"
 
+    def input_name(self, spec: ModelSpec) -> str:
+        """``input_values`` for AudioMAE's spectrograms, as Hugging Face's audio models (AST,
+        ``ASTForAudioClassification``, whose input is the same fbank, time x frequency) name
+        theirs; ``pixel_values`` for images."""
+        return "input_values" if _modality(spec) == "spectrogram" else super().input_name(spec)
+
     def input_metadata(self, spec: ModelSpec) -> dict[str, Any]:
         c, h, w = spec.input_size
         crop_pct, interpolation = eval_preprocessing(spec)
-        modality = "spectrogram" if (c, h, w) == audio_spec_input()[0] else "image"
+        modality = _modality(spec)
         return {**super().input_metadata(spec), "modality": modality, "channels": c, "height": h, "width": w,
                 "crop_pct": crop_pct, "interpolation": interpolation}
+
+
+def _modality(spec: ModelSpec) -> str:
+    return "spectrogram" if tuple(spec.input_size) == audio_spec_input()[0] else "image"
 
 
 def _three(input_size: tuple[int, ...] | None) -> tuple[int, int, int] | None:

@@ -33,6 +33,7 @@ from m2pt_deploy.verify.tolerance import TOLERANCES, engine_tolerance
 
 __all__ = [
     "batch_feeds",
+    "graph_input_name",
     "onnx_precision_runner",
     "verify_engine",
     "verify_onnx_precision",
@@ -40,15 +41,24 @@ __all__ = [
 
 
 
-def batch_feeds(images: np.ndarray, batch: int) -> list[dict[str, np.ndarray]]:
+def batch_feeds(images: np.ndarray, batch: int, *, name: str = INPUT_NAME) -> list[dict[str, np.ndarray]]:
+    """``images`` in batches of ``batch`` under the input ``name`` (the graph's or the engine's)."""
     if images.ndim < 2 or len(images) == 0:
         raise M2ptError(f"inputs must be a non-empty [N, ...] array, got shape {images.shape}")
     x = np.ascontiguousarray(images, dtype=np.float32)
-    return [{INPUT_NAME: x[i:i + batch]} for i in range(0, len(x), batch)]
+    return [{name: x[i:i + batch]} for i in range(0, len(x), batch)]
 
 
-def _reference(ckpt: Checkpoint) -> TorchRunner:
-    return TorchRunner(lambda: build_unmerged(ckpt), (None, *ckpt.spec.input_size), name="torch-unmerged")
+def graph_input_name(onnx_path: str | os.PathLike[str]) -> str:
+    """The input an ONNX file declares (its weights are not read)."""
+    proto = onnx.load_model(os.fspath(onnx_path), load_external_data=False)
+    weights = {t.name for t in proto.graph.initializer}
+    return next(v.name for v in proto.graph.input if v.name not in weights)
+
+
+def _reference(ckpt: Checkpoint, name: str) -> TorchRunner:
+    return TorchRunner(lambda: build_unmerged(ckpt), (None, *ckpt.spec.input_size), name="torch-unmerged",
+                       input_name=name)
 
 
 def onnx_precision_runner(onnx_path: str | os.PathLike[str], *, name: str | None = None) -> BaseRunner:
@@ -77,10 +87,11 @@ def verify_onnx_precision(ckpt: Checkpoint, onnx_path: str | os.PathLike[str], i
     and tactic choice) are for the built engine. Quantized and bf16 graphs, emulated here, take
     the engine's bounds.
     """
-    runners = [_reference(ckpt), onnx_precision_runner(onnx_path)]
+    name = graph_input_name(onnx_path)
+    runners = [_reference(ckpt, name), onnx_precision_runner(onnx_path)]
     note = _EMULATION_NOTES.get(precision, "")
     tolerance = TOLERANCES[precision] if precision in ("fp32", "fp16") else engine_tolerance(precision)
-    (result,) = compare_runners(runners, batch_feeds(images, batch), tolerance, check=f"{precision} onnx",
+    (result,) = compare_runners(runners, batch_feeds(images, batch, name=name), tolerance, check=f"{precision} onnx",
                                 note=note)
     return result
 
@@ -111,8 +122,9 @@ def verify_engine(ckpt: Checkpoint, engine_path: str | os.PathLike[str], images:
     info = read_engine_info(engine_path)
     step = batch or min(info.profile.opt[0], len(images))
     info.profile.check_batch(step, source=os.fspath(engine_path))
-    feeds = batch_feeds(images, step)
+    name = info.profile.input_name
+    feeds = batch_feeds(images, step, name=name)
     runner, _ = engine_runner(engine_path, platform=platform)
-    (result,) = compare_runners([_reference(ckpt), runner], feeds, engine_tolerance(info.precision),
+    (result,) = compare_runners([_reference(ckpt, name), runner], feeds, engine_tolerance(info.precision),
                                 check=f"tensorrt {info.precision}")
     return result

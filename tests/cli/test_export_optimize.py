@@ -85,7 +85,8 @@ def _nan_npz(path: Path) -> None:
     ("calib.txt", lambda p: p.write_text("x"), "calibration data must be an image folder or an .npz file"),
     ("calib.npz", _nan_npz, "'x' contains NaN or Inf"),
     ("calib.npz", lambda p: np.savez(p, y=np.zeros(3)), "a calibration .npz needs an array 'x', it has ['y']"),
-    ("calib.npz", lambda p: np.savez(p, x=np.zeros((300, 1, 32, 32))), "'x' has 1 channels, the model takes 3"),
+    ("calib.npz", lambda p: np.savez(p, x=np.zeros((300, 1, 32, 32))),
+     "'x' is [300, 1, 32, 32] with 1 channels, the model takes [N, 3, 32, 32]"),
 ], ids=["missing", "empty-folder", "text-file", "nan", "no-x", "channels"])
 def test_bad_calibration_data_is_one_line_and_writes_nothing(pathway_ckpt_path, tmp_path, capsys, name, make,
                                                               fragment) -> None:

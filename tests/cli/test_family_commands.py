@@ -61,6 +61,9 @@ def test_a_videomae_reference_checkpoint_exports_verified(video_ckpt: Path, tmp_
     assert meta["m2pt_deploy.family"] == "videomae"
     assert meta["m2pt_deploy.input"]["layout"] == ["batch", "channels", "frames", "height", "width"]
     assert meta["m2pt_deploy.input"]["shape"] == [3, 4, 32, 32]
+    # Hugging Face's name for VideoMAE's clips, in the graph and the metadata.
+    assert meta["m2pt_deploy.input"]["name"] == "pixel_values"
+    assert [i.name for i in onnx.load(out).graph.input] == ["pixel_values"]
     # The same weights at another clip length: the position table is rebuilt from T, H, W.
     other = tmp_path / "video8.onnx"
     code, stdout, err = export(["--format", "onnx", str(video_ckpt), "-o", str(other), "--input-size", "3", "8",
@@ -132,6 +135,7 @@ def test_a_point_mae_builder_checkpoint_exports_verified(point_ckpt: Path, tmp_p
     meta = read_metadata(proto)
     assert meta["m2pt_deploy.family"] == "pointmae"
     assert meta["m2pt_deploy.input"]["shape"] == [128, 3]
+    assert [i.name for i in proto.graph.input] == ["points"] and meta["m2pt_deploy.input"]["name"] == "points"
     code, stdout, err = run_main(verify_main, [str(point_ckpt), "--onnx", str(out), *_point_flags()]), \
         *capsys.readouterr()
     _passed_all_three(code, stdout, err)

@@ -100,7 +100,9 @@ def test_graph_preparation_folds_constants_and_names_io(fp32_graph) -> None:  # 
     two = helper.make_tensor("v", TensorProto.FLOAT, [], [2.0])
     model.graph.node.insert(0, helper.make_node("Constant", [], ["c2"], value=two))
     model.graph.node.insert(1, helper.make_node("Add", ["c2", "c2"], ["c4"]))
-    prepared = prepare_graph(model)
+    # The input keeps the name its family's export gave it ("points", "input_values", ...) unless told.
+    assert [i.name for i in prepare_graph(model).graph.input] == ["images"]
+    prepared = prepare_graph(model, input_name="pixel_values")
     assert [i.name for i in prepared.graph.input] == ["pixel_values"]
     assert [o.name for o in prepared.graph.output] == ["logits"]
     assert "c4" not in {o for n in prepared.graph.node for o in n.output}

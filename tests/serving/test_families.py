@@ -20,6 +20,8 @@ from tests.serving.conftest import error_of, http, start_inproc_servers
 
 httpclient = pytest.importorskip("tritonclient.http", reason="the serving tests need tritonclient[http]")
 grpcclient = pytest.importorskip("tritonclient.grpc", reason="the gRPC tests need tritonclient[grpc]")
+# Each input named for what it holds; the server serves whatever name the graph declares.
+INPUT_NAMES = {"video": "pixel_values", "points": "points"}
 
 
 def _export(kind: str, root: Path) -> Path:
@@ -54,13 +56,14 @@ def _inputs(kind: str, path: Path, rows: int) -> np.ndarray:
 def test_http_and_grpc_outputs_equal_onnxruntime(served, rows: int) -> None:
     kind, path, url, target = served
     x = _inputs(kind, path, rows)
-    want = cpu_session(path).run(None, {"pixel_values": x})[0]
+    name = INPUT_NAMES[kind]
+    want = cpu_session(path).run(None, {name: x})[0]
     with httpclient.InferenceServerClient(url.removeprefix("http://")) as c:
-        tensor = httpclient.InferInput("pixel_values", list(x.shape), "FP32")
+        tensor = httpclient.InferInput(name, list(x.shape), "FP32")
         tensor.set_data_from_numpy(x, binary_data=True)
         got_http = c.infer("vit", [tensor]).as_numpy("logits")
     with grpcclient.InferenceServerClient(target) as c:
-        tensor = grpcclient.InferInput("pixel_values", list(x.shape), "FP32")
+        tensor = grpcclient.InferInput(name, list(x.shape), "FP32")
         tensor.set_data_from_numpy(x)
         got_grpc = c.infer("vit", [tensor]).as_numpy("logits")
     np.testing.assert_array_equal(got_http, want)
@@ -72,6 +75,7 @@ def test_metadata_shows_the_input_layout(served) -> None:
     with httpclient.InferenceServerClient(url.removeprefix("http://")) as c:
         meta = c.get_model_metadata("vit")
     shape = meta["inputs"][0]["shape"]
+    assert meta["inputs"][0]["name"] == INPUT_NAMES[kind]
     assert [int(s) for s in shape[1:]] == ([3, 4, 32, 32] if kind == "video" else [128, 3])
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.families import ModelSpec
 
-__all__ = ["PHOTO_NAMES", "calibration_tiles", "load_calibration_data", "sample_photos"]
+__all__ = ["PHOTO_NAMES", "calibration_tiles", "input_layout", "load_calibration_data", "sample_photos"]
 
 PHOTO_NAMES = ("china.jpg", "flower.jpg")
 
@@ -84,22 +84,42 @@ _IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", "
 
 
 def load_calibration_data(path: str | os.PathLike[str], spec: ModelSpec, *, count: int, seed: int = 0) -> np.ndarray:
-    """Up to ``count`` of the user's inputs, preprocessed as training and serving preprocess them.
+    """Up to ``count`` of the user's inputs, preprocessed as training (``m2pt-train``) reads them.
 
-    ``path``: a folder of images (searched recursively; decoded, resized and centre-cropped
-    with timm's eval transform for the model) or an ``.npz`` whose ``x`` is ``[N, C, H, W]``
-    (or ``[N, H, W]``) raw inputs, e.g. spectrograms, resized and normalised like training's
-    ``.npz`` data. A seeded shuffle picks which ones when there are more than ``count``.
+    ``path``: for image models a folder of images (searched recursively; decoded, resized and
+    centre-cropped with timm's eval transform for the model) or an ``.npz`` whose ``x`` is
+    ``[N, C, H, W]`` (or ``[N, H, W]``) raw inputs, resized and normalised like training's
+    ``.npz`` data; AudioMAE spectrograms the same, but at the model's own size (``[N, 1, 1024,
+    128]``: time x frequency, normalised, never resized); for every other family an ``.npz`` whose ``x`` is
+    model-ready in the family's own layout, exactly the model's input shape (VideoMAE clips
+    ``[N, C, T, H, W]``, Point-MAE clouds ``[N, P, 3]``). A seeded shuffle picks which ones when
+    there are more than ``count``.
     """
     p = Path(path)
     if not p.exists():
         raise M2ptError("no such calibration data", p)
     rng = np.random.default_rng(seed)
     if p.is_dir():
+        if not _resizable(spec):
+            raise M2ptError(f"a {spec.model_family.title} calibrates on an .npz of model-ready inputs, "
+                            f"x {input_layout(spec)}, not a folder", p)
         return _images(p, spec, count, rng)
     if p.suffix != ".npz":
-        raise M2ptError("calibration data must be an image folder or an .npz file", p)
+        raise M2ptError("calibration data must be an image folder or an .npz file" if _resizable(spec) else
+                        f"calibration data must be an .npz with x {input_layout(spec)}", p)
     return _arrays(p, spec, count, rng)
+
+
+def _resizable(spec: ModelSpec) -> bool:
+    """Image models (AudioMAE's spectrograms included) take pictures of any size, resized as training
+    resizes them; other families' inputs come model-ready."""
+    return spec.model_family.modality in ("image", "spectrogram")
+
+
+def input_layout(spec: ModelSpec) -> str:
+    """``[N, 3, 16, 224, 224] (batch, channels, frames, height, width)``: the input's shape and axes."""
+    axes = ", ".join(("batch", *spec.model_family.input_axes))
+    return f"[N, {', '.join(map(str, spec.input_size))}] ({axes})"
 
 
 def _images(folder: Path, spec: ModelSpec, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -136,14 +156,38 @@ def _arrays(path: Path, spec: ModelSpec, count: int, rng: np.random.Generator) -
             x = f["x"]
     except (OSError, ValueError, EOFError) as e:
         raise M2ptError("not a readable .npz file", path) from e
-    if x.ndim == 3:
-        x = x[:, None]
-    if x.ndim != 4 or len(x) == 0 or not np.issubdtype(x.dtype, np.number):
-        raise M2ptError(f"'x' must be a non-empty numeric [N, C, H, W] array, got {x.dtype} {x.shape}", path)
-    if x.shape[1] != spec.input_size[0]:
-        raise M2ptError(f"'x' has {x.shape[1]} channels, the model takes {spec.input_size[0]}", path)
+    if len(x) == 0 or not np.issubdtype(x.dtype, np.number):
+        raise M2ptError(f"'x' must be a non-empty numeric array, got {x.dtype} {_shape(x.shape)}", path)
+    if _resizable(spec):
+        x = _pictures(x, spec, path)
+    elif tuple(x.shape[1:]) != tuple(spec.input_size):
+        raise M2ptError(f"'x' is {_shape(x.shape)}, a {spec.model_family.title} takes model-ready "
+                        f"{input_layout(spec)}", path)
     if not np.isfinite(x).all():
         raise M2ptError("'x' contains NaN or Inf", path)
     transform = array_transform(spec)
     rows = x[np.sort(rng.permutation(len(x))[:count])]
     return np.stack([transform(torch.from_numpy(r.astype(np.float32))).numpy() for r in rows])
+
+
+def _pictures(x: np.ndarray, spec: ModelSpec, path: Path) -> np.ndarray:
+    """``x`` as ``[N, C, H, W]`` with the model's channels (any H and W: training resizes them)."""
+    if x.ndim == 3:
+        x = x[:, None]
+    c = spec.input_size[0]
+    if x.ndim != 4:
+        raise M2ptError(f"'x' is {_shape(x.shape)}, a {spec.model_family.title} calibrates on [N, C, H, W] "
+                        f"(or [N, H, W]) arrays resized to its {input_layout(spec)}", path)
+    if x.shape[1] != c:
+        raise M2ptError(f"'x' is {_shape(x.shape)} with {x.shape[1]} channels, the model takes "
+                        f"{input_layout(spec)}", path)
+    if spec.model_family.input_metadata(spec)["modality"] == "spectrogram" and x.shape[1:] != spec.input_size:
+        # NOTE resizing would hide a transposed spectrogram (frequency x time): AudioMAE's input
+        # is time x frequency, and the same 512 patches would meet the wrong position table.
+        raise M2ptError(f"'x' is {_shape(x.shape)}, an AudioMAE spectrogram model takes {input_layout(spec)}: time x "
+                        "frequency at the model's own size, not resized", path)
+    return x
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return f"[{', '.join(map(str, shape))}]"

@@ -1,10 +1,14 @@
-"""int8 for CPU serving: the merged fp32 export with Q/DQ, calibrated on real images, then
+"""int8 for CPU serving: the merged fp32 export with Q/DQ, calibrated on real inputs, then
 optimized offline by ONNX Runtime, which fuses each Q/DQ-wrapped MatMul into an integer
 kernel (VNNI where the CPU has it).
 
 The Q/DQ placement and calibration are the TensorRT path's (``quantize.py``): symmetric,
 per-channel weights, per-tensor activations, only weight-carrying MatMuls quantized, so
 attention's activation-by-activation MatMuls, LayerNorm, Softmax and GELU stay in fp32.
+
+Every family quantizes: RGB image models calibrate on photo tiles by default, the others on
+the user's own inputs in their model-ready layout (``--calib-data``: spectrograms, clips,
+point clouds), a held-out part of which verifies the result.
 """
 
 from __future__ import annotations
@@ -19,14 +23,15 @@ import onnx
 from m2pt_deploy.cpu import Int8Target
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.graph import prepare_graph
-from m2pt_deploy.export.int8.calibration import calibration_tiles, load_calibration_data
+from m2pt_deploy.export.int8.calibration import calibration_tiles, input_layout, load_calibration_data
 from m2pt_deploy.export.int8.quantize import quantize_qdq
 from m2pt_deploy.export.optimize import optimize_onnx
 from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.metadata import PRECISION_KEY
 from m2pt_deploy.vocabulary import CALIBRATION_SEED, VERIFY_IMAGES, VERIFY_SEED
 
-__all__ = ["VERIFY_IMAGES", "Int8Data", "cpu_int8_onnx", "int8_data", "photo_tiles"]
+__all__ = ["VERIFY_IMAGES", "Int8Data", "cpu_int8_onnx", "int8_data", "photo_calibrated", "photo_tiles",
+           "require_calibration_data"]
 
 _CALIBRATION_BATCH = 8
 
@@ -46,18 +51,41 @@ def int8_data(spec: ModelSpec, *, calib_data: str | os.PathLike[str] | None = No
     if calib_images < 1 or verify_images < 1:
         raise M2ptError(f"need at least 1 calibration and 1 verification input, got {calib_images} and "
                         f"{verify_images}")
+    require_calibration_data(spec, calib_data)
     if calib_data is not None:
         data = load_calibration_data(calib_data, spec, count=calib_images + verify_images)
         if len(data) <= verify_images:
             raise M2ptError(f"{len(data)} inputs: int8 needs more than the {verify_images} held out for "
                             "verification (lower --verify-images, or add inputs)", calib_data)
-        return Int8Data(data[verify_images:], data[:verify_images], f"{os.fspath(calib_data)}")
-    if spec.input_size[0] != 3:
-        raise M2ptError(f"the built-in calibration photos are RGB; a {spec.input_size[0]}-channel model needs "
-                        "--calib-data DIR|FILE.npz with its own inputs (e.g. spectrograms)")
+        source = (f"held out of {os.fspath(calib_data)} (the first {verify_images} of a seeded shuffle; "
+                  f"the other {len(data) - verify_images} calibrate)")
+        return Int8Data(data[verify_images:], data[:verify_images], source)
     calibration = photo_tiles(spec.input_size, spec.mean, spec.std, count=calib_images, seed=CALIBRATION_SEED)
     held_out = photo_tiles(spec.input_size, spec.mean, spec.std, count=verify_images, seed=VERIFY_SEED)
     return Int8Data(calibration, held_out, "held-out photo tiles")
+
+
+def photo_calibrated(spec: ModelSpec) -> bool:
+    """Whether the built-in photo tiles fit the model: RGB image models only."""
+    return spec.model_family.modality == "image" and spec.input_size[0] == 3
+
+
+def require_calibration_data(spec: ModelSpec, calib_data: str | os.PathLike[str] | None) -> None:
+    """Refuse int8 for a model the built-in photos do not fit when no ``--calib-data`` is given.
+
+    The family is known only once the checkpoint is read: callers check right after loading it,
+    before the minutes of export.
+    """
+    if calib_data is not None or photo_calibrated(spec):
+        return
+    family = spec.model_family
+    modality = family.input_metadata(spec)["modality"]
+    if modality == "image":
+        what = f"a {spec.input_size[0]}-channel model needs --calib-data DIR|FILE.npz with its own inputs"
+    else:
+        model = "an AudioMAE ViT" if modality == "spectrogram" else f"a {family.title}"
+        what = f"{model} needs --calib-data FILE.npz whose x holds its own {modality} inputs, {input_layout(spec)}"
+    raise M2ptError(f"int8 calibrates on real inputs and the built-in calibration photos are RGB; {what}")
 
 
 def photo_tiles(input_size: tuple[int, ...], mean: Sequence[float], std: Sequence[float], *,

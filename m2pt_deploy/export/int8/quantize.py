@@ -39,6 +39,8 @@ __all__ = ["QuantPrecision", "quantizable_nodes", "quantize_qdq", "qdq_summary"]
 
 QuantPrecision = Literal["int8", "fp8"]
 _WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
+# Readers of a tensor's shape only: a Q/DQ in front of them changes nothing they compute.
+_SHAPE_OPS = ("Shape", "Size")
 # float8 Q/DQ operators exist from opset 19 on.
 _FP8_MIN_OPSET = 19
 # Images per range-measuring run: every measured activation of a batch is alive at once
@@ -47,10 +49,29 @@ _RANGE_BATCH = 2
 
 
 def quantizable_nodes(proto: onnx.ModelProto) -> list[str]:
-    """MatMul / Gemm / Conv nodes whose second input is a weight initializer."""
+    """MatMul / Gemm / Conv nodes whose second input is a weight initializer and whose activation
+    input no node outside this set reads.
+
+    ONNX Runtime's quantizer puts one Q/DQ pair on an activation and rewires *every* reader of
+    it to the dequantized copy, so a float node sharing that input would silently compute on
+    rounded values. Point-MAE shows why it matters: the centres picked by farthest point
+    sampling feed both the position MLP's first Linear and the KNN grouping, whose TopK would
+    then pick other neighbours. Such a layer stays in float. What quantizes, then: for ViTs and
+    VideoMAE the patch embedding, every block's qkv / proj / fc1 / fc2 and the head; for
+    Point-MAE the mini-PointNet encoder's four Conv1d, the blocks, the head and ``pos_embed``'s
+    second Linear, while ``pos_embed.0`` (it reads the centres) and the grouping itself (ArgMax,
+    Min, TopK, Gather: no weights, and no quantized tensor among its inputs) stay exact.
+    """
     weights = {t.name for t in proto.graph.initializer}
-    return [n.name for n in proto.graph.node
-            if n.op_type in _WEIGHT_OPS and len(n.input) > 1 and n.input[1] in weights]
+    candidates = [n for n in proto.graph.node
+                  if n.op_type in _WEIGHT_OPS and len(n.input) > 1 and n.input[1] in weights]
+    chosen = {n.name for n in candidates}
+    readers: dict[str, set[str]] = {}
+    for node in proto.graph.node:
+        if node.op_type not in _SHAPE_OPS:  # a rounded copy has the same shape
+            for tensor in node.input:
+                readers.setdefault(tensor, set()).add(node.name)
+    return [n.name for n in candidates if readers[n.input[0]] <= chosen]
 
 
 def quantize_qdq(
@@ -62,7 +83,7 @@ def quantize_qdq(
     batch_size: int = 8,
     target: Int8Target | None = None,
 ) -> onnx.ModelProto:
-    """A Q/DQ copy of an fp32 graph, with activation ranges from ``calibration`` (N, C, H, W).
+    """A Q/DQ copy of an fp32 graph, with activation ranges from ``calibration`` ([N, *input], any family).
 
     ``target``: the CPU integer path the int8 model is for (default: this machine's);
     it decides 7-bit or 8-bit weights. TensorRT exports pass ``"vnni"`` (no saturation on GPUs).
@@ -71,8 +92,8 @@ def quantize_qdq(
 
     if precision not in ("int8", "fp8"):
         raise M2ptError(f"precision {precision!r} is not an explicit-quantization precision (int8, fp8)")
-    if calibration.ndim != 4 or len(calibration) == 0:
-        raise M2ptError(f"calibration images must be a non-empty (N, C, H, W) array, got {calibration.shape}")
+    if calibration.ndim < 2 or len(calibration) == 0:
+        raise M2ptError(f"calibration inputs must be a non-empty [N, ...] array, got {calibration.shape}")
     name = input_name or proto.graph.input[0].name
     # Percentile calibration stacks per-batch histograms and fails on a short last batch:
     # calibrate on whole batches only.

@@ -108,3 +108,61 @@ def test_int8_ranges_are_the_same_streamed_or_at_once(fp32_graph, calib) -> None
     for name in names:
         # Equal up to the histogram's resolution (2048 bins, range at most doubled while streaming).
         assert abs(streamed[name] - at_once[name]) <= 2 * 2 * at_once[name] / 2048 + 1e-6, name
+
+
+@pytest.fixture(scope="module")
+def point_graph(tmp_path_factory: pytest.TempPathFactory) -> onnx.ModelProto:
+    from m2pt_deploy.export.graph import prepare_graph
+    from m2pt_deploy.export.onnx import OnnxFromCheckpoint
+    from m2pt_deploy.model.checkpoint import load_checkpoint
+    from tests.families.point_formats import OPTIONS, point_mae_builder
+
+    ckpt = load_checkpoint(point_mae_builder(tmp_path_factory.mktemp("points")).path, options=OPTIONS)
+    return prepare_graph(OnnxFromCheckpoint(ckpt)())
+
+
+def _grouping_indices(proto: onnx.ModelProto, clouds: np.ndarray) -> dict[str, np.ndarray]:
+    """Every farthest-point-sampling ArgMax and the KNN TopK's indices, as extra graph outputs."""
+    from m2pt_deploy.runtime.sessions import ort_session
+
+    work = onnx.ModelProto()
+    work.CopyFrom(proto)
+    names = [n.output[0] for n in work.graph.node if n.op_type == "ArgMax"]
+    names += [n.output[1] for n in work.graph.node if n.op_type == "TopK"]
+    work.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.INT64, None) for n in names)
+    session = ort_session(work.SerializeToString(), optimization="none", what="grouping")
+    return dict(zip(names, session.run(names, {"points": clouds}), strict=True))
+
+
+def _ancestor_ops(proto: onnx.ModelProto, tensor: str) -> set[str]:
+    """The op types of every node ``tensor`` is computed from."""
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    seen: dict[str, str] = {}
+    todo = [tensor]
+    while todo:
+        node = producers.get(todo.pop())
+        if node is not None and node.name not in seen:
+            seen[node.name] = node.op_type
+            todo.extend(node.input)
+    return set(seen.values())
+
+
+@pytest.mark.parametrize("optimize", [False, True], ids=["qdq", "optimized"])
+def test_point_mae_grouping_stays_exact_in_int8(point_graph: onnx.ModelProto, optimize: bool) -> None:
+    from m2pt_deploy.export.int8.cpu import cpu_int8_onnx
+
+    rng = np.random.default_rng(3)
+    clouds = rng.uniform(-1, 1, (24, 128, 3)).astype(np.float32)
+    int8 = cpu_int8_onnx(point_graph, clouds[:16], optimize=optimize, target="avx2")
+    # Only the encoder, pos_embed's second Linear, the blocks and the head quantize: the Linear that
+    # reads the sampled centres (which the KNN also reads) stays float, so nothing upstream of the
+    # grouping is rounded.
+    assert len(quantizable_nodes(point_graph)) == len(
+        [n for n in point_graph.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")
+         and n.input[1] in {t.name for t in point_graph.graph.initializer}]) - 1
+    topk = next(n for n in int8.graph.node if n.op_type == "TopK")
+    assert not {"QuantizeLinear", "DequantizeLinear"} & _ancestor_ops(int8, topk.output[1])
+    want, got = _grouping_indices(point_graph, clouds[16:]), _grouping_indices(int8, clouds[16:])
+    assert want.keys() == got.keys() and len(want) == 16  # 15 sampling steps and the KNN
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
