@@ -12,7 +12,7 @@ from typing import Literal
 
 from m2pt_deploy.errors import M2ptError
 
-__all__ = ["FileKind", "file_kind", "require_checkpoint", "require_onnx"]
+__all__ = ["FileKind", "file_kind", "require_checkpoint", "require_onnx", "require_served_model"]
 
 Kind = Literal["missing", "directory", "safetensors", "torch-zip", "pickle", "onnx", "npz", "npy", "image",
                "engine", "empty", "other"]
@@ -135,3 +135,15 @@ def require_onnx(path: str | os.PathLike[str]) -> FileKind:
     if kind.kind == "onnx":
         return kind
     raise _refuse(path, kind, "an ONNX model")
+
+
+def require_served_model(path: str | os.PathLike[str], *, folder_ok: bool = True) -> FileKind:
+    """What a server takes: an ONNX model, or (``folder_ok``) a Triton model repository folder."""
+    kind = file_kind(path)
+    if kind.kind == "missing":
+        raise M2ptError("no such file or directory", path)
+    if kind.kind == "onnx" or (folder_ok and kind.kind == "directory"):
+        return kind
+    wanted = "an .onnx file or a Triton model repository folder" if folder_ok else "an .onnx file"
+    takers = f" ({kind.takers})" if kind.takers else ""
+    raise M2ptError(f"is {kind.what}, not {wanted}{takers}", path)

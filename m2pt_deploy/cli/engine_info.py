@@ -17,7 +17,7 @@ __all__ = ["build_parser", "entrypoint", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m m2pt_deploy engine-info",
+        prog="m2pt-engine-info",  # also: python -m m2pt_deploy engine-info (what build scripts run)
         description="Describe a TensorRT engine built outside m2pt-export (by ENGINE.build.sh, trtexec or "
         "polygraphy convert) in the sidecar ENGINE.json that m2pt-verify --engine checks.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="sidecar",

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from m2pt_deploy.cli.common import EXIT_OK, HelpFormatter, add_version, run_main
-from m2pt_deploy.filekind import file_kind, require_onnx
+from m2pt_deploy.filekind import require_served_model
 
 __all__ = ["build_parser", "entrypoint", "main"]
 
@@ -119,8 +119,7 @@ def _api_key(var: str) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if file_kind(args.model).kind != "directory":
-        require_onnx(args.model)  # a checkpoint is named as one, before the server imports anything
+    require_served_model(args.model)  # a checkpoint is named as one, before the server imports anything
     from m2pt_deploy.serving.core import ServeConfig
     from m2pt_deploy.serving.server import serve
 

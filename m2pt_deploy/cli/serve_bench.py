@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from m2pt_deploy.cli.common import EXIT_CHECK_FAILED, EXIT_OK, HelpFormatter, add_output_args, add_version, run_main
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.fileio import atomic_output, check_output_path
-from m2pt_deploy.filekind import require_onnx
+from m2pt_deploy.filekind import require_served_model
 
 __all__ = ["build_parser", "entrypoint", "main"]
 
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    require_onnx(args.model)
+    require_served_model(args.model, folder_ok=False)
     if args.output:
         check_output_path(args.output, force=args.force)
     elif args.force:

@@ -99,7 +99,7 @@ def test_wrong_files_are_named_for_what_they_are(files: dict[str, Path]) -> None
         (str(files["png"]), "is a PNG image, not a checkpoint"),
         (str(files["png"]), "is a PNG image, not an ONNX model"),
         (str(files["onnx"]), "is an ONNX model, not a checkpoint"),
-        (ckpt, "is a safetensors file, not an ONNX model", "m2pt-export"),
+        (ckpt, "is a safetensors file, not an .onnx file or a Triton model repository folder", "m2pt-export"),
     ]
     for result, needles in zip(_refusals(cases), expected, strict=True):
         _one_line(result, *needles)

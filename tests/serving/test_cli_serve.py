@@ -30,7 +30,7 @@ def test_not_an_onnx_file(tmp_path, capsys):
     path = tmp_path / "model.txt"
     path.write_text("hello")
     assert refuse([str(path)], capsys) == (
-        f"error: {path}: expected an .onnx file or a Triton model repository folder")
+        f"error: {path}: is a text file, not an .onnx file or a Triton model repository folder")
 
 
 def test_corrupt_onnx_file(tmp_path, capsys):
