@@ -19,19 +19,24 @@ from pathlib import Path
 
 from m2pt_deploy.errors import M2ptError
 
-__all__ = ["Staged", "atomic_output", "check_output_path", "check_output_folder", "relink_external_data",
+__all__ = ["Staged", "atomic_output", "check_output_path", "check_output_folder", "os_error_reason",
+           "relink_external_data",
            "sha256_file", "staged_output", "unverified_path"]
 
-# What an OSError from creating a file means to the user; errnos not listed keep the OS's words.
+# What an OSError means to the user; errnos not listed keep the OS's words.
 _REASONS = {
     errno.EROFS: "read-only file system",
     errno.EACCES: "permission denied",
     errno.EPERM: "permission denied",
     errno.ENOSPC: "no space left on the device",
     errno.EDQUOT: "disk quota exceeded",
-    # /proc, /sys and similar virtual file systems answer ENOENT inside a folder that exists.
-    errno.ENOENT: "the file system does not take new files",
+    errno.EFBIG: "file too large (a file-size limit?)",
 }
+
+
+def os_error_reason(e: OSError) -> str:
+    """An OSError in a user's words: a full disk, a file-size limit, a read-only folder."""
+    return _REASONS.get(e.errno or 0, e.strerror or str(e))
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -59,7 +64,8 @@ def _probe_folder(folder: Path) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
-        reason = _REASONS.get(e.errno or 0, e.strerror or str(e))
+        # /proc, /sys and similar virtual file systems answer ENOENT inside a folder that exists.
+        reason = "the file system does not take new files" if e.errno == errno.ENOENT else os_error_reason(e)
         raise M2ptError(f"output folder is not writable ({reason})", folder) from e
 
 

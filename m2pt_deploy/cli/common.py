@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import logging
 import os
 import signal
@@ -15,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from m2pt_deploy.errors import M2ptError, first_line
+from m2pt_deploy.fileio import os_error_reason
 from m2pt_deploy.request import ModelRequest
 
 if TYPE_CHECKING:
@@ -187,11 +187,8 @@ def _quiet_libraries(verbose: bool) -> Iterator[None]:
 
 
 def _os_error(e: OSError) -> str:
-    """An OSError as one line naming the file: a full disk, a file-size limit, a read-only folder."""
-    reasons = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "file too large (a file-size limit?)",
-               errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
-               errno.EPERM: "permission denied"}
-    reason = reasons.get(e.errno or 0, e.strerror or first_line(e))
+    """An OSError as one line naming the file."""
+    reason = os_error_reason(e)
     return f"{e.filename}: {reason}" if e.filename else reason
 
 

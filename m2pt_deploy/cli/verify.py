@@ -115,8 +115,8 @@ def _check_request(args: argparse.Namespace) -> None:
             raise M2ptError("--no-latency applies to --engine (TensorRT), not --onnx")
     elif file_kind(args.engine).kind == "missing":
         raise M2ptError("no such file", args.engine)
-    if args.inputs and file_kind(args.inputs).kind != "npy":
-        kind = file_kind(args.inputs)
+    kind = file_kind(args.inputs) if args.inputs else None
+    if kind is not None and kind.kind != "npy":
         raise M2ptError("no such file" if kind.kind == "missing" else f"is {kind.what}, not a .npy array", args.inputs)
     if args.force and not args.report:
         raise M2ptError("--force overwrites the report; there is no --report")
