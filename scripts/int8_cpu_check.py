@@ -19,9 +19,10 @@ import torch
 
 from m2pt_deploy.bench.machine import machine_info, machine_line
 from m2pt_deploy.cpu import INT8_TARGETS, int8_target, saturates
-from m2pt_deploy.export.int8.cpu import cpu_int8_onnx, int8_data
+from m2pt_deploy.export.int8.cpu import cpu_int8_onnx
 from m2pt_deploy.export.onnx import OnnxFromCheckpoint
 from m2pt_deploy.export.optimize import save_optimized
+from m2pt_deploy.inputs.calibration import int8_data
 from m2pt_deploy.model.build import build_vanilla
 from m2pt_deploy.model.checkpoint import load_checkpoint, save_checkpoint
 from m2pt_deploy.pipelines.demo import DEMO_SPEC, demo_config, write_digits

@@ -2,7 +2,7 @@
 top-1 agreement with the fp32 reference model (and saying that it is agreement).
 
 Every format sees the same images in the same chunks, so the figures differ only by the
-format's numerics. ``--data`` takes what ``m2pt-train`` takes (:func:`m2pt_deploy.train.data.load_data`):
+format's numerics. ``--data`` takes what ``m2pt-train`` takes (:func:`m2pt_deploy.inputs.datasets.load_data`):
 an ``.npz`` with ``x`` and ``y``, or an image folder with one sub-folder per class; a folder
 holding ``train/`` and ``val/`` is scored on ``val/``.
 """
@@ -21,7 +21,7 @@ from torch import nn
 
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.families import ModelSpec
-from m2pt_deploy.train.data import SizedDataset, load_data
+from m2pt_deploy.inputs.datasets import SizedDataset, load_data
 
 __all__ = ["EvalData", "Predict", "load_eval_data", "onnx_predict", "score_formats", "torch_predict"]
 

@@ -37,13 +37,15 @@ from m2pt_deploy.bench.peak import forward_gflop, matmul_peak_gflops
 from m2pt_deploy.bench.subject import Subject, random_subject
 from m2pt_deploy.bench.throughput import ThroughputRow, Variant, paired_ratio, rows_for_batch, run_variants
 from m2pt_deploy.errors import M2ptError, first_line
-from m2pt_deploy.export.int8.cpu import cpu_int8_onnx, photo_tiles
+from m2pt_deploy.export.int8.cpu import cpu_int8_onnx
 from m2pt_deploy.export.onnx import INPUT_NAME, export_model, save_onnx
 from m2pt_deploy.export.optimize import optimize_onnx, save_optimized
 from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.inputs.photos import photo_tiles
+from m2pt_deploy.inputs.seeded import seeded_inputs
 from m2pt_deploy.model.build import build_vanilla
 from m2pt_deploy.runtime.io_names import input_name
-from m2pt_deploy.runtime.runners import TorchRunner, cpu_runner, seeded_inputs
+from m2pt_deploy.runtime.runners import TorchRunner, cpu_runner
 from m2pt_deploy.runtime.sessions import cpu_session, ort_session, physical_cores
 from m2pt_deploy.verify.numerics import compare_runners
 from m2pt_deploy.verify.structure import graph_signature, structure_differences

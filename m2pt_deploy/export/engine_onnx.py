@@ -8,9 +8,9 @@ import onnx
 
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.graph import prepare_graph
-from m2pt_deploy.export.int8.calibration import calibration_tiles
 from m2pt_deploy.export.int8.quantize import quantize_qdq
 from m2pt_deploy.export.precision import to_mixed_precision
+from m2pt_deploy.inputs.photos import photo_tiles
 from m2pt_deploy.metadata import PRECISION_KEY
 from m2pt_deploy.vocabulary import CALIBRATION_SEED
 
@@ -31,7 +31,7 @@ def engine_onnx(
     if precision in ("fp16", "bf16"):
         proto = to_mixed_precision(proto, precision)  # type: ignore[arg-type]
     elif precision in ("int8", "fp8"):
-        tiles = calibration_tiles(input_size, mean, std, count=calib_images, seed=CALIBRATION_SEED)
+        tiles = photo_tiles(input_size, mean, std, count=calib_images, seed=CALIBRATION_SEED)
         # GPUs accumulate int8 products in int32: full 8-bit weights, whatever CPU exports.
         proto = quantize_qdq(proto, precision, tiles, target="vnni")  # type: ignore[arg-type]
     elif precision != "fp32":

@@ -19,19 +19,17 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
-
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.extras import tensorrt_importable
-from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.fileio import Staged, atomic_output, staged_output, unverified_path
 from m2pt_deploy.heap import release_freed_memory
+from m2pt_deploy.inputs.calibration import held_out_inputs, int8_data, photo_calibrated
 from m2pt_deploy.model.checkpoint import Checkpoint, load_checkpoint
 from m2pt_deploy.progress import note, step
 from m2pt_deploy.request import ExportRequest, ModelRequest
 from m2pt_deploy.vocabulary import DEFAULT_OPSET, VERIFY_IMAGES, FloatPrecision
 
-__all__ = ["ExportResult", "Verdict", "export", "export_onnx", "export_tensorrt", "export_triton", "held_out_inputs",
+__all__ = ["ExportResult", "Verdict", "export", "export_onnx", "export_tensorrt", "export_triton", 
            "load_for_export", "silent"]
 
 CheckpointSource = str | os.PathLike[str] | Checkpoint
@@ -79,21 +77,6 @@ def load_for_export(checkpoint: CheckpointSource, model: ModelRequest | Mapping[
     for text in ckpt.notes:
         note(text)
     return ckpt
-
-
-def held_out_inputs(spec: ModelSpec, count: int) -> np.ndarray:
-    """Inputs a reduced-precision model is verified on: held-out photo tiles for RGB image models,
-    the family's seeded example inputs for any other."""
-    from m2pt_deploy.export.int8.calibration import calibration_tiles
-    from m2pt_deploy.vocabulary import VERIFY_SEED
-
-    if _photos(spec):
-        return calibration_tiles(spec.input_size, spec.mean, spec.std, count=count, seed=VERIFY_SEED)
-    return spec.model_family.example_input(spec, count, seed=VERIFY_SEED).numpy()
-
-
-def _photos(spec: ModelSpec) -> bool:
-    return spec.model_family.modality in ("image", "spectrogram") and spec.input_size[0] == 3
 
 
 def _write_report(path: str | os.PathLike[str] | None, data: Mapping[str, Any], *, force: bool) -> None:
@@ -240,8 +223,6 @@ class _Noted:
 
 
 def _int8_data(ckpt: Checkpoint, req: ExportRequest) -> Any:
-    from m2pt_deploy.export.int8.cpu import int8_data
-
     return int8_data(ckpt.spec, calib_data=req.calib_data, calib_images=req.calib_images or 256,
                      verify_images=req.verify_images or VERIFY_IMAGES)
 
@@ -323,7 +304,7 @@ def _export_tensorrt(req: ExportRequest, checkpoint: CheckpointSource, show: Sho
     ckpt = load_for_export(checkpoint, req.model)
     spec = ckpt.spec
     precision, shape = req.precision, req.batch_spec
-    if precision in ("int8", "fp8") and not _photos(spec):
+    if precision in ("int8", "fp8") and not photo_calibrated(spec):
         raise M2ptError(f"--format trt --precision {precision} calibrates on RGB photo tiles; a "
                         f"{spec.model_family.title} with its own inputs is built in fp32, fp16 or bf16 "
                         "(TensorRT calibration data: not yet)")
@@ -335,10 +316,9 @@ def _export_tensorrt(req: ExportRequest, checkpoint: CheckpointSource, show: Sho
             save_onnx(proto, staged.path)
         verdict: Verdict | None = None
         if req.verify:
-            from m2pt_deploy.export.int8.cpu import VERIFY_IMAGES as HELD_OUT
             from m2pt_deploy.verify.tensorrt import verify_onnx_precision
 
-            images = held_out_inputs(spec, HELD_OUT)
+            images = held_out_inputs(spec)
             with step(f"verifying the {precision} ONNX in ONNX Runtime against the unmerged model "
                       f"({len(images)} held-out inputs)"):
                 verdict = _Noted(verify_onnx_precision(ckpt, staged.path, images, precision=precision), ckpt.notes)

@@ -18,11 +18,11 @@ from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.int8.cpu import cpu_int8_onnx
 from m2pt_deploy.export.onnx import OnnxFromCheckpoint, save_onnx
 from m2pt_deploy.export.optimize import save_optimized
+from m2pt_deploy.inputs.datasets import load_data
 from m2pt_deploy.model.build import build_vanilla
 from m2pt_deploy.model.checkpoint import load_checkpoint, save_checkpoint
 from m2pt_deploy.pipelines.demo import AUX_ASSET, DEMO_SPEC, demo_config, write_digits
 from m2pt_deploy.train import train
-from m2pt_deploy.train.data import load_data
 from m2pt_deploy.verify.accuracy import accuracy_delta
 
 __all__ = ["CALIBRATION_IMAGES", "digits_int8_accuracy"]

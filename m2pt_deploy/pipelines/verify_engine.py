@@ -15,11 +15,11 @@ from m2pt_deploy.bench.engine_latency import latency_vs_vanilla
 from m2pt_deploy.bench.machine import machine_info, machine_line
 from m2pt_deploy.export.engine_info import read_engine_info
 from m2pt_deploy.fileio import atomic_output, check_output_path
+from m2pt_deploy.inputs.calibration import held_out_inputs
 from m2pt_deploy.pipelines.export import (
     CheckpointSource,
     ExportResult,
     Show,
-    held_out_inputs,
     load_for_export,
     silent,
 )

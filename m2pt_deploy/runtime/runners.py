@@ -35,7 +35,6 @@ __all__ = [
     "ort_runner",
     "quiet_polygraphy",
     "run_runners",
-    "seeded_inputs",
 ]
 
 
@@ -127,12 +126,6 @@ def ort_runner(model: ModelSource, *, name: str, optimization: Optimization = "a
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
     return OnnxrtRunner(lambda: ort_session(model, optimization=optimization, path=path), name=name)
-
-
-def seeded_inputs(input_size: Sequence[int], batch_size: int, *, seed: int = 0) -> np.ndarray:
-    """Deterministic normalised-image-like inputs: standard normal, float32, ``[B, C, H, W]``."""
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((batch_size, *input_size), dtype=np.float32)
 
 
 @contextlib.contextmanager

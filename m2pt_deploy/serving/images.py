@@ -1,7 +1,7 @@
 """Encoded image → model input, and logits → top-k classes, driven by the ONNX metadata.
 
 Preprocessing is timm's evaluation transform (``create_transform(..., is_training=False)``, the one
-``m2pt_deploy.train.data.image_transform`` evaluates, calibrates and verifies with), reproduced with
+``m2pt_deploy.inputs.preprocess.image_transform`` evaluates, calibrates and verifies with), reproduced with
 PIL and numpy because the server never imports torch: resize so the shorter side is
 ``floor(size / crop_pct)``, centre-crop to the input size, scale to [0, 1], normalise with the
 ``mean``/``std`` stored in ``m2pt_deploy.input`` at export time. ``crop_pct`` and ``interpolation``

@@ -22,13 +22,13 @@ from torch.utils.data import DataLoader
 
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.inputs.datasets import SizedDataset, batches, check_classes, load_data
 from m2pt_deploy.model.build import build_unmerged
 from m2pt_deploy.model.checkpoint import NOTES_KEY, PathwayInfo, load_checkpoint, recorded_notes, save_checkpoint
 from m2pt_deploy.model.pathway import pathway_state_dict
 from m2pt_deploy.progress import note
 from m2pt_deploy.train import state as train_state
 from m2pt_deploy.train.config import TrainConfig
-from m2pt_deploy.train.data import SizedDataset, batches, check_classes, load_data
 from m2pt_deploy.train.distributed import Distributed
 from m2pt_deploy.train.model import attach_pathways, blocks, build_target, load_aux, set_drop_path, set_trainable
 from m2pt_deploy.train.optim import build_optimizer, lr_factor, set_lr

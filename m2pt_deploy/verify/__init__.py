@@ -7,7 +7,8 @@ latency benchmark lives in :mod:`m2pt_deploy.bench.latency` (``m2pt-bench``).
 
 from __future__ import annotations
 
-from m2pt_deploy.runtime.runners import TorchRunner, onnxrt_runner, run_runners, seeded_inputs
+from m2pt_deploy.inputs.seeded import seeded_inputs
+from m2pt_deploy.runtime.runners import TorchRunner, onnxrt_runner, run_runners
 from m2pt_deploy.verify.harness import assert_equivalent, check_inputs, load_onnx, verify_onnx
 from m2pt_deploy.verify.metrics import ErrorStats, error_stats
 from m2pt_deploy.verify.numerics import check_merge, compare_runners

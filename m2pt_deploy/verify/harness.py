@@ -18,16 +18,18 @@ from google.protobuf.message import DecodeError
 from polygraphy.backend.base import BaseRunner
 
 from m2pt_deploy.errors import M2ptError, first_line
+from m2pt_deploy.inputs.calibration import held_out_inputs, photo_calibrated
+from m2pt_deploy.inputs.seeded import seeded_inputs
 from m2pt_deploy.merge import merge_model
 from m2pt_deploy.metadata import SOURCE_SHA256_KEY, read_metadata
 from m2pt_deploy.model.build import build_unmerged
 from m2pt_deploy.model.checkpoint import Checkpoint, load_checkpoint
-from m2pt_deploy.runtime.runners import TorchRunner, onnxrt_runner, seeded_inputs
+from m2pt_deploy.runtime.runners import TorchRunner, onnxrt_runner
 from m2pt_deploy.verify.numerics import check_merge, compare_runners
 from m2pt_deploy.verify.result import Result, VerificationReport
 from m2pt_deploy.verify.structure import check_structure, export_settings
 from m2pt_deploy.verify.tolerance import tolerance_for
-from m2pt_deploy.vocabulary import VERIFY_IMAGES, VERIFY_SEED
+from m2pt_deploy.vocabulary import VERIFY_IMAGES
 
 __all__ = ["assert_equivalent", "check_inputs", "load_onnx", "verify_onnx"]
 
@@ -144,17 +146,17 @@ def _provenance(proto: onnx.ModelProto, ckpt: Checkpoint) -> tuple[str, ...]:
 
 
 def _int8_runtime(ckpt: Checkpoint, path: Path, inputs: np.ndarray | None) -> Result:
-    from m2pt_deploy.export.int8.cpu import photo_tiles
     from m2pt_deploy.verify.cpu_int8 import verify_int8_cpu
 
     spec = ckpt.spec
     if inputs is not None:
         return verify_int8_cpu(ckpt, path, inputs, source="given inputs")
-    if spec.input_size[0] != 3:
-        raise M2ptError(f"an int8 model of a {spec.input_size[0]}-channel ViT is verified on its own held-out "
+    if not photo_calibrated(spec):
+        model = (f"{spec.input_size[0]}-channel ViT" if spec.model_family.modality == "image"
+                 else spec.model_family.title)
+        raise M2ptError(f"an int8 model of a {model} is verified on its own held-out "
                         "inputs: pass --inputs FILE.npy (the built-in photo tiles are RGB)", path)
-    tiles = photo_tiles(spec.input_size, spec.mean, spec.std, count=VERIFY_IMAGES, seed=VERIFY_SEED)
-    return verify_int8_cpu(ckpt, path, tiles)
+    return verify_int8_cpu(ckpt, path, held_out_inputs(spec))
 
 
 def verify_onnx(

@@ -12,8 +12,9 @@ import onnxruntime as ort
 import pytest
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.export.int8.cpu import cpu_int8_onnx, photo_tiles
+from m2pt_deploy.export.int8.cpu import cpu_int8_onnx
 from m2pt_deploy.export.optimize import fuse_attention, optimize_onnx, save_optimized
+from m2pt_deploy.inputs.photos import photo_tiles
 from m2pt_deploy.merge import merge_model
 from m2pt_deploy.metadata import OPTIMIZED_KEY, set_metadata
 from m2pt_deploy.model.build import build_unmerged

@@ -43,9 +43,9 @@ def fp32_graph(tmp_path_factory) -> onnx.ModelProto:
 
 @pytest.fixture(scope="module")
 def images() -> np.ndarray:
-    from m2pt_deploy.export.int8.calibration import calibration_tiles
+    from m2pt_deploy.inputs.photos import photo_tiles
 
-    return calibration_tiles(TINY.input_size, TINY.mean, TINY.std, count=32, seed=1)
+    return photo_tiles(TINY.input_size, TINY.mean, TINY.std, count=32, seed=1)
 
 
 def _input_types(model: onnx.ModelProto) -> dict[str, list[int]]:

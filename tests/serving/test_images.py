@@ -155,7 +155,7 @@ def test_preprocessing_equals_timms_eval_transform(kwargs):
 def test_default_metadata_is_what_training_and_verification_use():
     """No crop_pct / interpolation in the export metadata: the project's ViT data config."""
     pytest.importorskip("timm", reason="the reference is timm's own transform")
-    from m2pt_deploy.train.data import image_transform
+    from m2pt_deploy.inputs.preprocess import image_transform
     from tests.tiny import TINY
 
     c, h, w = TINY.input_size

@@ -273,9 +273,10 @@ def test_missing_onnx_file(pathway_ckpt, tmp_path):
 
 def test_the_tools_own_int8_export_is_verified(trained_digits, tmp_path: Path) -> None:
     """m2pt-verify used to refuse int8 files ("the structure check exports ... fp32 or fp16")."""
-    from m2pt_deploy.export.int8.cpu import cpu_int8_onnx, int8_data
+    from m2pt_deploy.export.int8.cpu import cpu_int8_onnx
     from m2pt_deploy.export.onnx import OnnxFromCheckpoint
     from m2pt_deploy.export.optimize import save_optimized
+    from m2pt_deploy.inputs.calibration import int8_data
     from m2pt_deploy.model.checkpoint import load_checkpoint
     from m2pt_deploy.verify import verify_onnx
 

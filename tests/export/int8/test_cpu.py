@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 
 from m2pt_deploy.cpu import INT8_TARGETS, int8_target, saturates
-from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.export.int8.cpu import cpu_int8_onnx, int8_data
+from m2pt_deploy.export.int8.cpu import cpu_int8_onnx
 from m2pt_deploy.export.onnx import OnnxFromCheckpoint
 from m2pt_deploy.export.optimize import save_optimized
+from m2pt_deploy.inputs.calibration import int8_data
 from m2pt_deploy.model.checkpoint import load_checkpoint
 from m2pt_deploy.verify.cpu_int8 import verify_int8_cpu
-from tests.tiny import TINY_AUDIO
 
 
 @pytest.mark.parametrize("target", INT8_TARGETS)
@@ -38,28 +36,6 @@ def test_int8_of_a_trained_model_agrees_with_fp32(trained_digits: tuple[Path, Pa
     # computes the same integers. The bar, 98.5% (505/512), leaves four flips of headroom below
     # the lowest figure; the product's own bar is 99%.
     assert result.stats.top1_rate >= 0.985, str(result)
-
-
-def test_user_data_is_split_into_held_out_and_calibration(trained_digits: tuple[Path, Path]) -> None:
-    ckpt = load_checkpoint(trained_digits[0])
-    data = int8_data(ckpt.spec, calib_data=trained_digits[1], calib_images=100, verify_images=300)
-    assert data.held_out.shape == (300, 1, 8, 8) and data.calibration.shape == (100, 1, 8, 8)
-    rows = {r.tobytes() for r in data.held_out}
-    assert not any(r.tobytes() in rows for r in data.calibration)
-    # normalised as training normalises: (x - 0.5) / 0.5 of pixels in [0, 1]
-    assert data.held_out.min() >= -1.0 and data.held_out.max() <= 1.0 and data.held_out.min() < -0.9
-
-
-def test_non_rgb_models_need_their_own_calibration_data() -> None:
-    with pytest.raises(M2ptError, match="a 1-channel model needs --calib-data"):
-        int8_data(TINY_AUDIO)
-
-
-def test_too_few_inputs_for_the_held_out_set(tmp_path: Path) -> None:
-    npz = tmp_path / "few.npz"
-    np.savez(npz, x=np.random.default_rng(0).random((20, 1, 16, 48), dtype=np.float32))
-    with pytest.raises(M2ptError, match=r"few.npz: 20 inputs: int8 needs more than the 256 held out"):
-        int8_data(TINY_AUDIO, calib_data=npz)
 
 
 def test_int8_target_is_recorded_and_checked_by_the_server(trained_digits, tmp_path: Path, monkeypatch) -> None:

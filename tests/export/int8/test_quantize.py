@@ -5,8 +5,8 @@ import onnx
 import pytest
 
 from m2pt_deploy.cpu import int8_target
-from m2pt_deploy.export.int8.calibration import calibration_tiles
 from m2pt_deploy.export.int8.quantize import qdq_summary, quantizable_nodes, quantize_qdq
+from m2pt_deploy.inputs.photos import photo_tiles
 from m2pt_deploy.metadata import INT8_TARGET_KEY
 from tests.export.test_precision import compare, fp32_graph, onnx_logits  # noqa: F401 - fixture
 from tests.tiny import TINY
@@ -14,12 +14,12 @@ from tests.tiny import TINY
 
 @pytest.fixture(scope="module")
 def calib() -> np.ndarray:
-    return calibration_tiles(TINY.input_size, TINY.mean, TINY.std, count=64, seed=0)
+    return photo_tiles(TINY.input_size, TINY.mean, TINY.std, count=64, seed=0)
 
 
 @pytest.fixture(scope="module")
 def held_out() -> np.ndarray:
-    return calibration_tiles(TINY.input_size, TINY.mean, TINY.std, count=128, seed=1)
+    return photo_tiles(TINY.input_size, TINY.mean, TINY.std, count=128, seed=1)
 
 
 def test_only_weight_matmuls_are_quantized(fp32_graph) -> None:  # noqa: F811

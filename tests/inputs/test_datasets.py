@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.train.data import check_classes, load_data
+from m2pt_deploy.inputs.datasets import check_classes, load_data
 from tests.tiny import tiny_spec, write_npz
 
 
@@ -104,7 +104,7 @@ def test_class_count_must_match_the_head() -> None:
 def test_image_that_breaks_in_a_worker_process_is_one_line(tmp_path: Path) -> None:
     from torch.utils.data import DataLoader
 
-    from m2pt_deploy.train.data import batches
+    from m2pt_deploy.inputs.datasets import batches
 
     root = _image_folder(tmp_path / "imgs", per_class=2)
     split = load_data(root, tiny_spec(channels=3), val_data=root)

@@ -12,31 +12,26 @@ import dataclasses
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import TypeVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.inputs.preprocess import IMAGE_EXTENSIONS, Transform, array_transform, image_transform, resizable
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "ArrayDataset",
     "DataSplit",
     "ImageFolderDataset",
-    "array_transform",
     "batches",
     "check_classes",
-    "image_transform",
     "load_data",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-Transform = Callable[[Tensor], Tensor]
 T = TypeVar("T")
 
 
@@ -45,47 +40,6 @@ class DataSplit:
     train: SizedDataset
     val: SizedDataset
     classes: tuple[str, ...]
-
-
-def image_transform(spec: ModelSpec, *, train: bool) -> Callable:
-    """timm's transform for the model's input: RandomResizedCrop + flip + jitter, or resize + crop.
-
-    Size, mean and std are the checkpoint's; interpolation and crop fraction come from timm's
-    data config for the architecture (bicubic, 0.9 for its ViTs), as timm's own scripts use them.
-    """
-    from timm.data import create_transform
-
-    layout = spec.model_family.input_metadata(spec)
-    crop_pct, interpolation = layout.get("crop_pct"), layout.get("interpolation") or "bilinear"
-    size = cast(tuple[int, int, int], spec.input_size)  # image families only: C, H, W
-    return create_transform(size, is_training=train, mean=spec.mean, std=spec.std,
-                            interpolation=interpolation, crop_pct=crop_pct)
-
-
-def _is_image(spec: ModelSpec) -> bool:
-    return spec.model_family.modality in ("image", "spectrogram")
-
-
-def _model_ready(x: Tensor) -> Tensor:
-    return x
-
-
-def array_transform(spec: ModelSpec) -> Transform:
-    """Resize a ``[C, H, W]`` float array to the model's input and normalise it; inputs of other
-    families (video clips, point clouds) come model-ready and pass as they are."""
-    if not _is_image(spec):
-        return _model_ready
-    _, height, width = spec.input_size
-    mean = torch.tensor(spec.mean, dtype=torch.float32).view(-1, 1, 1)
-    std = torch.tensor(spec.std, dtype=torch.float32).view(-1, 1, 1)
-
-    def transform(x: Tensor) -> Tensor:
-        if tuple(x.shape[-2:]) != (height, width):
-            x = F.interpolate(x[None], size=(height, width), mode="bilinear", antialias=True,
-                              align_corners=False)[0]
-        return (x - mean) / std
-
-    return transform
 
 
 class ImageFolderDataset(Dataset):
@@ -163,7 +117,7 @@ def _load_npz(path: Path, spec: ModelSpec) -> tuple[Tensor, Tensor, tuple[str, .
     x, y = arrays["x"], arrays["y"]
     if not np.issubdtype(x.dtype, np.number) or not np.issubdtype(y.dtype, np.integer):
         raise M2ptError(f"'x' must be numeric and 'y' integer, got {x.dtype} and {y.dtype}", path)
-    if not _is_image(spec):
+    if not resizable(spec):
         shape = ", ".join(["N", *map(str, spec.input_size)])
         if tuple(x.shape[1:]) != tuple(spec.input_size) or y.ndim != 1 or len(x) != len(y):
             raise M2ptError(f"a {spec.model_family.title} trains on model-ready x [{shape}] and y [N], "
@@ -203,7 +157,7 @@ def _source(path: str | os.PathLike[str], spec: ModelSpec) -> Path:
         raise M2ptError("no such data file or folder", p)
     if p.is_file() and p.suffix != ".npz":
         raise M2ptError("data must be an image folder or an .npz file", p)
-    if p.is_dir() and not _is_image(spec) and not ((p / "train.npz").is_file() and (p / "val.npz").is_file()):
+    if p.is_dir() and not resizable(spec) and not ((p / "train.npz").is_file() and (p / "val.npz").is_file()):
         raise M2ptError(f"a folder of images is for image models; a {spec.model_family.title} trains on an .npz "
                         "of model-ready inputs ('x', 'y')", p)
     return p
