@@ -24,8 +24,8 @@ from m2pt_deploy.merge import merge_model
 from m2pt_deploy.metadata import SOURCE_SHA256_KEY, read_metadata
 from m2pt_deploy.model.build import build_unmerged
 from m2pt_deploy.model.checkpoint import Checkpoint, load_checkpoint
-from m2pt_deploy.runtime.runners import TorchRunner, onnxrt_runner
-from m2pt_deploy.verify.numerics import check_merge, compare_runners
+from m2pt_deploy.runtime.runners import TorchRunner, onnxrt_runner, run_runners
+from m2pt_deploy.verify.numerics import MERGED, UNMERGED, compare_outputs, merge_tolerance
 from m2pt_deploy.verify.result import Result, VerificationReport
 from m2pt_deploy.verify.structure import check_structure, export_settings
 from m2pt_deploy.verify.tolerance import tolerance_for
@@ -192,11 +192,18 @@ def verify_onnx(
 
     unmerged = build_unmerged(ckpt)
     merged = merge_model(unmerged, ckpt.spec)
-    merge_result = check_merge(unmerged, merged, feeds, probe_head=ckpt.has_probe_head)
     shape = (None, *ckpt.spec.input_size)
-    reference = TorchRunner(
-        merged, shape, name="torch-merged", input_name=in_name, output_name=out_name
-    )
+    # One forward per model and input, shared by the checks: the merged model's outputs are both
+    # the merge check's candidate and the runtimes' reference.
+    runners: list[BaseRunner] = [
+        TorchRunner(unmerged, shape, name=UNMERGED, input_name=in_name, output_name=out_name),
+        TorchRunner(merged, shape, name=MERGED, input_name=in_name, output_name=out_name),
+    ]
+    if precision != "int8":
+        runners += [onnxrt_runner(path), *extra_runners]
+    outputs = run_runners(runners, feeds)
+    merge_bound, merge_note = merge_tolerance(probe_head=ckpt.has_probe_head)
+    (merge_result,) = compare_outputs(outputs, UNMERGED, [MERGED], merge_bound, check="merge", note=merge_note)
     if precision == "int8":
         # int8 logits move by design: judged by top-1 agreement on held-out inputs, run as served.
         runtime_results: Sequence[Result] = [_int8_runtime(ckpt, path, inputs)]
@@ -205,8 +212,7 @@ def verify_onnx(
             info = {**info, "description": f"{info.get('description', '')} (merge check); {VERIFY_IMAGES} "
                     "held-out photo tiles (int8 top-1 agreement)"}
     else:
-        runners = [reference, onnxrt_runner(path), *extra_runners]
-        runtime_results = compare_runners(runners, feeds, tolerance)
+        runtime_results = compare_outputs(outputs, MERGED, [r.name for r in runners[2:]], tolerance)
     structure = check_structure(proto, ckpt.spec, like=merged.state_dict())
     return VerificationReport(
         onnx=str(path),

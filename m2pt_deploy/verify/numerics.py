@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from polygraphy.backend.base import BaseRunner
@@ -12,7 +12,10 @@ from m2pt_deploy.runtime.runners import TorchRunner, run_runners
 from m2pt_deploy.verify.result import CheckResult, judge
 from m2pt_deploy.verify.tolerance import BITWISE, PROBE_HEAD, Tolerance
 
-__all__ = ["check_merge", "compare_runners"]
+__all__ = ["MERGED", "UNMERGED", "check_merge", "compare_outputs", "compare_runners", "merge_tolerance"]
+
+#: The torch runners' names in every report.
+UNMERGED, MERGED = "torch-unmerged", "torch-merged"
 
 
 def _concat(outputs: list[dict[str, np.ndarray]], name: str) -> np.ndarray:
@@ -27,42 +30,42 @@ def compare_runners(
     check: str = "runtime",
     note: str = "",
 ) -> list[CheckResult]:
-    """Run all runners on ``feeds``; judge every later runner against the first, per output.
+    """Run all runners on ``feeds``; judge every later runner against the first, per output."""
+    outputs = run_runners(runners, feeds)
+    return compare_outputs(outputs, runners[0].name, [r.name for r in runners[1:]], tolerance, check=check,
+                           note=note)
+
+
+def compare_outputs(
+    outputs: Mapping[str, Sequence[dict[str, np.ndarray]]],
+    reference: str,
+    candidates: Sequence[str],
+    tolerance: Tolerance,
+    *,
+    check: str = "runtime",
+    note: str = "",
+) -> list[CheckResult]:
+    """Judge each candidate's outputs (``run_runners``' result) against the reference's, per output.
 
     Outputs of all feeds are concatenated along the batch axis before judging, so top-1
     counts every sample once. An output the reference has and a candidate lacks fails.
     """
-    outputs = run_runners(runners, feeds)
-    ref_name = runners[0].name
-    ref = outputs[ref_name]
+    ref = outputs[reference]
     results = []
-    for runner in runners[1:]:
-        cand = outputs[runner.name]
+    for name in candidates:
+        cand = outputs[name]
         for out_name in ref[0]:
-            if out_name not in cand[0]:
-                missing = np.empty((0,), dtype=np.float32)
-                results.append(
-                    judge(
-                        check,
-                        (ref_name, _concat(ref, out_name)),
-                        (runner.name, missing),
-                        output=out_name,
-                        tolerance=tolerance,
-                        note=note,
-                    )
-                )
-                continue
-            results.append(
-                judge(
-                    check,
-                    (ref_name, _concat(ref, out_name)),
-                    (runner.name, _concat(cand, out_name)),
-                    output=out_name,
-                    tolerance=tolerance,
-                    note=note,
-                )
-            )
+            got = _concat(cand, out_name) if out_name in cand[0] else np.empty((0,), dtype=np.float32)
+            results.append(judge(check, (reference, _concat(ref, out_name)), (name, got), output=out_name,
+                                 tolerance=tolerance, note=note))
     return results
+
+
+def merge_tolerance(*, probe_head: bool) -> tuple[Tolerance, str]:
+    """Bit for bit, except where a linear-probe head's BatchNorm was folded into its Linear."""
+    if probe_head:
+        return PROBE_HEAD, "probe-head BatchNorm folded: equal within 1e-5, not bit for bit"
+    return BITWISE, ""
 
 
 def check_merge(
@@ -80,10 +83,9 @@ def check_merge(
     input_name = next(iter(feeds[0]))
     shape = (None, *feeds[0][input_name].shape[1:])
     runners = [
-        TorchRunner(unmerged, shape, name="torch-unmerged", input_name=input_name),
-        TorchRunner(merged, shape, name="torch-merged", input_name=input_name),
+        TorchRunner(unmerged, shape, name=UNMERGED, input_name=input_name),
+        TorchRunner(merged, shape, name=MERGED, input_name=input_name),
     ]
-    tolerance = PROBE_HEAD if probe_head else BITWISE
-    note = "probe-head BatchNorm folded: equal within 1e-5, not bit for bit" if probe_head else ""
+    tolerance, note = merge_tolerance(probe_head=probe_head)
     (result,) = compare_runners(runners, feeds, tolerance, check="merge", note=note)
     return result

@@ -1,0 +1,85 @@
+"""What verification costs next to the export it checks, for a paper-size model.
+
+Writes a pathway checkpoint of random weights (VideoMAE V2 ViT-B, 16 × 224², 174 classes, by
+default), then times, each in its own process with its peak resident memory: the bare export
+(``m2pt-export --no-verify``), the verification of that file (``m2pt-verify``) and the export with
+its verification (``m2pt-export``, the default). Prints one JSON object with the machine named.
+
+    python scripts/verify_cost.py --family videomae --out /tmp/verify-cost
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from m2pt_deploy.bench.machine import machine_info, machine_line
+from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.model.build import build_vanilla
+from m2pt_deploy.model.checkpoint import PathwayInfo, save_checkpoint
+from m2pt_deploy.model.pathway import DEFAULT_LAYERS, add_pathways, pathway_layers, pathway_state_dict
+
+SPECS = {
+    "videomae": ModelSpec(
+        "vit_base_patch16_224",
+        dict(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, patch_size=16, tubelet_size=2, num_frames=16,
+             img_size=(224, 224), in_chans=3, num_classes=174, qkv_bias=True, init_values=0.0,
+             use_mean_pooling=True),
+        (3, 16, 224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), family="videomae"),
+    "vit": ModelSpec("vit_base_patch16_224", dict(num_classes=1000), (3, 224, 224)),
+}
+
+# Runs one command and prints its peak resident memory (KiB on Linux) on its last line.
+_MEASURE = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]).returncode; "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r)")
+
+
+def write_checkpoint(spec: ModelSpec, path: Path) -> Path:
+    torch.manual_seed(0)
+    target, aux = build_vanilla(spec), build_vanilla(spec)
+    add_pathways(target, aux, layers=DEFAULT_LAYERS, block_path="blocks")
+    with torch.no_grad():
+        for pathway in pathway_layers(target).values():
+            for scale in pathway.scales:
+                scale.uniform_(-0.5, 0.5)
+    info = PathwayInfo(DEFAULT_LAYERS, "blocks", "scalar", ({"modality": "random", "sha256": None},))
+    return save_checkpoint(path, pathway_state_dict(target), spec, pathway=info, force=True)
+
+
+def timed(argv: list[str]) -> dict[str, float]:
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", _MEASURE, *argv], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    peak_kib = int(done.stdout.strip().splitlines()[-1])
+    return {"wall_s": round(wall, 1), "peak_gib": round(peak_kib / 2**20, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--family", choices=sorted(SPECS), default="videomae")
+    parser.add_argument("--out", type=Path, default=Path("verify-cost"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    ckpt = write_checkpoint(SPECS[args.family], args.out / "model.safetensors")
+    onnx = args.out / "model.onnx"
+    bin_dir = Path(sys.executable).parent
+    export = [str(bin_dir / "m2pt-export"), str(ckpt), "-o", str(onnx), "--force"]
+    result = {"machine": machine_line(machine_info()), "load_average": os.getloadavg(), "family": args.family,
+              "export": timed([*export, "--no-verify"]),
+              "verify": timed([str(bin_dir / "m2pt-verify"), str(ckpt), "--onnx", str(onnx)]),
+              "export_and_verify": timed(export)}
+    result["verify_over_export"] = round(result["verify"]["wall_s"] / result["export"]["wall_s"], 2)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
