@@ -23,7 +23,7 @@ import numpy as np
 
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.extras import tensorrt_importable
-from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.families import ModelSpec, family_of
 from m2pt_deploy.fileio import Staged, atomic_output, staged_output, unverified_path
 from m2pt_deploy.heap import release_freed_memory
 from m2pt_deploy.model.checkpoint import Checkpoint, load_checkpoint
@@ -89,11 +89,11 @@ def held_out_inputs(spec: ModelSpec, count: int) -> np.ndarray:
 
     if _photos(spec):
         return calibration_tiles(spec.input_size, spec.mean, spec.std, count=count, seed=VERIFY_SEED)
-    return spec.model_family.example_input(spec, count, seed=VERIFY_SEED).numpy()
+    return family_of(spec).example_input(spec, count, seed=VERIFY_SEED).numpy()
 
 
 def _photos(spec: ModelSpec) -> bool:
-    return spec.model_family.modality in ("image", "spectrogram") and spec.input_size[0] == 3
+    return family_of(spec).modality in ("image", "spectrogram") and spec.input_size[0] == 3
 
 
 def _write_report(path: str | os.PathLike[str] | None, data: Mapping[str, Any], *, force: bool) -> None:
@@ -325,7 +325,7 @@ def _export_tensorrt(req: ExportRequest, checkpoint: CheckpointSource, show: Sho
     precision, shape = req.precision, req.batch_spec
     if precision in ("int8", "fp8") and not _photos(spec):
         raise M2ptError(f"--format trt --precision {precision} calibrates on RGB photo tiles; a "
-                        f"{spec.model_family.title} with its own inputs is built in fp32, fp16 or bf16 "
+                        f"{family_of(spec).title} with its own inputs is built in fp32, fp16 or bf16 "
                         "(TensorRT calibration data: not yet)")
     with staged_output(onnx_path, force=req.force) as staged:
         with step(f"exporting {spec.arch} to {precision} ONNX for TensorRT (batch profile {shape})"):

@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.families import ModelSpec, family_of
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -55,7 +55,7 @@ def image_transform(spec: ModelSpec, *, train: bool) -> Callable:
     """
     from timm.data import create_transform
 
-    layout = spec.model_family.input_metadata(spec)
+    layout = family_of(spec).input_metadata(spec)
     crop_pct, interpolation = layout.get("crop_pct"), layout.get("interpolation") or "bilinear"
     size = cast(tuple[int, int, int], spec.input_size)  # image families only: C, H, W
     return create_transform(size, is_training=train, mean=spec.mean, std=spec.std,
@@ -63,7 +63,7 @@ def image_transform(spec: ModelSpec, *, train: bool) -> Callable:
 
 
 def _is_image(spec: ModelSpec) -> bool:
-    return spec.model_family.modality in ("image", "spectrogram")
+    return family_of(spec).modality in ("image", "spectrogram")
 
 
 def _model_ready(x: Tensor) -> Tensor:
@@ -166,7 +166,7 @@ def _load_npz(path: Path, spec: ModelSpec) -> tuple[Tensor, Tensor, tuple[str, .
     if not _is_image(spec):
         shape = ", ".join(["N", *map(str, spec.input_size)])
         if tuple(x.shape[1:]) != tuple(spec.input_size) or y.ndim != 1 or len(x) != len(y):
-            raise M2ptError(f"a {spec.model_family.title} trains on model-ready x [{shape}] and y [N], "
+            raise M2ptError(f"a {family_of(spec).title} trains on model-ready x [{shape}] and y [N], "
                             f"got {x.shape} and {y.shape}", path)
     else:
         channels = spec.input_size[0]
@@ -204,7 +204,7 @@ def _source(path: str | os.PathLike[str], spec: ModelSpec) -> Path:
     if p.is_file() and p.suffix != ".npz":
         raise M2ptError("data must be an image folder or an .npz file", p)
     if p.is_dir() and not _is_image(spec) and not ((p / "train.npz").is_file() and (p / "val.npz").is_file()):
-        raise M2ptError(f"a folder of images is for image models; a {spec.model_family.title} trains on an .npz "
+        raise M2ptError(f"a folder of images is for image models; a {family_of(spec).title} trains on an .npz "
                         "of model-ready inputs ('x', 'y')", p)
     return p
 

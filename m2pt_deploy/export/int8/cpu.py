@@ -26,7 +26,7 @@ from m2pt_deploy.export.graph import prepare_graph
 from m2pt_deploy.export.int8.calibration import calibration_tiles, input_layout, load_calibration_data
 from m2pt_deploy.export.int8.quantize import quantize_qdq
 from m2pt_deploy.export.optimize import optimize_onnx
-from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.families import ModelSpec, family_of
 from m2pt_deploy.metadata import PRECISION_KEY
 from m2pt_deploy.vocabulary import CALIBRATION_SEED, VERIFY_IMAGES, VERIFY_SEED
 
@@ -67,7 +67,7 @@ def int8_data(spec: ModelSpec, *, calib_data: str | os.PathLike[str] | None = No
 
 def photo_calibrated(spec: ModelSpec) -> bool:
     """Whether the built-in photo tiles fit the model: RGB image models only."""
-    return spec.model_family.modality == "image" and spec.input_size[0] == 3
+    return family_of(spec).modality == "image" and spec.input_size[0] == 3
 
 
 def require_calibration_data(spec: ModelSpec, calib_data: str | os.PathLike[str] | None) -> None:
@@ -78,7 +78,7 @@ def require_calibration_data(spec: ModelSpec, calib_data: str | os.PathLike[str]
     """
     if calib_data is not None or photo_calibrated(spec):
         return
-    family = spec.model_family
+    family = family_of(spec)
     modality = family.input_metadata(spec)["modality"]
     if modality == "image":
         what = f"a {spec.input_size[0]}-channel model needs --calib-data DIR|FILE.npz with its own inputs"
