@@ -8,11 +8,15 @@ here so that it registers itself: a new family is one new file. Importing them c
 (see :mod:`~m2pt_deploy.families.base`), so the command line builds its flags from them at once.
 """
 
-import importlib
+import importlib  # noqa: I001 (the families register in the order of the imports below)
 import pkgutil
 
-from m2pt_deploy.families.base import FamilyOption, ModelFamily, ModelSpec
+# The first three families register in the order messages have always listed them; the rest
+# (deit, yours) follow, found below.
+from m2pt_deploy.families.vit import ViTFamily
+from m2pt_deploy.families.videomae import VideoMAEFamily
 from m2pt_deploy.families.pointmae import PointMAEFamily
+from m2pt_deploy.families.base import FamilyOption, ModelFamily, ModelSpec
 from m2pt_deploy.families.registry import (
     detect_family,
     family_names,
@@ -22,8 +26,6 @@ from m2pt_deploy.families.registry import (
     register_family,
     unregister_family,
 )
-from m2pt_deploy.families.videomae import VideoMAEFamily
-from m2pt_deploy.families.vit import ViTFamily
 
 __all__ = ["FamilyOption", "ModelFamily", "ModelSpec", "PointMAEFamily", "VideoMAEFamily", "ViTFamily",
            "detect_family", "family_names", "family_of", "family_options", "get_family", "register_family",

@@ -215,3 +215,17 @@ def test_a_more_specific_family_outranks_a_later_generic_one() -> None:
         assert detect_family(deit_like).name == "greedy"
     finally:
         unregister_family("greedy")
+
+
+def test_the_families_import_without_torch() -> None:
+    """The CLI makes its flags from every family's options before torch is needed: a family module
+    that imports torch (or timm) at its top would make every --help and refusal pay for it."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, m2pt_deploy.families as f; "
+             "print(sorted(f.family_names()), sorted({'torch', 'timm'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[2]).stdout
+    assert out.split("] ")[1].strip() == "[]", out
+    assert "'deit'" in out, out
