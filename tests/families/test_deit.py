@@ -136,6 +136,16 @@ def test_m2pt_train_gives_a_deit_pathways_and_new_heads(deit_pth: tuple[Path, nn
                                                      "not for a DeiT")
 
 
+def test_the_distillation_token_is_trained_as_a_token() -> None:
+    """No weight decay and the first layer's learning rate, as timm and MAE treat cls_token."""
+    from m2pt_deploy.train.optim import param_groups
+
+    groups = param_groups(build_vanilla(TINY_DEIT), lr=1.0, lambda_lr=1.0, weight_decay=0.05, layer_decay=0.5,
+                          depth=2)
+    group = next(g for g in groups if "dist_token" in g["param_names"])
+    assert group["name"] == "layer0_no_decay" and group["weight_decay"] == 0.0
+
+
 def test_family_deit_on_other_weights_is_one_line(tmp_path: Path, capsys) -> None:
     path = save_as_users_do(tmp_path / "vit.pth", build_vanilla(TINY))
     code, _, err = export(["--format", "onnx", str(path), "-o", str(tmp_path / "x.onnx"), "--family", "deit"], capsys)
