@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.families import ModelFamily, ModelSpec, detect_family
+from m2pt_deploy.families import ModelFamily, ModelSpec, detect_family, family_of
 from m2pt_deploy.model.build import build_vanilla, load_strict
 from m2pt_deploy.model.checkpoint import Checkpoint
 from m2pt_deploy.model.pathway import effective_weight, pathway_layers
@@ -104,7 +104,7 @@ def merge_model(
             the target's architecture (for a transformer of no registered family).
         exportable: with a spec, build the family's exporter-friendly variant (timm: no fused attention).
     """
-    family = vanilla.model_family if isinstance(vanilla, ModelSpec) else None
+    family = family_of(vanilla) if isinstance(vanilla, ModelSpec) else None
     vanilla = build_vanilla(vanilla, exportable=exportable) if isinstance(vanilla, ModelSpec) else vanilla()
     load_strict(vanilla, merged_state_dict(model, family=family), what="merged state dict")
     return vanilla.eval()
@@ -130,7 +130,7 @@ def merge_checkpoint(
     request = MergeRequest(src, output, force, ModelRequest.of(model)).validate()
     out = request.destination
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(src, **request.model.load_kwargs())
-    merged = merge_state_dict(ckpt.state_dict, family=ckpt.spec.model_family)
+    merged = merge_state_dict(ckpt.state_dict, family=family_of(ckpt.spec))
     load_strict(build_vanilla(ckpt.spec), merged, what="merged state dict")
     extra: dict[str, Any] = {"merged_from": {"sha256": ckpt.sha256, "kind": ckpt.kind,
                                              "pathway": ckpt.pathway.to_dict() if ckpt.pathway else None}}

@@ -47,6 +47,15 @@ TINY_AUDIO = ModelSpec(
 )
 
 
+# timm's distilled DeiT (a distillation token and a second head) at TINY's size: the ``deit`` family.
+TINY_DEIT = ModelSpec(
+    "deit_tiny_distilled_patch16_224",
+    dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=1, num_classes=10),
+    (3, 32, 32),
+    family="deit",
+)
+
+
 def timm_vit(width: int, heads: int, *, seed: int = 0, **kwargs) -> nn.Module:
     """A real timm ViT built as users build it (not from a spec): the head count is the user's, and
     only the file they save can tell the toolkit anything."""

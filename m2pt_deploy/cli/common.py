@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from m2pt_deploy.errors import M2ptError, first_line
+from m2pt_deploy.families import family_names, family_options
 from m2pt_deploy.fileio import os_error_reason
 from m2pt_deploy.request import ModelRequest
 
@@ -55,21 +56,29 @@ def _input_size(text: str) -> int:
     return value
 
 
-# Model settings the weights do not show, per family (FamilyOption names); listed here, without
-# importing the families (torch), so that --help is instant. A family refuses those it does not take.
-_FAMILY_FLAGS = (
-    ("npoints", "Point-MAE: points per cloud (default 1024)"),
-    ("num_group", "Point-MAE: groups (farthest-point centres) per cloud (default 64)"),
-    ("group_size", "Point-MAE: points per group, nearest neighbours of each centre (default 32)"),
-    ("num_heads", "attention heads, which no weight shows (default: what the file states, else a convention, noted)"),
-)
+def family_flags() -> list[tuple[str, str]]:
+    """``(option name, help)`` for every model setting a registered family declares: one flag per
+    name, whatever number of families take it (each refuses those it does not). Importing the
+    families costs no torch, so --help stays instant."""
+    out = []
+    for name, declared in family_options().items():
+        texts = {option.help for _, option in declared}
+        if len(texts) == 1 and len(declared) == len(family_names()):
+            text = texts.pop()  # every family's setting
+        else:
+            text = "; ".join(f"{family.title}: {option.help}" for family, option in declared)
+        defaults = {option.default for _, option in declared} - {None}
+        if len(defaults) == 1 and "default" not in text:
+            text += f" (default {defaults.pop()})"
+        out.append((name, text))
+    return out
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """--family / --arch / --input-size / family settings: overrides for what the checkpoint says or implies."""
     group = parser.add_argument_group("model (normally read from the checkpoint)")
     group.add_argument("--family", metavar="NAME",
-                       help="model family: vit, videomae, pointmae, or one registered from Python "
+                       help=f"model family: {', '.join(sorted(family_names()))}, or one registered from Python "
                        "(default: recognised from the checkpoint's keys)")
     group.add_argument("--arch", metavar="NAME",
                        help="timm architecture, e.g. vit_base_patch16_224 (default: inferred from tensor shapes)")
@@ -77,7 +86,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        help="one input's shape: C H W for a ViT (a 1-channel 512-patch ViT is AudioMAE's "
                        "1 1024 128, time x frequency), C T H W for VideoMAE (default 3 16 224 224) "
                        "(default: from the checkpoint)")
-    for name, text in _FAMILY_FLAGS:
+    for name, text in family_flags():
         group.add_argument("--" + name.replace("_", "-"), type=_input_size, metavar="N", help=text)
     group.add_argument("--ema", action="store_true",
                        help="use the EMA weights (model_ema) of a training checkpoint instead of model")
@@ -87,7 +96,7 @@ def model_request(args: argparse.Namespace) -> ModelRequest:
     """The model group as a :class:`ModelRequest` (validated)."""
     return ModelRequest(
         family=args.family, arch=args.arch, input_size=tuple(args.input_size) if args.input_size else None,
-        options={name: getattr(args, name) for name, _ in _FAMILY_FLAGS if getattr(args, name) is not None},
+        options={name: getattr(args, name) for name in family_options() if getattr(args, name, None) is not None},
         ema=args.ema).validate()
 
 

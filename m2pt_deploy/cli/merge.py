@@ -15,6 +15,7 @@ from m2pt_deploy.cli.common import (
     model_request,
     run_main,
 )
+from m2pt_deploy.families import family_of
 from m2pt_deploy.progress import step
 from m2pt_deploy.request import MergeRequest
 
@@ -53,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ckpt = load_for_export(request.checkpoint, request.model)
     with step("merging"):
         out, layers, tensors = merge_checkpoint(ckpt, request.destination, force=request.force)
-    print(f"wrote {out} ({layers} pathway layers folded, {tensors} tensors, {ckpt.spec.describe()})")
+    what = family_of(ckpt.spec).describe(ckpt.spec)
+    print(f"wrote {out} ({layers} pathway layers folded, {tensors} tensors, {what})")
     return EXIT_OK
 
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from m2pt_deploy import __version__
 from m2pt_deploy.errors import M2ptError, first_line
-from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.families import ModelSpec, family_of
 from m2pt_deploy.fileio import atomic_output, relink_external_data
 from m2pt_deploy.merge import merge_model
 from m2pt_deploy.metadata import (
@@ -87,7 +87,7 @@ def export_model(
     """Trace an eval-mode vanilla model with torch's dynamo exporter into a checked ModelProto."""
     if opset < MIN_OPSET:
         raise M2ptError(f"--opset {opset}: ONNX export needs opset {MIN_OPSET} or newer")
-    example = spec.model_family.example_input(spec, max(2, batch.opt) if batch.dynamic else batch.min)
+    example = family_of(spec).example_input(spec, max(2, batch.opt) if batch.dynamic else batch.min)
     shapes = ({0: torch.export.Dim("batch", min=1, max=max(batch.max, 2))},) if batch.dynamic else None
     # The exporter prints its own progress lines; callers show ours instead.
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
@@ -173,7 +173,7 @@ class OnnxFromCheckpoint:
             FAMILY_KEY.field(ckpt.spec.family),
             ARCH_KEY.field(ckpt.spec.arch),
             MODEL_KWARGS_KEY.field(ckpt.spec.model_kwargs),
-            INPUT_KEY.field({"name": input_name(ckpt.spec), **ckpt.spec.model_family.input_metadata(ckpt.spec)}),
+            INPUT_KEY.field({"name": input_name(ckpt.spec), **family_of(ckpt.spec).input_metadata(ckpt.spec)}),
             NUM_CLASSES_KEY.field(ckpt.spec.num_classes),
             PRECISION_KEY.field(self.precision),
             LAMBDA_KEY.field(lambda_summary(unmerged)),

@@ -1,27 +1,30 @@
-"""What a target model family is: the contract every family (ViT, VideoMAE, Point-MAE, yours) fulfils.
+"""What a target model family is: the contract every family (ViT, VideoMAE, Point-MAE, DeiT, yours) fulfils.
 
-The rest of the pipeline never names a family: it reads a :class:`ModelSpec`, asks the
-registry for ``spec.family`` and calls the methods below. The table of registered families
-lives here, filled by :mod:`~m2pt_deploy.families.registry`, so that a spec finds its family
-without this module importing the registry (which imports this one). A family recognises its
-checkpoints from their keys, infers its spec from tensor shapes (and from the training
-``args`` the reference scripts save), builds its vanilla model, names its pathway layers
-and block path, and makes example inputs and the metadata that describes its input layout.
+The rest of the pipeline never names a family: it reads a :class:`ModelSpec` (plain data, which
+knows its family only by name), asks the registry for that family (``registry.family_of(spec)``)
+and calls the methods below. A family recognises its checkpoints from their keys, infers its
+spec from tensor shapes (and from the training ``args`` the reference scripts save), builds its
+vanilla model, says where its pathway layers are, and makes example inputs and the metadata that
+describes its input layout.
+
+Nothing here imports torch when the module loads, and neither may a family module: the command
+line reads every family's declared ``options`` to make its flags, before (and often without)
+importing torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
-
-import torch
-from torch import Tensor, nn
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from m2pt_deploy.errors import M2ptError
 
-__all__ = ["FAMILIES", "PIXEL_VALUES", "FamilyOption", "ModelFamily", "ModelSpec", "get_family"]
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+__all__ = ["PIXEL_VALUES", "FamilyOption", "ModelFamily", "ModelSpec", "numbered_blocks"]
 
 # Hugging Face's name for image and video inputs (``ViTForImageClassification``,
 # ``VideoMAEForVideoClassification``): the default ONNX input name, so clients written for them
@@ -62,16 +65,6 @@ class ModelSpec:
             family=str(d.get("family", "vit")),  # files written before families existed are ViTs
         )
 
-    @property
-    def model_family(self) -> ModelFamily:
-        return get_family(self.family)
-
-    def describe(self) -> str:
-        return self.model_family.describe(self)
-
-    def with_input_size(self, input_size: Sequence[int]) -> ModelSpec:
-        return self.model_family.with_input_size(self, tuple(input_size))
-
 
 @dataclasses.dataclass(frozen=True)
 class FamilyOption:
@@ -83,14 +76,25 @@ class FamilyOption:
     default: int | None = None
 
 
+def numbered_blocks(names: Iterable[str], block_path: str) -> list[str]:
+    """``block_path.0``, ``block_path.1``, ...: the numbered children of ``block_path`` among
+    ``names`` (module names or state-dict keys), in index order."""
+    prefix = block_path + "."
+    indices = {int(head) for n in names if n.startswith(prefix)
+               and (head := n[len(prefix):].split(".", 1)[0]).isdigit()}
+    return [f"{block_path}.{i}" for i in sorted(indices)]
+
+
 class ModelFamily(ABC):
-    """One kind of target transformer. Subclass it, then ``register_family(MyFamily())``."""
+    """One kind of target transformer. Subclass it and decorate the class with
+    ``@register_family(priority=...)`` (see :mod:`~m2pt_deploy.families.registry`)."""
 
     #: Registry name, recorded in every spec, checkpoint and ONNX file ("vit", "videomae", ...).
     name: ClassVar[str]
     #: One line for help texts and errors.
     title: ClassVar[str]
-    #: Where the numbered transformer blocks live in the model.
+    #: Where the transformer blocks live in the model: the module holding them (numbered
+    #: ``block_path.N`` unless ``pathway_blocks`` says otherwise), recorded in pathway checkpoints.
     block_path: ClassVar[str] = "blocks"
     #: The classifier module, re-initialised when training changes the class count.
     head: ClassVar[str] = "head"
@@ -102,6 +106,18 @@ class ModelFamily(ABC):
     modality: ClassVar[str]
     #: Settings not visible in the weights, accepted by ``infer_spec`` as ``options``.
     options: ClassVar[tuple[FamilyOption, ...]] = ()
+
+    def pathway_blocks(self, names: Iterable[str]) -> list[str]:
+        """The blocks whose linear layers get pathways, in depth order, as module-name prefixes
+        found among ``names`` (a model's module names or a state dict's keys). The default is
+        ``block_path.0``, ``block_path.1``, ...; a hierarchical model (stages of blocks) yields
+        ``stages.0.blocks.0``, ``stages.0.blocks.1``, ``stages.1.blocks.0``, ... instead."""
+        return numbered_blocks(names, self.block_path)
+
+    def head_modules(self) -> tuple[str, ...]:
+        """Every classifier module (a distilled model has two), re-initialised together when
+        training changes the class count."""
+        return (self.head,)
 
     @abstractmethod
     def recognizes(self, state_dict: Mapping[str, Tensor]) -> bool:
@@ -167,6 +183,8 @@ class ModelFamily(ABC):
 
     def example_input(self, spec: ModelSpec, batch: int, *, seed: int = 0) -> Tensor:
         """Inputs for tracing and checks: seeded standard-normal values of the input's shape."""
+        import torch
+
         gen = torch.Generator().manual_seed(seed)
         return torch.randn((batch, *spec.input_size), generator=gen)
 
@@ -196,15 +214,3 @@ class ModelFamily(ABC):
             flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
             raise M2ptError(f"{flags} do{'es' if len(unknown) == 1 else ''} not apply to a {self.title}")
         return {name: given.get(name, o.default) for name, o in known.items()}
-
-
-#: The registered families by name, in registration order; only ``registry.register_family`` and
-#: ``unregister_family`` change it.
-FAMILIES: dict[str, ModelFamily] = {}
-
-
-def get_family(name: str) -> ModelFamily:
-    try:
-        return FAMILIES[name]
-    except KeyError:
-        raise M2ptError(f"unknown model family {name!r} (known: {', '.join(FAMILIES)})") from None

@@ -11,8 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.families.base import FamilyOption
 
-__all__ = ["HEAD_WIDTH", "HeadCountUnknown", "Stated", "by_width", "resolve_heads"]
+__all__ = ["HEAD_WIDTH", "NUM_HEADS", "HeadCountUnknown", "Stated", "by_width", "resolve_heads"]
+
+#: ``--num-heads``: every family of attention blocks declares this one option (one flag, one text).
+NUM_HEADS = FamilyOption("num_heads", "attention heads, which no weight shows (default: what the file states, "
+                                      "else a convention, noted)")
 
 #: The head width of every standard ViT size (timm's, MAE's, VideoMAE V2's): the fallback convention.
 HEAD_WIDTH = 64

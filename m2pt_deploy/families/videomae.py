@@ -12,14 +12,15 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, Any
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.families.base import IMAGENET_MEAN, IMAGENET_STD, FamilyOption, ModelFamily, ModelSpec
-from m2pt_deploy.families.heads import Stated, by_width, resolve_heads
-from m2pt_deploy.families.video_transformer import VideoMAEClassifier
+from m2pt_deploy.families.base import IMAGENET_MEAN, IMAGENET_STD, ModelFamily, ModelSpec
+from m2pt_deploy.families.heads import NUM_HEADS, Stated, by_width, resolve_heads
+from m2pt_deploy.families.registry import register_family
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
 
 __all__ = ["DEFAULT_INPUT", "VideoMAEFamily"]
 
@@ -176,6 +177,8 @@ def _convention_notes(chans: int) -> list[str]:
             "not in the weights"]
 
 
+# Its 5-D (Conv3d) patch embedding is no other built-in family's.
+@register_family(priority=0)
 class VideoMAEFamily(ModelFamily):
     """VideoMAE V2 fine-tuned video classifiers (``Video/`` of the M2PT reference)."""
 
@@ -183,8 +186,7 @@ class VideoMAEFamily(ModelFamily):
     title = "VideoMAE V2"
     input_axes = ("channels", "frames", "height", "width")
     modality = "video"
-    options = (FamilyOption("num_heads", "attention heads (not in the weights; default from args.model or the "
-                                         "config, else the standard width table or 64-wide heads, noted)"),)
+    options = (NUM_HEADS,)  # from args.model or the config, else the standard width table or 64-wide heads
 
     def recognizes(self, state_dict: Mapping[str, Tensor]) -> bool:
         weight = state_dict.get("patch_embed.proj.weight")
@@ -271,6 +273,8 @@ class VideoMAEFamily(ModelFamily):
 
     def build(self, spec: ModelSpec, *, exportable: bool = False) -> nn.Module:
         """``exportable`` changes nothing: the attention is plain tensor ops either way."""
+        from m2pt_deploy.families.video_transformer import VideoMAEClassifier
+
         try:
             return VideoMAEClassifier(**spec.model_kwargs).eval()
         except (TypeError, ValueError) as e:

@@ -1,7 +1,9 @@
 """The ``vit`` family: timm image ViTs, MAE fine-tunes and linear probes, AudioMAE.
 
 The architecture and input are inferred from tensor shapes (and the training ``args``);
-the model is ``timm.create_model(spec.arch, **spec.model_kwargs)``.
+the model is ``timm.create_model(spec.arch, **spec.model_kwargs)``. What is AudioMAE's own (its
+spectrogram input) is in :mod:`~m2pt_deploy.families.audio`. A ViT variant with more parts is a
+family of its own that reuses these functions (``deit``: a distillation token and a second head).
 """
 
 from __future__ import annotations
@@ -9,16 +11,24 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Mapping
-from typing import Any, cast
-
-from torch import Tensor, nn
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.families.audio import AUDIO_MEL_BINS, audio_spec_input
-from m2pt_deploy.families.base import IMAGENET_MEAN, IMAGENET_STD, FamilyOption, ModelFamily, ModelSpec
-from m2pt_deploy.families.heads import Stated, by_width, resolve_heads
+from m2pt_deploy.families.audio import (
+    AUDIO_INPUT_NAME,
+    audio_grid,
+    audio_normalisation,
+    is_audio_input,
+    is_spectrogram,
+)
+from m2pt_deploy.families.base import IMAGENET_MEAN, IMAGENET_STD, ModelFamily, ModelSpec
+from m2pt_deploy.families.heads import NUM_HEADS, Stated, by_width, resolve_heads
+from m2pt_deploy.families.registry import register_family
 from m2pt_deploy.families.training_args import check_against_args, hints_from_args
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
 
 __all__ = ["PROBE_BN_EPS", "ViTFamily", "arch_heads", "arch_width", "check_arch",
            "check_spec", "create_vit", "eval_preprocessing", "fold_probe_head", "infer_spec"]
@@ -63,26 +73,13 @@ def create_vit(spec: ModelSpec, *, exportable: bool = False) -> nn.Module:
     return model.eval()
 
 
-def _is_audiomae_grid(chans: int, patch: int, num_patches: int) -> bool:
-    return chans == 1 and patch == 16 and num_patches == 512
-
-
 def _grid(num_patches: int, input_size: tuple[int, ...] | None, patch: int, chans: int,
           notes: list[str]) -> tuple[int, int]:
+    audio = audio_grid(chans, patch, num_patches, input_size, notes)
+    if audio is not None:
+        return audio
     if input_size is not None:
-        h, w = input_size[1], input_size[2]
-        if _is_audiomae_grid(chans, patch, num_patches) and (h // patch, w // patch) == (8, 64):
-            raise M2ptError(
-                f"--input-size 1 {h} {w} is AudioMAE's input transposed: it is time x frequency, "
-                "(1, 1024, 128); the same 512 patches would meet a transposed position table"
-            )
-        return h, w
-    if _is_audiomae_grid(chans, patch, num_patches):
-        # NOTE a 512-patch grid is 64 × 8 (AudioMAE) or 8 × 64 (its transpose): both load,
-        # only one is right, and 1-channel 512-patch ViTs are AudioMAE's.
-        notes.append("assumed AudioMAE's input: 1 x 1024 x 128 (time x frequency), normalised as "
-                     "(x + 4.2677) / (2 x 4.5690); pass --input-size to override")
-        return 1024, AUDIO_MEL_BINS
+        return input_size[1], input_size[2]
     side = math.isqrt(num_patches)
     if side * side != num_patches:
         raise M2ptError(
@@ -119,9 +116,7 @@ def arch_heads(arch: str) -> int | None:
 def _normalisation(chans: int, audio: bool, notes: list[str]) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The input normalisation nothing in the file states, with the note that says so."""
     if audio:
-        _, mean, std = audio_spec_input()
-        notes.append("AudioMAE's AudioSet normalisation assumed: (x + 4.2677) / (2 x 4.5690), not in the weights")
-        return mean, std
+        return audio_normalisation(notes)
     if chans == 3:
         notes.append("ImageNet mean/std assumed for the input normalisation, not in the weights")
         return IMAGENET_MEAN, IMAGENET_STD
@@ -138,6 +133,7 @@ def infer_spec(
     num_heads: int | None = None,
     arch_from: str | None = None,
     pooling_stated: bool = False,
+    default_arch: Callable[[int], str] | None = None,
     notes: list[str] | None = None,
 ) -> ModelSpec:
     """Read a timm (or MAE fine-tuned) ViT's architecture off its tensor shapes.
@@ -150,6 +146,8 @@ def infer_spec(
     fixes the head count, which ``num_heads`` (--num-heads) may not contradict; without either,
     timm's width table or 64-wide heads. Every value the weights do not show is noted in ``notes``
     unless given: the grid, the head count, the normalisation (``mean_std``), timm's conventions.
+    Without ``arch`` the timm name is ``default_arch(width)`` (a family built on this one names
+    its own), by default timm's ViT of that width.
     """
     notes = notes if notes is not None else []
     if "patch_embed.proj.weight" not in state_dict or "pos_embed" not in state_dict:
@@ -199,11 +197,11 @@ def infer_spec(
         "num_classes": state_dict["head.weight"].shape[0] if "head.weight" in state_dict else 0,
     }
     if arch is None:
-        arch = f"{_ARCH_BY_WIDTH.get(width, 'vit_base')}_patch16_224"
+        arch = (default_arch or vit_arch)(width)
     elif stated is not None:
         del kwargs["num_heads"]  # the named architecture's own
     if mean_std is None:
-        audio = _is_audiomae_grid(chans, patch, num_patches) and (height, img_w) == (1024, AUDIO_MEL_BINS)
+        audio = is_audio_input(chans, patch, num_patches, height, img_w)
         # AudioMAE's default grid note already names its normalisation.
         mean_std = _normalisation(chans, audio, notes if input_size is not None or not audio else [])
     notes.append(_conventions(avg_pool, pooling_stated=pooling_stated))
@@ -215,6 +213,11 @@ def infer_spec(
         notes.append(f"{crop} and {interpolation} resize for served images: timm {arch}'s eval config assumed, "
                      "not in the weights")
     return spec
+
+
+def vit_arch(width: int) -> str:
+    """timm's ViT of this width (ViT-B's name for a width timm has no ViT of)."""
+    return f"{_ARCH_BY_WIDTH.get(width, 'vit_base')}_patch16_224"
 
 
 def _conventions(avg_pool: bool, *, pooling_stated: bool) -> str:
@@ -272,6 +275,9 @@ def fold_probe_head(state_dict: Mapping[str, Tensor], *, eps: float = PROBE_BN_E
     return out
 
 
+# The generic ViT: any 4-D patch embedding with a position table. More specific families built on
+# timm's VisionTransformer (deit) outrank it.
+@register_family(priority=0)
 class ViTFamily(ModelFamily):
     """timm ``VisionTransformer`` and the MAE / AudioMAE models built on it."""
 
@@ -279,8 +285,7 @@ class ViTFamily(ModelFamily):
     title = "ViT"
     input_axes = ("channels", "height", "width")
     modality = "image"
-    options = (FamilyOption("num_heads", "attention heads (not in the weights; default from args.model or "
-                                         "--arch, else timm's width table or 64-wide heads, noted)"),)
+    options = (NUM_HEADS,)  # from args.model or --arch, else timm's width table or 64-wide heads
 
     def recognizes(self, state_dict: Mapping[str, Tensor]) -> bool:
         patch = state_dict.get("patch_embed.proj.weight")
@@ -323,9 +328,16 @@ class ViTFamily(ModelFamily):
             notes.append(hints.input_note)
             input_size, mean_std = hints.input_size, hints.mean_std
         spec = infer_spec(state_dict, arch=arch, input_size=_three(input_size), mean_std=mean_std, num_heads=heads,
-                          arch_from=arch_from, pooling_stated=isinstance(args.get("global_pool"), bool), notes=notes)
+                          arch_from=arch_from, pooling_stated=isinstance(args.get("global_pool"), bool),
+                          default_arch=self.default_arch, notes=notes)
+        if spec.family != self.name:  # a family built on this one (deit)
+            spec = dataclasses.replace(spec, family=self.name)
         notes.extend(check_against_args(spec, args))
         return spec
+
+    def default_arch(self, width: int) -> str:
+        """The timm architecture a checkpoint of this width is built as when nothing names one."""
+        return vit_arch(width)
 
     def check_spec(self, spec: ModelSpec, state_dict: Mapping[str, Tensor]) -> None:
         check_spec(spec, state_dict)
@@ -358,14 +370,15 @@ class ViTFamily(ModelFamily):
     def adapt_to_weights(self, model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
         """The reference linear-probe head: ``Sequential(BatchNorm1d(affine=False), Linear)``."""
         if "head.0.running_mean" in state_dict:
-            linear = model.get_classifier()  # type: ignore[operator]
-            assert isinstance(linear, nn.Linear)
-            model.head = nn.Sequential(nn.BatchNorm1d(linear.in_features, affine=False, eps=PROBE_BN_EPS), linear)
+            self.add_probe_head(model)
         return model
 
     def add_probe_head(self, model: nn.Module) -> None:
         """The MAE / M2PT linear-probe head: ``BatchNorm1d(affine=False)`` before the classifier."""
-        linear = cast(nn.Linear, model.get_classifier())  # type: ignore[operator]
+        from torch import nn
+
+        linear = model.get_classifier()  # type: ignore[operator]
+        assert isinstance(linear, nn.Linear)
         model.head = nn.Sequential(nn.BatchNorm1d(linear.in_features, affine=False, eps=PROBE_BN_EPS), linear)
 
     def merge_extras(self, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -392,10 +405,9 @@ class ViTFamily(ModelFamily):
         return f"ViT ({', '.join(p for p in parts if p)}; timm {spec.arch} with overrides)"
 
     def input_name(self, spec: ModelSpec) -> str:
-        """``input_values`` for AudioMAE's spectrograms, as Hugging Face's audio models (AST,
-        ``ASTForAudioClassification``, whose input is the same fbank, time x frequency) name
-        theirs; ``pixel_values`` for images."""
-        return "input_values" if _modality(spec) == "spectrogram" else super().input_name(spec)
+        """``input_values`` for AudioMAE's spectrograms (see ``audio.AUDIO_INPUT_NAME``),
+        ``pixel_values`` for images."""
+        return AUDIO_INPUT_NAME if _modality(spec) == "spectrogram" else super().input_name(spec)
 
     def input_metadata(self, spec: ModelSpec) -> dict[str, Any]:
         c, h, w = spec.input_size
@@ -406,7 +418,7 @@ class ViTFamily(ModelFamily):
 
 
 def _modality(spec: ModelSpec) -> str:
-    return "spectrogram" if tuple(spec.input_size) == audio_spec_input()[0] else "image"
+    return "spectrogram" if is_spectrogram(spec.input_size) else "image"
 
 
 def _three(input_size: tuple[int, ...] | None) -> tuple[int, int, int] | None:

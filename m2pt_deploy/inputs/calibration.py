@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.families import ModelSpec, family_of
 from m2pt_deploy.inputs.photos import photo_tiles
 from m2pt_deploy.inputs.preprocess import input_layout
 from m2pt_deploy.inputs.user import load_user_inputs
@@ -58,12 +58,12 @@ def held_out_inputs(spec: ModelSpec, count: int = VERIFY_IMAGES) -> np.ndarray:
     tiles for RGB image models, the family's seeded example inputs for any other."""
     if photo_calibrated(spec):
         return photo_tiles(spec.input_size, spec.mean, spec.std, count=count, seed=VERIFY_SEED)
-    return spec.model_family.example_input(spec, count, seed=VERIFY_SEED).numpy()
+    return family_of(spec).example_input(spec, count, seed=VERIFY_SEED).numpy()
 
 
 def photo_calibrated(spec: ModelSpec) -> bool:
     """Whether the built-in photo tiles fit the model: RGB image models only."""
-    return spec.model_family.modality == "image" and spec.input_size[0] == 3
+    return family_of(spec).modality == "image" and spec.input_size[0] == 3
 
 
 def require_calibration_data(spec: ModelSpec, calib_data: str | os.PathLike[str] | None) -> None:
@@ -74,7 +74,7 @@ def require_calibration_data(spec: ModelSpec, calib_data: str | os.PathLike[str]
     """
     if calib_data is not None or photo_calibrated(spec):
         return
-    family = spec.model_family
+    family = family_of(spec)
     modality = family.input_metadata(spec)["modality"]
     if modality == "image":
         what = f"a {spec.input_size[0]}-channel model needs --calib-data DIR|FILE.npz with its own inputs"

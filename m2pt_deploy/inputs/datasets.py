@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.families import ModelSpec, family_of
 from m2pt_deploy.inputs.preprocess import IMAGE_EXTENSIONS, Transform, array_transform, image_transform, resizable
 
 __all__ = [
@@ -120,7 +120,7 @@ def _load_npz(path: Path, spec: ModelSpec) -> tuple[Tensor, Tensor, tuple[str, .
     if not resizable(spec):
         shape = ", ".join(["N", *map(str, spec.input_size)])
         if tuple(x.shape[1:]) != tuple(spec.input_size) or y.ndim != 1 or len(x) != len(y):
-            raise M2ptError(f"a {spec.model_family.title} trains on model-ready x [{shape}] and y [N], "
+            raise M2ptError(f"a {family_of(spec).title} trains on model-ready x [{shape}] and y [N], "
                             f"got {x.shape} and {y.shape}", path)
     else:
         channels = spec.input_size[0]
@@ -158,7 +158,7 @@ def _source(path: str | os.PathLike[str], spec: ModelSpec) -> Path:
     if p.is_file() and p.suffix != ".npz":
         raise M2ptError("data must be an image folder or an .npz file", p)
     if p.is_dir() and not resizable(spec) and not ((p / "train.npz").is_file() and (p / "val.npz").is_file()):
-        raise M2ptError(f"a folder of images is for image models; a {spec.model_family.title} trains on an .npz "
+        raise M2ptError(f"a folder of images is for image models; a {family_of(spec).title} trains on an .npz "
                         "of model-ready inputs ('x', 'y')", p)
     return p
 

@@ -27,7 +27,7 @@ import math
 import numpy as np
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.families import ModelSpec, family_of
 
 __all__ = ["LabelledInputs", "learnable_task"]
 
@@ -52,7 +52,7 @@ def learnable_task(spec: ModelSpec, count: int, *, seed: int = 0) -> LabelledInp
     """``count`` labelled inputs of the family's small task, at ``spec``'s input size."""
     if count < 1:
         raise M2ptError(f"need at least one input, got {count}")
-    modality = spec.model_family.input_metadata(spec)["modality"]  # AudioMAE: a ViT of spectrograms
+    modality = family_of(spec).input_metadata(spec)["modality"]  # AudioMAE: a ViT of spectrograms
     rng = np.random.default_rng(seed)
     if modality == "image":
         return _digits(spec, count, rng)
@@ -62,7 +62,7 @@ def learnable_task(spec: ModelSpec, count: int, *, seed: int = 0) -> LabelledInp
         return _solids(spec, count, rng)
     if modality == "spectrogram":
         return _sounds(spec, count, rng)
-    raise M2ptError(f"no learnable task for {modality} inputs (a {spec.model_family.title})")
+    raise M2ptError(f"no learnable task for {modality} inputs (a {family_of(spec).title})")
 
 
 def _glyphs() -> np.ndarray:

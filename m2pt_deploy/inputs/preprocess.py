@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.families import ModelSpec, family_of
 
 __all__ = ["IMAGE_EXTENSIONS", "Transform", "array_transform", "image_transform", "input_layout", "resizable"]
 
@@ -32,7 +32,7 @@ def image_transform(spec: ModelSpec, *, train: bool) -> Callable:
     """
     from timm.data import create_transform
 
-    layout = spec.model_family.input_metadata(spec)
+    layout = family_of(spec).input_metadata(spec)
     crop_pct, interpolation = layout.get("crop_pct"), layout.get("interpolation") or "bilinear"
     size = cast(tuple[int, int, int], spec.input_size)  # image families only: C, H, W
     return create_transform(size, is_training=train, mean=spec.mean, std=spec.std,
@@ -42,12 +42,12 @@ def image_transform(spec: ModelSpec, *, train: bool) -> Callable:
 def resizable(spec: ModelSpec) -> bool:
     """Image models (AudioMAE's spectrograms included) take pictures of any size, resized as training
     resizes them; other families' inputs come model-ready."""
-    return spec.model_family.modality in ("image", "spectrogram")
+    return family_of(spec).modality in ("image", "spectrogram")
 
 
 def input_layout(spec: ModelSpec) -> str:
     """``[N, 3, 16, 224, 224] (batch, channels, frames, height, width)``: the input's shape and axes."""
-    axes = ", ".join(("batch", *spec.model_family.input_axes))
+    axes = ", ".join(("batch", *family_of(spec).input_axes))
     return f"[N, {', '.join(map(str, spec.input_size))}] ({axes})"
 
 

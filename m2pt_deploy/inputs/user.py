@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.families import ModelSpec, family_of
 from m2pt_deploy.inputs.preprocess import IMAGE_EXTENSIONS, array_transform, image_transform, input_layout, resizable
 
 __all__ = ["load_user_inputs"]
@@ -32,7 +32,7 @@ def load_user_inputs(path: str | os.PathLike[str], spec: ModelSpec, *, count: in
     rng = np.random.default_rng(seed)
     if p.is_dir():
         if not resizable(spec):
-            raise M2ptError(f"a {spec.model_family.title} calibrates on an .npz of model-ready inputs, "
+            raise M2ptError(f"a {family_of(spec).title} calibrates on an .npz of model-ready inputs, "
                             f"x {input_layout(spec)}, not a folder", p)
         return _images(p, spec, count, rng)
     if p.suffix != ".npz":
@@ -76,7 +76,7 @@ def _arrays(path: Path, spec: ModelSpec, count: int, rng: np.random.Generator) -
     if resizable(spec):
         x = _pictures(x, spec, path)
     elif tuple(x.shape[1:]) != tuple(spec.input_size):
-        raise M2ptError(f"'x' is {_shape(x.shape)}, a {spec.model_family.title} takes model-ready "
+        raise M2ptError(f"'x' is {_shape(x.shape)}, a {family_of(spec).title} takes model-ready "
                         f"{input_layout(spec)}", path)
     if not np.isfinite(x).all():
         raise M2ptError("'x' contains NaN or Inf", path)
@@ -91,12 +91,12 @@ def _pictures(x: np.ndarray, spec: ModelSpec, path: Path) -> np.ndarray:
         x = x[:, None]
     c = spec.input_size[0]
     if x.ndim != 4:
-        raise M2ptError(f"'x' is {_shape(x.shape)}, a {spec.model_family.title} calibrates on [N, C, H, W] "
+        raise M2ptError(f"'x' is {_shape(x.shape)}, a {family_of(spec).title} calibrates on [N, C, H, W] "
                         f"(or [N, H, W]) arrays resized to its {input_layout(spec)}", path)
     if x.shape[1] != c:
         raise M2ptError(f"'x' is {_shape(x.shape)} with {x.shape[1]} channels, the model takes "
                         f"{input_layout(spec)}", path)
-    if spec.model_family.input_metadata(spec)["modality"] == "spectrogram" and x.shape[1:] != spec.input_size:
+    if family_of(spec).input_metadata(spec)["modality"] == "spectrogram" and x.shape[1:] != spec.input_size:
         # NOTE resizing would hide a transposed spectrogram (frequency x time): AudioMAE's input
         # is time x frequency, and the same 512 patches would meet the wrong position table.
         raise M2ptError(f"'x' is {_shape(x.shape)}, an AudioMAE spectrogram model takes {input_layout(spec)}: time x "

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from torch import Tensor, nn
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.families import ModelSpec, family_of
 from m2pt_deploy.model.checkpoint import Checkpoint
 from m2pt_deploy.model.pathway import add_pathways, pathway_layers
 
@@ -15,7 +15,7 @@ __all__ = ["build_unmerged", "build_vanilla", "load_strict"]
 
 def build_vanilla(spec: ModelSpec, *, exportable: bool = False) -> nn.Module:
     """The family's vanilla model for ``spec``, randomly initialised, in eval mode."""
-    return spec.model_family.build(spec, exportable=exportable)
+    return family_of(spec).build(spec, exportable=exportable)
 
 
 def load_strict(model: nn.Module, state_dict: Mapping[str, Tensor], *, what: str) -> None:
@@ -53,15 +53,19 @@ def _split(sd: Mapping[str, Tensor], n_aux: int) -> _Split:
 def build_unmerged(ckpt: Checkpoint, *, train_aux: bool = False) -> nn.Module:
     """The model exactly as trained: the target with its pathways (and any variant its weights
     carry, such as a linear-probe head)."""
-    model = ckpt.spec.model_family.adapt_to_weights(build_vanilla(ckpt.spec), ckpt.state_dict)
+    model = family_of(ckpt.spec).adapt_to_weights(build_vanilla(ckpt.spec), ckpt.state_dict)
     if ckpt.pathway is None:
         load_strict(model, ckpt.state_dict, what=str(ckpt.path))
         return model.eval()
     info = ckpt.pathway
     base, aux, scales = _split(ckpt.state_dict, len(info.aux))
     load_strict(model, base, what=str(ckpt.path))
+    family = family_of(ckpt.spec)
+    # The family says where its blocks are; the aux weights are stored under the target's names.
+    blocks = (family.pathway_blocks(n for n, _ in model.named_modules())
+              if info.block_path == family.block_path else None)
     try:
-        add_pathways(model, aux, layers=info.layers, block_path=info.block_path,
+        add_pathways(model, aux, layers=info.layers, block_path=info.block_path, blocks=blocks,
                      lambda_kind=info.lambda_kind, train_aux=train_aux)
     except M2ptError as e:
         raise M2ptError(e.message, ckpt.path) from e

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from m2pt_deploy import __version__
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.families import ModelFamily, ModelSpec, detect_family, get_family
+from m2pt_deploy.families import ModelFamily, ModelSpec, detect_family, family_of, get_family
 from m2pt_deploy.fileio import atomic_output, sha256_file
 from m2pt_deploy.filekind import file_kind
 from m2pt_deploy.model.pathway import LambdaKind
@@ -200,7 +200,22 @@ def _canonicalise_reference(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def _pathway_info(sd: Mapping[str, Tensor], aux: tuple[dict[str, Any], ...] | None) -> PathwayInfo | None:
+def _split_layer(name: str, blocks: list[str], family: ModelFamily) -> tuple[str, str]:
+    """``(block path, layer within its block)`` of a pathway layer, by the family's blocks; a layer
+    outside them is read as ``<path>.<N>.<layer>`` (files written before families named blocks)."""
+    block = next((b for b in blocks if name.startswith(b + ".")), None)
+    if block is not None:
+        return family.block_path, name[len(block) + 1:]
+    b = _BLOCK_LAYER.match(name)
+    if b is None:
+        raise M2ptError(f"pathway layer {name} is not inside a numbered block")
+    return b["blocks"], b["layer"]
+
+
+def _pathway_info(sd: Mapping[str, Tensor], aux: tuple[dict[str, Any], ...] | None,
+                  family: ModelFamily) -> PathwayInfo | None:
+    # Longest first, so that a block is never read as its parent stage.
+    blocks = sorted(family.pathway_blocks(sd), key=len, reverse=True)
     layers: dict[str, None] = {}
     block_paths: set[str] = set()
     n_aux = 0
@@ -212,11 +227,9 @@ def _pathway_info(sd: Mapping[str, Tensor], aux: tuple[dict[str, Any], ...] | No
         n_aux = max(n_aux, int(m["k"]) + 1)
         if m["kind"] == "cross_modal_scale":
             kinds.add("scalar" if value.numel() == 1 else "channel")
-        b = _BLOCK_LAYER.match(m["layer"])
-        if b is None:
-            raise M2ptError(f"pathway layer {m['layer']} is not inside a numbered block")
-        block_paths.add(b["blocks"])
-        layers[b["layer"]] = None
+        block_path, layer = _split_layer(m["layer"], blocks, family)
+        block_paths.add(block_path)
+        layers[layer] = None
     if not layers:
         return None
     if len(block_paths) != 1 or len(kinds) != 1:
@@ -285,7 +298,7 @@ def load_checkpoint(
             spec = fam.infer_spec(fam.vanilla_view(view), arch=arch, input_size=input_size, args=args,
                                   options=options, notes=notes)
             aux, extra, config = None, {}, {}
-        pathway = _pathway_info(sd, aux)
+        pathway = _pathway_info(sd, aux, family_of(spec))
     except M2ptError as e:
         raise M2ptError(e.message, p) from e
     if kind == "m2pt" and config.get("pathway"):
@@ -322,7 +335,7 @@ def _declared_spec(config: Mapping[str, Any], sd: Mapping[str, Tensor], family: 
     spec = ModelSpec.from_dict(config["spec"])
     if family is not None and family != spec.family:
         raise M2ptError(f"--family {family}: the checkpoint's config says it is a {spec.family} model")
-    fam: ModelFamily = spec.model_family
+    fam: ModelFamily = family_of(spec)
     view = fam.vanilla_view(_without_pathways(sd))
     fam.check_spec(spec, view)
     return fam.override(spec, view, arch=arch, input_size=input_size, options=options)

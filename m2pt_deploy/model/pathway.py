@@ -80,14 +80,15 @@ def _aux_state_dict(aux: AuxSource) -> Mapping[str, Tensor]:
     return aux.state_dict() if isinstance(aux, nn.Module) else aux
 
 
-def _count_blocks(keys: Iterator[str] | Sequence[str], block_path: str) -> int:
+def _numbered(keys: Iterator[str] | Sequence[str], block_path: str) -> list[str]:
+    """``block_path.0`` ... ``block_path.{depth-1}``: a flat stack of numbered blocks."""
     prefix = block_path + "."
     indices = {
         int(rest.split(".", 1)[0])
         for k in keys
         if k.startswith(prefix) and (rest := k[len(prefix):]).split(".", 1)[0].isdigit()
     }
-    return max(indices) + 1 if indices else 0
+    return [f"{block_path}.{i}" for i in range(max(indices) + 1)] if indices else []
 
 
 def _target_linear(model: nn.Module, name: str) -> nn.Linear:
@@ -121,6 +122,8 @@ def add_pathways(
     layers: Sequence[str] = DEFAULT_LAYERS,
     block_path: str = "blocks",
     aux_block_path: str | None = None,
+    blocks: Sequence[str] | None = None,
+    aux_blocks: Sequence[str] | None = None,
     lambda_kind: LambdaKind = "scalar",
     train_aux: bool = False,
 ) -> nn.Module:
@@ -132,6 +135,11 @@ def add_pathways(
         layers: linear layers inside each block, relative to the block.
         block_path: where the blocks live in ``model`` (``blocks``, ``blocks.blocks``, ...).
         aux_block_path: where they live in the aux state dicts; defaults to ``block_path``.
+        blocks: the blocks themselves, in depth order, as module names (a family's
+            ``pathway_blocks``: a hierarchical model's are not one numbered stack); default
+            ``block_path.0``, ``block_path.1``, ...
+        aux_blocks: the same blocks' names in the aux state dicts; default ``blocks`` when given,
+            else the numbered children of ``aux_block_path``.
         lambda_kind: ``scalar`` (one λ per layer, the paper's) or ``channel`` (one per output).
         train_aux: leave the auxiliary weights trainable (the reference implementation does).
 
@@ -142,20 +150,25 @@ def add_pathways(
     if not auxes:
         raise M2ptError("no auxiliary model given")
     aux_sds = [_aux_state_dict(a) for a in auxes]
-    aux_path = aux_block_path or block_path
-    depth = _count_blocks([n for n, _ in model.named_modules()], block_path)
-    if depth == 0:
+    target_blocks = list(blocks) if blocks is not None else _numbered([n for n, _ in model.named_modules()],
+                                                                      block_path)
+    if not target_blocks:
         raise M2ptError(f"target has no blocks under {block_path!r}")
+    depth = len(target_blocks)
+    per_aux = []
     for k, sd in enumerate(aux_sds):
-        aux_depth = _count_blocks(list(sd.keys()), aux_path)
-        if aux_depth != depth:
-            raise M2ptError(f"depth mismatch: target has {depth} blocks, aux #{k} has {aux_depth}")
+        names = list(aux_blocks) if aux_blocks is not None else (
+            target_blocks if blocks is not None and aux_block_path is None
+            else _numbered(list(sd.keys()), aux_block_path or block_path))
+        if len(names) != depth:
+            raise M2ptError(f"depth mismatch: target has {depth} blocks, aux #{k} has {len(names)}")
+        per_aux.append(names)
 
-    for i in range(depth):
+    for i, block in enumerate(target_blocks):
         for layer_name in layers:
-            linear = _target_linear(model, f"{block_path}.{i}.{layer_name}")
-            key = f"{aux_path}.{i}.{layer_name}.weight"
-            weights = [_aux_weight(sd, key, k, linear) for k, sd in enumerate(aux_sds)]
+            linear = _target_linear(model, f"{block}.{layer_name}")
+            weights = [_aux_weight(sd, f"{per_aux[k][i]}.{layer_name}.weight", k, linear)
+                       for k, sd in enumerate(aux_sds)]
             pathway = CrossModalPathway(weights, lambda_kind=lambda_kind, train_aux=train_aux)
             parametrize.register_parametrization(linear, "weight", pathway.to(linear.weight.device))
     return model

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.extras import tensorrt_importable
+from m2pt_deploy.families import family_of
 from m2pt_deploy.fileio import Staged, atomic_output, staged_output, unverified_path
 from m2pt_deploy.heap import release_freed_memory
 from m2pt_deploy.inputs.calibration import held_out_inputs, int8_data, photo_calibrated
@@ -306,7 +307,7 @@ def _export_tensorrt(req: ExportRequest, checkpoint: CheckpointSource, show: Sho
     precision, shape = req.precision, req.batch_spec
     if precision in ("int8", "fp8") and not photo_calibrated(spec):
         raise M2ptError(f"--format trt --precision {precision} calibrates on RGB photo tiles; a "
-                        f"{spec.model_family.title} with its own inputs is built in fp32, fp16 or bf16 "
+                        f"{family_of(spec).title} with its own inputs is built in fp32, fp16 or bf16 "
                         "(TensorRT calibration data: not yet)")
     with staged_output(onnx_path, force=req.force) as staged:
         with step(f"exporting {spec.arch} to {precision} ONNX for TensorRT (batch profile {shape})"):

@@ -8,7 +8,7 @@ read it off the graph, and ``INPUT_NAME`` is the image models' default.
 
 from __future__ import annotations
 
-from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.families import ModelSpec, family_of
 from m2pt_deploy.families.base import PIXEL_VALUES
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAME", "input_name"]
@@ -19,4 +19,4 @@ OUTPUT_NAME = "logits"
 
 def input_name(spec: ModelSpec) -> str:
     """The input name an export of ``spec``'s model declares."""
-    return spec.model_family.input_name(spec)
+    return family_of(spec).input_name(spec)

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.families import ModelSpec, family_of
 from m2pt_deploy.inputs.datasets import SizedDataset, batches, check_classes, load_data
 from m2pt_deploy.model.build import build_unmerged
 from m2pt_deploy.model.checkpoint import NOTES_KEY, PathwayInfo, load_checkpoint, recorded_notes, save_checkpoint
@@ -198,7 +198,7 @@ def _fresh(config: TrainConfig, dist: Distributed) -> _Run:
     check_classes(split.classes, num_classes, config.data)
     model, spec = build_target(target, num_classes=num_classes, probe_head=config.mode == "probe")
     auxes = load_aux(config.aux)
-    pathway = attach_pathways(model, auxes, family=spec.model_family, layers=config.layers,
+    pathway = attach_pathways(model, auxes, family=family_of(spec), layers=config.layers,
                               lambda_kind=config.lambda_kind, train_aux=config.train_aux)
     return _Run(config, dist, Path(config.out_dir), model, spec, pathway, split.classes, split.train, split.val,
                 notes=tuple(recorded_notes(target)))
@@ -248,7 +248,7 @@ def _autocast(run: _Run) -> contextlib.AbstractContextManager:
 def _fit(run: _Run, tensors: dict[str, Tensor] | None, info: dict[str, Any] | None, *,
          progress: bool, on_step: StepHook | None) -> TrainResult:
     c, d = run.config, run.dist
-    family = run.spec.model_family
+    family = family_of(run.spec)
     set_drop_path(run.model, c.drop_path, family)
     set_trainable(run.model, c.mode, train_aux=c.train_aux, head=family.head)
     core = run.model.to(d.device)

@@ -12,7 +12,8 @@ from typing import Any, cast
 from torch import Tensor, nn
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.families import ModelFamily, ModelSpec
+from m2pt_deploy.families import ModelFamily, ModelSpec, family_of
+from m2pt_deploy.families.base import numbered_blocks
 from m2pt_deploy.families.heads import HeadCountUnknown
 from m2pt_deploy.merge import merge_state_dict
 from m2pt_deploy.model.build import build_vanilla, load_strict
@@ -39,8 +40,9 @@ class AuxModel:
     info: dict[str, Any]
 
 
-def blocks(model: nn.Module, family: ModelFamily) -> nn.Sequential:
-    return cast(nn.Sequential, model.get_submodule(family.block_path))
+def blocks(model: nn.Module, family: ModelFamily) -> list[nn.Module]:
+    """The model's transformer blocks in depth order, where its family says they are."""
+    return [model.get_submodule(name) for name in family.pathway_blocks(n for n, _ in model.named_modules())]
 
 
 def _with_classes(spec: ModelSpec, num_classes: int) -> ModelSpec:
@@ -51,15 +53,15 @@ def build_target(ckpt: Checkpoint, *, num_classes: int, probe_head: bool) -> tup
     """The target with its weights; the head is re-initialised when the class count changes."""
     if ckpt.pathway is not None:
         raise M2ptError("the target already has pathways; merge it first (m2pt-merge)", ckpt.path)
-    family = ckpt.spec.model_family
+    family = family_of(ckpt.spec)
     spec = _with_classes(ckpt.spec, num_classes)
     model = build_vanilla(spec)
-    head = family.head + "."
-    state = {k: v for k, v in ckpt.state_dict.items() if not k.startswith(head)}
+    heads = tuple(h + "." for h in family.head_modules())
+    state = {k: v for k, v in ckpt.state_dict.items() if not k.startswith(heads)}
     if ckpt.spec.num_classes == num_classes:
         state = dict(ckpt.state_dict)
     else:
-        state.update({k: v for k, v in model.state_dict().items() if k.startswith(head)})
+        state.update({k: v for k, v in model.state_dict().items() if k.startswith(heads)})
     load_strict(model, state, what=str(ckpt.path))
     if probe_head:
         family.add_probe_head(model)
@@ -107,40 +109,43 @@ def attach_pathways(
 ) -> PathwayInfo | None:
     if not auxes:
         return None
+    targets = family.pathway_blocks(n for n, _ in model.named_modules())
+    aux_blocks = [_aux_blocks(aux, family) for aux in auxes]
     for k, aux in enumerate(auxes):
         try:
-            _check_aux(model, aux, k, layers, family.block_path)
+            _check_aux(model, aux, k, layers, targets, aux_blocks[k])
         except M2ptError as e:
             raise M2ptError(e.message, aux.info["file"]) from e
     add_pathways(model, [a.state_dict for a in auxes], layers=layers, lambda_kind=lambda_kind,
-                 train_aux=train_aux, block_path=family.block_path, aux_block_path=_aux_blocks(auxes[0]))
+                 train_aux=train_aux, blocks=targets, aux_blocks=aux_blocks[0])
     return PathwayInfo(tuple(layers), family.block_path, lambda_kind, tuple(a.info for a in auxes))
 
 
-def _aux_blocks(aux: AuxModel) -> str:
-    """Where an aux model keeps its blocks: M2PT's aux models are timm ViTs (``blocks``) whatever
-    the target's family; a Point-MAE aux keeps them at ``blocks.blocks``."""
-    return "blocks.blocks" if any(k.startswith("blocks.blocks.") for k in aux.state_dict) else "blocks"
+def _aux_blocks(aux: AuxModel, family: ModelFamily) -> list[str]:
+    """Where an aux model keeps its blocks: where the target's family keeps them when the aux is
+    laid out alike; else M2PT's aux models are timm ViTs (``blocks``) whatever the target's
+    family, and a Point-MAE aux keeps them at ``blocks.blocks``."""
+    same = family.pathway_blocks(aux.state_dict)
+    if same:
+        return same
+    path = "blocks.blocks" if any(k.startswith("blocks.blocks.") for k in aux.state_dict) else "blocks"
+    return numbered_blocks(aux.state_dict, path)
 
 
-def _check_aux(model: nn.Module, aux: AuxModel, k: int, layers: Sequence[str], block_path: str) -> None:
+def _check_aux(model: nn.Module, aux: AuxModel, k: int, layers: Sequence[str], targets: Sequence[str],
+               aux_blocks: Sequence[str]) -> None:
     """Depth and every pathway layer's shape, so the error names the aux file that does not fit."""
-    depth = len(cast(nn.Sequential, model.get_submodule(block_path)))
-    aux_path = _aux_blocks(aux)
-    prefix = aux_path + "."
-    aux_depth = 1 + max((int(n[len(prefix):].split(".")[0]) for n in aux.state_dict
-                         if n.startswith(prefix) and n[len(prefix):].split(".")[0].isdigit()), default=-1)
-    if aux_depth != depth:
-        raise M2ptError(f"depth mismatch: the target has {depth} blocks, aux #{k} has {aux_depth}")
-    for i in range(depth):
+    if len(aux_blocks) != len(targets):
+        raise M2ptError(f"depth mismatch: the target has {len(targets)} blocks, aux #{k} has {len(aux_blocks)}")
+    for block, aux_block in zip(targets, aux_blocks, strict=True):
         for layer in layers:
-            key = f"{aux_path}.{i}.{layer}.weight"
-            target = tuple(cast(nn.Linear, model.get_submodule(f"{block_path}.{i}.{layer}")).weight.shape)
+            key = f"{aux_block}.{layer}.weight"
+            target = tuple(cast(nn.Linear, model.get_submodule(f"{block}.{layer}")).weight.shape)
             if key not in aux.state_dict:
                 raise M2ptError(f"aux #{k} has no weight {key}")
             got = tuple(aux.state_dict[key].shape)
             if got != target:
-                raise M2ptError(f"architecture mismatch: {block_path}.{i}.{layer}: target weight {target} "
+                raise M2ptError(f"architecture mismatch: {block}.{layer}: target weight {target} "
                                 f"vs aux #{k} weight {got}")
 
 

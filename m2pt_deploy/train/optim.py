@@ -42,10 +42,10 @@ _NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token")
 _BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 
 
-def _layer_id(name: str, depth: int) -> int:
+def _layer_id(name: str, depth: int, tokens: tuple[str, ...] = _NO_DECAY_NAMES) -> int:
     # MAE's get_layer_id_for_vit: tokens and patch embedding 0, block i i + 1, the rest
     # (final norm, fc_norm, head) depth + 1. timm would put the final norm at depth.
-    if name.startswith(("patch_embed", *_NO_DECAY_NAMES)):
+    if name.startswith(("patch_embed", *tokens)):
         return 0
     m = _BLOCK.search(name)
     return int(m.group(1)) + 1 if m else depth + 1
@@ -62,6 +62,9 @@ def param_groups(
 ) -> list[dict[str, Any]]:
     """Trainable parameters grouped by (layer, decay); each group records its ``base_lr``."""
     lambdas = {id(p) for p in pathway_parameters(model)}
+    # The tokens and tables: ours, and those the model names (timm's, e.g. a DeiT's dist_token).
+    named = getattr(model, "no_weight_decay", None)
+    tokens = tuple(sorted({*_NO_DECAY_NAMES, *(named() if callable(named) else ())}))
     groups: dict[str, dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -69,9 +72,9 @@ def param_groups(
         if id(p) in lambdas:
             key, base, decay = "lambda", lambda_lr, 0.0
         else:
-            layer = _layer_id(name, depth)
+            layer = _layer_id(name, depth, tokens)
             # The rule of timm's param_groups_weight_decay (1-D or bias, or no_weight_decay()).
-            no_decay = p.ndim <= 1 or name.endswith(".bias") or name in _NO_DECAY_NAMES
+            no_decay = p.ndim <= 1 or name.endswith(".bias") or name in tokens
             decay = 0.0 if no_decay else weight_decay
             key = f"layer{layer}_{'no_decay' if no_decay else 'decay'}"
             base = lr * layer_decay ** (depth + 1 - layer)

@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError
 from polygraphy.backend.base import BaseRunner
 
 from m2pt_deploy.errors import M2ptError, first_line
+from m2pt_deploy.families import family_of
 from m2pt_deploy.inputs.calibration import held_out_inputs, photo_calibrated
 from m2pt_deploy.inputs.seeded import seeded_inputs
 from m2pt_deploy.merge import merge_model
@@ -152,8 +153,8 @@ def _int8_runtime(ckpt: Checkpoint, path: Path, inputs: np.ndarray | None) -> Re
     if inputs is not None:
         return verify_int8_cpu(ckpt, path, inputs, source="given inputs")
     if not photo_calibrated(spec):
-        model = (f"{spec.input_size[0]}-channel ViT" if spec.model_family.modality == "image"
-                 else spec.model_family.title)
+        model = (f"{spec.input_size[0]}-channel ViT" if family_of(spec).modality == "image"
+                 else family_of(spec).title)
         raise M2ptError(f"an int8 model of a {model} is verified on its own held-out "
                         "inputs: pass --inputs FILE.npy (the built-in photo tiles are RGB)", path)
     return verify_int8_cpu(ckpt, path, held_out_inputs(spec))

@@ -18,7 +18,7 @@ __all__ = ["MERGED", "UNMERGED", "check_merge", "compare_outputs", "compare_runn
 UNMERGED, MERGED = "torch-unmerged", "torch-merged"
 
 
-def _concat(outputs: list[dict[str, np.ndarray]], name: str) -> np.ndarray:
+def _concat(outputs: Sequence[dict[str, np.ndarray]], name: str) -> np.ndarray:
     return np.concatenate([o[name] for o in outputs], axis=0)
 
 

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.onnx import DYNAMIC_BATCH, BatchSpec, convert_fp16, export_model
 from m2pt_deploy.export.optimize import optimize_onnx
-from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.families import ModelSpec, family_of
 from m2pt_deploy.metadata import PRECISION_KEY, read_metadata
 from m2pt_deploy.model.build import build_vanilla
 from m2pt_deploy.runtime.sessions import is_optimized
@@ -277,7 +277,7 @@ def check_structure(
     reference = reference_signature(spec, settings, like=like)
     candidate = graph_signature(proto)
     return StructureResult(
-        reference=f"vanilla {spec.describe()} "
+        reference=f"vanilla {family_of(spec).describe(spec)} "
         f"(opset {settings.opset}, {batch} batch, {settings.precision}{optimized})",
         summary=candidate.summary(),
         differences=tuple(structure_differences(candidate, reference)),

@@ -17,7 +17,8 @@ from torch import Tensor
 
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.families import ModelSpec, detect_family, get_family
-from m2pt_deploy.families.pointmae import PointMAEFamily, farthest_point_sample, knn_indices
+from m2pt_deploy.families.point_transformer import farthest_point_sample, knn_indices
+from m2pt_deploy.families.pointmae import PointMAEFamily
 from m2pt_deploy.families.vit import ViTFamily
 from m2pt_deploy.merge import merge_model, merged_state_dict
 from m2pt_deploy.model.build import build_unmerged, build_vanilla

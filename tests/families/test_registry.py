@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -120,10 +120,112 @@ def test_the_pipeline_reaches_a_user_family_through_the_registry(token_family: M
 
 
 def test_every_built_in_family_setting_has_a_command_line_flag() -> None:
-    """cli.common lists the flags without importing the families (instant --help): they must agree."""
-    from m2pt_deploy.cli.common import _FAMILY_FLAGS
+    """cli.common makes its flags from the families' declared options: they must agree."""
+    from m2pt_deploy.cli.common import family_flags
     from m2pt_deploy.families import family_names
 
-    flags = {name for name, _ in _FAMILY_FLAGS}
+    flags = {name for name, _ in family_flags()}
     for name in family_names():
         assert {o.name for o in get_family(name).options} <= flags, name
+
+
+class Stages(nn.Module):
+    """A hierarchical model: two stages of two blocks (Swin's layout), at two widths."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.stages = nn.ModuleList(nn.Module() for _ in range(2))
+        for stage, width in zip(self.stages, (16, 32), strict=True):
+            stage.blocks = nn.Sequential(Block(width), Block(width))  # type: ignore[assignment]
+        self.down = nn.Linear(16, 32)
+        self.out = nn.Linear(32, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.down(self.stages[0].blocks(self.embed(x)))
+        return self.out(self.stages[1].blocks(x).mean(dim=1))
+
+
+class StagesFamily(TokenMLPFamily):
+    """Says where its blocks are; nothing else in the pipeline knows the layout."""
+
+    name = "stages"
+    block_path = "stages"
+
+    def pathway_blocks(self, names: Iterable[str]) -> list[str]:
+        found = set(names)
+        return [f"stages.{s}.blocks.{i}" for s in range(2) for i in range(2)
+                if any(n.startswith(f"stages.{s}.blocks.{i}.") for n in found)]
+
+    def recognizes(self, state_dict: Mapping[str, Tensor]) -> bool:
+        return "stages.0.blocks.0.fc1.weight" in state_dict
+
+    def infer_spec(self, state_dict: Mapping[str, Tensor], **kwargs: Any) -> ModelSpec:
+        return ModelSpec("stages", {}, (4, 8), (), (), family=self.name)
+
+    def check_spec(self, spec: ModelSpec, state_dict: Mapping[str, Tensor]) -> None:
+        pass
+
+    def build(self, spec: ModelSpec, *, exportable: bool = False) -> nn.Module:
+        return Stages().eval()
+
+
+def test_a_hierarchical_family_says_where_its_pathway_layers_are(tmp_path: Path) -> None:
+    family = register_family(StagesFamily())
+    try:
+        torch.manual_seed(0)
+        spec = family.infer_spec({})
+        target, aux = family.build(spec), family.build(spec)
+        blocks = family.pathway_blocks(n for n, _ in target.named_modules())
+        add_pathways(target, aux, layers=family.pathway_layers, blocks=blocks)
+        for p in pathway_layers(target).values():
+            p.scales[0].data.fill_(0.3)
+        info = PathwayInfo(family.pathway_layers, family.block_path, "scalar", ({"modality": "x", "sha256": None},))
+        ckpt = load_checkpoint(save_checkpoint(tmp_path / "s.safetensors", pathway_state_dict(target), spec,
+                                               pathway=info))
+        assert ckpt.pathway is not None and ckpt.pathway.layers == ("fc1", "fc2")
+        assert len(pathway_layers(build_unmerged(ckpt))) == 8  # 2 stages x 2 blocks x 2 layers
+        x = torch.randn(5, 4, 8)
+        assert torch.equal(merge_model(build_unmerged(ckpt), ckpt.spec)(x), target(x))
+    finally:
+        unregister_family(family.name)
+
+
+def test_a_more_specific_family_outranks_a_later_generic_one() -> None:
+    """Priority first, then the later registration: a user's family at the default priority does
+    not take DeiT's checkpoints, and a higher one takes the ViT's."""
+    deit_like = {"patch_embed.proj.weight": torch.zeros(8, 3, 4, 4), "pos_embed": torch.zeros(1, 6, 8),
+                 "dist_token": torch.zeros(1, 1, 8)}
+    assert detect_family(deit_like).name == "deit"
+
+    class Greedy(TokenMLPFamily):
+        name = "greedy"
+
+        def recognizes(self, state_dict: Mapping[str, Tensor]) -> bool:
+            return True
+
+    register_family(Greedy())
+    try:
+        assert detect_family(deit_like).name == "deit"
+        assert detect_family({"anything": torch.zeros(1)}).name == "greedy"
+    finally:
+        unregister_family("greedy")
+    register_family(Greedy, priority=20)
+    try:
+        assert detect_family(deit_like).name == "greedy"
+    finally:
+        unregister_family("greedy")
+
+
+def test_the_families_import_without_torch() -> None:
+    """The CLI makes its flags from every family's options before torch is needed: a family module
+    that imports torch (or timm) at its top would make every --help and refusal pay for it."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, m2pt_deploy.families as f; "
+             "print(sorted(f.family_names()), sorted({'torch', 'timm'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[2]).stdout
+    assert out.split("] ")[1].strip() == "[]", out
+    assert "'deit'" in out, out

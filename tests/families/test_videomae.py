@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.families import ModelSpec, detect_family, get_family
+from m2pt_deploy.families import ModelSpec, detect_family, family_of, get_family
 from m2pt_deploy.families.video_transformer import VideoMAEClassifier, sinusoid_table
 from m2pt_deploy.families.videomae import VideoMAEFamily
 from m2pt_deploy.merge import merge_model, merged_state_dict
@@ -262,11 +262,11 @@ def test_check_spec_refuses_a_config_the_weights_contradict() -> None:
 
 
 def test_with_input_size_and_override() -> None:
-    spec = TINY_VIDEO.with_input_size((3, 8, 16, 48))
+    spec = family_of(TINY_VIDEO).with_input_size(TINY_VIDEO, (3, 8, 16, 48))
     assert spec.input_size == (3, 8, 16, 48) and spec.model_kwargs["num_frames"] == 8
     assert build_vanilla(spec)(_video(1, spec)).shape == (1, 10)
     with pytest.raises(M2ptError, match="7 frames do not divide into tubelets of 2"):
-        TINY_VIDEO.with_input_size((3, 7, 32, 32))
+        family_of(TINY_VIDEO).with_input_size(TINY_VIDEO, (3, 7, 32, 32))
     sd = _vanilla_sd()
     assert FAMILY.override(TINY_VIDEO, sd) is TINY_VIDEO
     moved = FAMILY.override(TINY_VIDEO, sd, input_size=(3, 2, 32, 32), options={"num_heads": 1})
@@ -278,8 +278,9 @@ def test_with_input_size_and_override() -> None:
 
 
 def test_describe_and_input_metadata() -> None:
-    assert TINY_VIDEO.describe() == ("VideoMAE V2 (videomae_v2_w64: 64 wide, 2 blocks, 1 heads, tubelet 2, "
-                                     "patch 8; input 3x4x32x32)")
+    described = family_of(TINY_VIDEO).describe(TINY_VIDEO)
+    assert described == ("VideoMAE V2 (videomae_v2_w64: 64 wide, 2 blocks, 1 heads, tubelet 2, "
+                         "patch 8; input 3x4x32x32)")
     meta = FAMILY.input_metadata(TINY_VIDEO)
     assert meta["modality"] == "video" and meta["layout"] == ["batch", "channels", "frames", "height", "width"]
     assert (meta["channels"], meta["frames"], meta["height"], meta["width"]) == (3, 4, 32, 32)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.families import family_of
 from m2pt_deploy.families.vit import ModelSpec, ViTFamily, infer_spec
 from m2pt_deploy.model.build import build_vanilla
 from m2pt_deploy.model.checkpoint import load_checkpoint, save_checkpoint
@@ -61,8 +62,10 @@ def test_a_spec_with_overrides_is_named_by_its_shape() -> None:
     """The structure line once called a 2-block 1-channel model "vanilla vit_tiny_patch16_224"."""
     from tests.tiny import TINY_AUDIO
 
-    assert TINY_AUDIO.describe() == "ViT (64 wide, 2 blocks, input 1x16x48; timm vit_tiny_patch16_224 with overrides)"
-    assert ModelSpec("vit_base_patch16_224", {}, (3, 224, 224)).describe() == "vit_base_patch16_224"
+    described = family_of(TINY_AUDIO).describe(TINY_AUDIO)
+    assert described == "ViT (64 wide, 2 blocks, input 1x16x48; timm vit_tiny_patch16_224 with overrides)"
+    spec = ModelSpec("vit_base_patch16_224", {}, (3, 224, 224))
+    assert family_of(spec).describe(spec) == "vit_base_patch16_224"
 
 
 # --- no silent guess: the head count and every other value the weights do not show ---------------
