@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=None,
         metavar="N",
-        help="rows per inference for a dynamic-batch model (default: 4; an engine's profile OPT)",
+        help="seeded inputs, and rows per inference for a dynamic-batch model (default: 4, one clip for video "
+             "models; an engine's profile OPT)",
     )
     group.add_argument(
         "--seed", type=int, default=0, help="seed of the generated inputs (default: 0)"
@@ -149,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise M2ptError(e.message, e.path or args.inputs) from e
     try:
         report = verify_onnx(
-            ckpt, args.onnx, inputs=inputs, batch_size=args.batch_size or 4, seed=args.seed
+            ckpt, args.onnx, inputs=inputs, batch_size=args.batch_size, seed=args.seed
         )
     except M2ptError as e:
         # What verify_onnx rejects without naming a file is about the ONNX model.

@@ -106,6 +106,10 @@ class ModelFamily(ABC):
     modality: ClassVar[str]
     #: Settings not visible in the weights, accepted by ``infer_spec`` as ``options``.
     options: ClassVar[tuple[FamilyOption, ...]] = ()
+    #: Seeded inputs a verification runs by default: each is run by three models (unmerged, merged,
+    #: ONNX Runtime), so a family with costly inputs keeps this low to keep verification near the
+    #: export's own cost (more with ``m2pt-verify --batch-size`` or ``--inputs``).
+    verify_inputs: ClassVar[int] = 4
 
     def pathway_blocks(self, names: Iterable[str]) -> list[str]:
         """The blocks whose linear layers get pathways, in depth order, as module-name prefixes

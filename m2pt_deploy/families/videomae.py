@@ -187,6 +187,7 @@ class VideoMAEFamily(ModelFamily):
     input_axes = ("channels", "frames", "height", "width")
     modality = "video"
     options = (NUM_HEADS,)  # from args.model or the config, else the standard width table or 64-wide heads
+    verify_inputs = 1  # a 16-frame clip is 1,568 tokens: eight images' worth, ten times their compute
 
     def recognizes(self, state_dict: Mapping[str, Tensor]) -> bool:
         weight = state_dict.get("patch_embed.proj.weight")

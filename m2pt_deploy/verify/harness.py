@@ -165,7 +165,7 @@ def verify_onnx(
     onnx_path: str | os.PathLike[str],
     *,
     inputs: np.ndarray | None = None,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     seed: int = 0,
     extra_runners: Sequence[BaseRunner] = (),
 ) -> VerificationReport:
@@ -175,13 +175,15 @@ def verify_onnx(
         checkpoint: the training checkpoint the ONNX file was exported from.
         onnx_path: the exported model.
         inputs: ``[N, C, H, W]`` normalised images; default ``batch_size`` seeded random ones.
-        batch_size: rows per inference for a dynamic-batch model (a fixed batch wins).
+        batch_size: seeded inputs, and rows per inference for a dynamic-batch model (a fixed batch
+            wins); default: the family's ``verify_inputs`` (4, one clip for video).
         seed: seed of the generated inputs.
         extra_runners: further Polygraphy runners (e.g. ``TrtRunner``) judged like ONNX Runtime.
     """
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise M2ptError(f"batch size must be at least 1, got {batch_size}")
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    batch_size = batch_size or family_of(ckpt.spec).verify_inputs
     path = Path(onnx_path)
     proto = load_onnx(path)
     precision = export_settings(proto).precision

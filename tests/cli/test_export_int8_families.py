@@ -1,6 +1,7 @@
-"""``m2pt-export --precision int8`` for every family: a trained tiny VideoMAE V2, Point-MAE and AudioMAE
-calibrated on ``--calib-data`` in their own model-ready layout and verified on a held-out split of it;
-what is refused (no calibration data, the wrong layout or shape) is one line, before any export."""
+"""``m2pt-export --precision int8`` for every family: the shipped small trained VideoMAE V2, Point-MAE
+and AudioMAE (``m2pt_deploy/assets/small``) calibrated on ``--calib-data`` in their own model-ready
+layout and verified on a held-out split of it; what is refused (no calibration data, the wrong
+layout or shape) is one line, before any export."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from m2pt_deploy.runtime.sessions import is_optimized
 from tests.cli.commands import assert_user_error, export
 from tests.families.point_formats import OPTIONS as POINT_OPTIONS
 from tests.families.point_formats import point_mae_builder
-from tests.families.trained import TINY_AUDIOMAE, family_inputs, train_tiny
+from tests.families.trained import TINY_AUDIOMAE, family_inputs, trained_model
 from tests.families.video_formats import write_videomae_checkpoint
 from tests.tiny import write_model
 
@@ -25,13 +26,12 @@ INPUT_NAMES = {"video": "pixel_values", "points": "points", "audio": "input_valu
 
 @pytest.fixture(scope="module", params=["video", "points", "audio"])
 def trained(request, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path]:
-    """``(kind, checkpoint, calibration .npz)``: 64 fresh inputs (not the training ones), x only."""
+    """``(kind, checkpoint, calibration .npz)``: 64 fresh inputs of its task (not the training ones), x only."""
     kind = request.param
     folder = tmp_path_factory.mktemp(kind)
-    best = train_tiny(kind, folder)
-    x, _ = family_inputs(kind, 64, seed=1)
+    x, _ = family_inputs(kind, 64)
     np.savez(folder / "calib.npz", x=x)
-    return kind, best, folder / "calib.npz"
+    return kind, trained_model(kind), folder / "calib.npz"
 
 
 def test_int8_of_every_family_passes_on_its_own_inputs(trained, tmp_path: Path, capsys) -> None:
