@@ -120,6 +120,8 @@ def test_the_wheel_carries_the_license_and_the_typing_marker(installed: tuple[Pa
     names = zipfile.ZipFile(wheel).namelist()
     assert "m2pt_deploy/py.typed" in names
     assert "m2pt_deploy/assets/aux_audio_vit.safetensors" in names
+    assert {f"m2pt_deploy/assets/small/{m}.safetensors" for m in ("video", "points", "spectrogram")} <= set(names)
+    assert "m2pt_deploy/assets/small/manifest.json" in names
     (license_file,) = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
     text = zipfile.ZipFile(wheel).read(license_file).decode()
     assert text == (ROOT / "LICENSE").read_text()
