@@ -2,10 +2,12 @@
 
 Writes a pathway checkpoint of random weights (VideoMAE V2 ViT-B, 16 × 224², 174 classes, by
 default), then times, each in its own process with its peak resident memory: the bare export
-(``m2pt-export --no-verify``), the verification of that file (``m2pt-verify``) and the export with
-its verification (``m2pt-export``, the default). Prints one JSON object with the machine named.
+(``m2pt-export --no-verify``) and the verification of that file (``m2pt-verify``). With ``--tree``,
+the same commands run from each source tree given (e.g. a checkout of an older commit), one
+after the other in the same run, so that before/after figures share the machine's load. Prints
+one JSON object with the machine named.
 
-    python scripts/verify_cost.py --family videomae --out /tmp/verify-cost
+    python scripts/verify_cost.py --family videomae --out /tmp/verify-cost --tree /tmp/old --tree .
 """
 
 from __future__ import annotations
@@ -53,9 +55,10 @@ def write_checkpoint(spec: ModelSpec, path: Path) -> Path:
     return save_checkpoint(path, pathway_state_dict(target), spec, pathway=info, force=True)
 
 
-def timed(argv: list[str]) -> dict[str, float]:
+def timed(argv: list[str], tree: Path | None) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(tree.resolve())} if tree else None
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", _MEASURE, *argv], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", _MEASURE, *argv], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
@@ -67,18 +70,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", choices=sorted(SPECS), default="videomae")
     parser.add_argument("--out", type=Path, default=Path("verify-cost"))
+    parser.add_argument("--tree", type=Path, action="append",
+                        help="a source tree to run the commands from (repeat for before/after; default: this one)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt = write_checkpoint(SPECS[args.family], args.out / "model.safetensors")
-    onnx = args.out / "model.onnx"
-    bin_dir = Path(sys.executable).parent
-    export = [str(bin_dir / "m2pt-export"), str(ckpt), "-o", str(onnx), "--force"]
-    result = {"machine": machine_line(machine_info()), "load_average": os.getloadavg(), "family": args.family,
-              "export": timed([*export, "--no-verify"]),
-              "verify": timed([str(bin_dir / "m2pt-verify"), str(ckpt), "--onnx", str(onnx)]),
-              "export_and_verify": timed(export)}
-    result["verify_over_export"] = round(result["verify"]["wall_s"] / result["export"]["wall_s"], 2)
+    result: dict[str, object] = {"machine": machine_line(machine_info()), "family": args.family,
+                                 "load_average_before": os.getloadavg()}
+    for tree in args.tree or [None]:
+        onnx = args.out / "model.onnx"
+        export = timed([*_command("export"), str(ckpt), "-o", str(onnx), "--force", "--no-verify"], tree)
+        verify = timed([*_command("verify"), str(ckpt), "--onnx", str(onnx)], tree)
+        result[str(tree or ".")] = {"export": export, "verify": verify,
+                                    "verify_over_export": round(verify["wall_s"] / export["wall_s"], 2)}
+    result["load_average_after"] = os.getloadavg()
     print(json.dumps(result, indent=2))
+
+
+def _command(name: str) -> list[str]:
+    """The command as ``python -m m2pt_deploy NAME``, so that PYTHONPATH picks the tree."""
+    return [sys.executable, "-m", "m2pt_deploy", name]
 
 
 if __name__ == "__main__":

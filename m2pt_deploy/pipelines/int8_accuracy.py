@@ -1,4 +1,5 @@
-"""What int8 costs in accuracy, on real labelled images: the demo's digits ViT, trained here.
+"""What int8 costs in accuracy, on trained models: the demo's digits ViT, trained here, and the shipped
+small model of every other family on fresh inputs of its learnable task.
 
 A randomly initialised ViT has no accuracy to lose, and no ImageNet-trained M2PT model is
 available offline; the demo's pathway ViT on scikit-learn's handwritten digits is a trained
@@ -19,13 +20,16 @@ from m2pt_deploy.export.int8.cpu import cpu_int8_onnx
 from m2pt_deploy.export.onnx import OnnxFromCheckpoint, save_onnx
 from m2pt_deploy.export.optimize import save_optimized
 from m2pt_deploy.inputs.datasets import load_data
+from m2pt_deploy.inputs.learnable import learnable_task
+from m2pt_deploy.inputs.preprocess import array_transform
 from m2pt_deploy.model.build import build_vanilla
 from m2pt_deploy.model.checkpoint import load_checkpoint, save_checkpoint
 from m2pt_deploy.pipelines.demo import AUX_ASSET, DEMO_SPEC, demo_config, write_digits
+from m2pt_deploy.pipelines.small_models import small_model
 from m2pt_deploy.train import train
 from m2pt_deploy.verify.accuracy import accuracy_delta
 
-__all__ = ["CALIBRATION_IMAGES", "digits_int8_accuracy"]
+__all__ = ["CALIBRATION_IMAGES", "digits_int8_accuracy", "small_model_int8_accuracy"]
 
 CALIBRATION_IMAGES = 256
 
@@ -59,3 +63,28 @@ def digits_int8_accuracy(out: Path, *, epochs: int, seed: int = 0) -> dict[str, 
             "model": f"demo pathway ViT, {epochs} epochs, calibrated on {min(len(x_train), CALIBRATION_IMAGES)} "
                      "of its training images",
             "best_val_acc_torch": result.best_val_acc}
+
+
+def small_model_int8_accuracy(modality: str, out: Path, *, count: int = 256, calib: int = 128,
+                              seed: int = 7) -> dict[str, Any]:
+    """fp32 vs int8 top-1 of the shipped small model of ``modality`` ("video", "points", "spectrogram")
+    on ``count`` fresh inputs of its learnable task, calibrated on ``calib`` others."""
+    if count < 1 or calib < 1:
+        raise M2ptError(f"accuracy needs at least one scored and one calibration input, got {count} and {calib}")
+    path = small_model(modality)
+    ckpt = load_checkpoint(path)
+    scored = learnable_task(ckpt.spec, count, seed=seed)
+    calibration = learnable_task(ckpt.spec, calib, seed=seed + 1)
+    transform = array_transform(ckpt.spec)
+
+    def ready(x: np.ndarray) -> np.ndarray:
+        return np.stack([transform(torch.from_numpy(row)).numpy() for row in x])
+
+    out.mkdir(parents=True, exist_ok=True)
+    proto = OnnxFromCheckpoint(ckpt)()
+    fp32 = save_onnx(proto, out / f"{modality}.onnx", force=True)
+    int8 = save_optimized(cpu_int8_onnx(proto, ready(calibration.x)), out / f"{modality}.int8.onnx", force=True)
+    scores = accuracy_delta(fp32, int8, ready(scored.x), scored.y)
+    return {**scores, "dataset": f"{scored.task}, seeded, never seen in training",
+            "model": f"the shipped small {modality} model ({path.name}), calibrated on {calib} other inputs "
+                     "of its task"}
