@@ -20,20 +20,9 @@ import torch
 from torch import nn
 
 from m2pt_deploy.families import ModelSpec
-from tests.tiny import TINY, make_pathway_model, reference_state_dict
+from tests.tiny import TINY, TINY_AUDIOMAE, TINY_MODEL_NAME, make_pathway_model, reference_state_dict
 
-# AudioMAE's real input, (1, 1024, 128) time × frequency, at a tiny width: 512 patches.
-AUDIOMAE = ModelSpec(
-    "vit_tiny_patch16_224",
-    dict(img_size=(1024, 128), patch_size=16, in_chans=1, embed_dim=64, depth=2, num_heads=1, num_classes=527,
-         global_pool="avg", fc_norm=True),
-    (1, 1024, 128),
-    mean=(-4.2677393,),
-    std=(2 * 4.5689974,),
-)
-# Real files name a timm or MAE model in args.model; these tiny widths have no timm name,
-# so the files name one timm does not know, which the loader reports and reads shapes for.
-TINY_MODEL_NAME = "vit_m2pt_test_tiny"
+AUDIOMAE = TINY_AUDIOMAE
 MAE_FINETUNE = dataclasses.replace(TINY, model_kwargs={**TINY.model_kwargs, "global_pool": "avg", "fc_norm": True})
 
 

@@ -19,19 +19,9 @@ from torch import nn
 from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.model.build import build_vanilla
 from m2pt_deploy.model.pathway import DEFAULT_LAYERS, add_pathways
-from tests.tiny import random_lambdas, reference_state_dict
+from tests.tiny import TINY_POINT, random_lambdas, reference_state_dict
 
 BLOCK_PATH = "blocks.blocks"
-# 48 wide, 3 heads of 16, 2 blocks; 128 points in 16 groups of 8.
-OPTIONS = {"npoints": 128, "num_group": 16, "group_size": 8, "num_heads": 3}
-TINY_POINT = ModelSpec(
-    "point_mae",
-    {"embed_dim": 48, "depth": 2, "mlp_ratio": 4.0, "num_classes": 5, **OPTIONS},
-    (128, 3),
-    mean=(),
-    std=(),
-    family="pointmae",
-)
 
 
 @dataclasses.dataclass(frozen=True)

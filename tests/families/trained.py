@@ -13,8 +13,6 @@ from m2pt_deploy.pipelines.small_models import SMALL_MODELS, small_model
 
 #: The tests' names for the families' inputs, and the small models' modalities.
 KINDS = {"video": "video", "points": "points", "audio": "spectrogram"}
-# AudioMAE's own input (1 x 1024 x 128, time x frequency, 512 patches) at a tiny width.
-TINY_AUDIOMAE = SMALL_MODELS["spectrogram"]
 # Training used seeds 0 (train/validation) and 1 (fresh): these inputs are new to the model.
 FRESH_SEED = 7
 

@@ -20,19 +20,7 @@ from torch import nn
 from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.model.build import build_vanilla
 from m2pt_deploy.model.pathway import add_pathways
-from tests.tiny import random_lambdas, reference_state_dict
-
-# 64 wide = one 64-wide head, which shape inference assumes; 4 frames of 32 × 32 in tubelets of
-# 2 × 8 × 8 give 2 · 4 · 4 = 32 tokens.
-TINY_VIDEO = ModelSpec(
-    "videomae_v2_w64",
-    dict(embed_dim=64, depth=2, num_heads=1, mlp_ratio=4.0, patch_size=8, tubelet_size=2, num_frames=4,
-         img_size=(32, 32), in_chans=3, num_classes=10, qkv_bias=True, init_values=0.0, use_mean_pooling=True),
-    (3, 4, 32, 32),
-    family="videomae",
-)
-# Tiny widths have no VideoMAE V2 name; real files say e.g. "vit_base_patch16_224".
-TINY_MODEL_NAME = "vit_m2pt_test_tiny"
+from tests.tiny import TINY_MODEL_NAME, TINY_VIDEO, random_lambdas, reference_state_dict
 
 
 @dataclasses.dataclass(frozen=True)
