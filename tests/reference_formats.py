@@ -22,7 +22,6 @@ from torch import nn
 from m2pt_deploy.families import ModelSpec
 from tests.tiny import TINY, TINY_AUDIOMAE, TINY_MODEL_NAME, make_pathway_model, reference_state_dict
 
-AUDIOMAE = TINY_AUDIOMAE
 MAE_FINETUNE = dataclasses.replace(TINY, model_kwargs={**TINY.model_kwargs, "global_pool": "avg", "fc_norm": True})
 
 
@@ -92,11 +91,11 @@ def mae_linear_probe(folder: Path) -> ReferenceFile:
 
 def audiomae(folder: Path) -> ReferenceFile:
     """AudioMAE fine-tune: 1 channel, (1024, 128) time × frequency; args keep MAE's unused 224."""
-    model, sd = _pathway(AUDIOMAE, seed=3)
+    model, sd = _pathway(TINY_AUDIOMAE, seed=3)
     path = folder / "checkpoint-last.pth"
     _mae_save_model(path, sd, mae_args(model=TINY_MODEL_NAME, nb_classes=527, input_size=224, audio_exp=True,
                                        dataset="audioset", mixup=0.5))
-    return ReferenceFile(path, model, AUDIOMAE)
+    return ReferenceFile(path, model, TINY_AUDIOMAE)
 
 
 def videomae_style_ddp_ema(folder: Path) -> ReferenceFile:

@@ -15,11 +15,10 @@ import pytest
 from m2pt_deploy.metadata import read_metadata
 from m2pt_deploy.runtime.sessions import is_optimized
 from tests.cli.commands import assert_user_error, export
-from tests.families.point_formats import OPTIONS as POINT_OPTIONS
 from tests.families.point_formats import point_mae_builder
 from tests.families.trained import family_inputs, trained_model
 from tests.families.video_formats import write_videomae_checkpoint
-from tests.tiny import TINY_AUDIOMAE, write_model
+from tests.tiny import POINT_OPTIONS, TINY_AUDIOMAE, write_model
 
 INPUT_NAMES = {"video": "pixel_values", "points": "points", "audio": "input_values"}
 

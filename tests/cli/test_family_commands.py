@@ -21,10 +21,9 @@ from m2pt_deploy.metadata import read_metadata
 from m2pt_deploy.model.build import build_vanilla
 from m2pt_deploy.model.checkpoint import load_checkpoint, save_checkpoint
 from tests.cli.commands import assert_user_error, export
-from tests.families.point_formats import OPTIONS as POINT_OPTIONS
-from tests.families.point_formats import TINY_POINT, point_mae_builder
-from tests.families.video_formats import TINY_VIDEO, write_videomae_checkpoint
-from tests.tiny import TINY, save_as_users_do, timm_vit
+from tests.families.point_formats import point_mae_builder
+from tests.families.video_formats import write_videomae_checkpoint
+from tests.tiny import POINT_OPTIONS, TINY, TINY_POINT, TINY_VIDEO, save_as_users_do, timm_vit
 
 
 def _passed_all_three(code: int, out: str, err: str) -> None:

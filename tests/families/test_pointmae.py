@@ -24,15 +24,9 @@ from m2pt_deploy.merge import merge_model, merged_state_dict
 from m2pt_deploy.model.build import build_unmerged, build_vanilla
 from m2pt_deploy.model.checkpoint import load_checkpoint
 from m2pt_deploy.model.pathway import pathway_layers
-from tests.families.point_formats import (
-    BLOCK_PATH,
-    OPTIONS,
-    TINY_POINT,
-    make_point_model,
-    make_point_pathway_model,
-    point_mae_builder,
-)
-from tests.tiny import TINY, random_lambdas
+from tests.families.point_formats import BLOCK_PATH, make_point_model, make_point_pathway_model, point_mae_builder
+from tests.tiny import POINT_OPTIONS as OPTIONS
+from tests.tiny import TINY, TINY_POINT, random_lambdas
 
 FAMILY = PointMAEFamily()
 CONVENTIONS = ("Point-MAE conventions assumed: LayerNorm and BatchNorm eps 1e-5, exact GELU, farthest point "

@@ -18,14 +18,13 @@ from m2pt_deploy.model.build import build_unmerged, build_vanilla
 from m2pt_deploy.model.checkpoint import load_checkpoint
 from m2pt_deploy.model.pathway import add_pathways, pathway_layers
 from tests.families.video_formats import (
-    TINY_VIDEO,
     randomise_weights,
     tiny_args,
     video_pathway_model,
     videomae_args,
     write_videomae_checkpoint,
 )
-from tests.tiny import TINY
+from tests.tiny import TINY, TINY_VIDEO
 
 FAMILY = VideoMAEFamily()
 LAYERS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")

@@ -10,9 +10,7 @@ import pytest
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.inputs.calibration import held_out_inputs, int8_data
 from m2pt_deploy.model.checkpoint import load_checkpoint
-from tests.families.point_formats import TINY_POINT
-from tests.families.video_formats import TINY_VIDEO
-from tests.tiny import TINY, TINY_AUDIO
+from tests.tiny import TINY, TINY_AUDIO, TINY_POINT, TINY_VIDEO
 
 
 @pytest.mark.parametrize("spec", [TINY, TINY_VIDEO, TINY_POINT], ids=["image", "video", "points"])

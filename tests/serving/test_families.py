@@ -13,10 +13,10 @@ from m2pt_deploy.families import get_family
 from m2pt_deploy.pipelines.export import export_onnx
 from m2pt_deploy.runtime.sessions import cpu_session
 from m2pt_deploy.serving.runtime import OrtModel
-from tests.families.point_formats import OPTIONS as POINT_OPTIONS
 from tests.families.point_formats import point_mae_builder
 from tests.families.video_formats import write_videomae_checkpoint
 from tests.serving.conftest import error_of, http, start_inproc_servers
+from tests.tiny import POINT_OPTIONS
 
 httpclient = pytest.importorskip("tritonclient.http", reason="the serving tests need tritonclient[http]")
 grpcclient = pytest.importorskip("tritonclient.grpc", reason="the gRPC tests need tritonclient[grpc]")

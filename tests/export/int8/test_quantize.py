@@ -115,7 +115,8 @@ def point_graph(tmp_path_factory: pytest.TempPathFactory) -> onnx.ModelProto:
     from m2pt_deploy.export.graph import prepare_graph
     from m2pt_deploy.export.onnx import OnnxFromCheckpoint
     from m2pt_deploy.model.checkpoint import load_checkpoint
-    from tests.families.point_formats import OPTIONS, point_mae_builder
+    from tests.families.point_formats import point_mae_builder
+    from tests.tiny import POINT_OPTIONS as OPTIONS
 
     ckpt = load_checkpoint(point_mae_builder(tmp_path_factory.mktemp("points")).path, options=OPTIONS)
     return prepare_graph(OnnxFromCheckpoint(ckpt)())
