@@ -182,11 +182,14 @@ class ExportRequest:
 
     def _check_applicability(self) -> None:
         onnx_int8 = self.format != "trt" and self.precision == "int8"
+        calibrated = onnx_int8 or (self.format == "trt" and self.precision in ("int8", "fp8"))
+        where = (f"--format {self.format} --precision {self.precision}" if self.format == "trt"
+                 else f"--precision {self.precision}")
+        if not calibrated:
+            refuse_inapplicable({"calib_data": self.calib_data, "verify_images": self.verify_images},
+                                f"applies to --precision int8 (or fp8 with --format trt), not {where}")
         if not onnx_int8:
-            where = (f"--format {self.format} --precision {self.precision}" if self.format == "trt"
-                     else f"--precision {self.precision}")
-            refuse_inapplicable({"calib_data": self.calib_data, "verify_images": self.verify_images,
-                                 "int8_target": self.int8_target},
+            refuse_inapplicable({"int8_target": self.int8_target},
                                 f"applies to --precision int8 with --format onnx or triton, not {where}")
         if self.calib_images is not None and not (onnx_int8 or self.precision in ("int8", "fp8")):
             raise M2ptError(f"--calib-images applies to --precision int8 or fp8, not {self.precision}")

@@ -68,21 +68,23 @@ def build_parser() -> argparse.ArgumentParser:
                             help=f"ONNX opset, 17 or newer (default: {DEFAULT_OPSET})")
     onnx_group.add_argument("--precision", choices=PRECISIONS, default="fp32",
                             help="fp16/bf16 keep LayerNorm, Softmax, the residual adds and the I/O in "
-                            "fp32; int8/fp8 insert Q/DQ nodes calibrated on real photos; bf16 and fp8 "
+                            "fp32; int8/fp8 insert Q/DQ nodes calibrated on real inputs (photos or --calib-data); "
+                            "bf16 and fp8 "
                             "are for --format trt; --format onnx --precision int8 is for ONNX Runtime on "
                             "CPU, verified at >= 99%% top-1 agreement with fp32 (default: fp32)")
     onnx_group.add_argument("--optimize", action="store_true",
                             help="write ONNX Runtime's CPU fast path instead of the portable graph: fused "
                             "attention, SkipLayerNorm and GELU, optimized once and marked so that servers "
                             "load it without re-optimizing; runs on ONNX Runtime only (fp32 or int8)")
-    int8 = parser.add_argument_group("int8 (--format onnx --precision int8)")
+    int8 = parser.add_argument_group("int8 (--precision int8; --calib-data and --verify-images also for "
+                                     "--format trt int8/fp8)")
     int8.add_argument("--calib-data", metavar="DIR|FILE.npz",
                       help="your own inputs to calibrate on, a held-out part of which verifies: a folder of "
                       "images, or an .npz whose 'x' is [N, C, H, W] raw images (resized), AudioMAE "
                       "spectrograms [N, 1, 1024, 128], VideoMAE clips [N, C, T, H, W] or Point-MAE clouds "
                       "[N, P, 3], as m2pt-train reads them (default: photo tiles; RGB image models only)")
     int8.add_argument("--verify-images", type=int, metavar="N",
-                      help=f"held-out inputs the int8 model is verified on (default: {VERIFY_IMAGES})")
+                      help=f"held-out inputs the int8 (or fp8) model is verified on (default: {VERIFY_IMAGES})")
     int8.add_argument("--int8-target", choices=INT8_TARGET_CHOICES,
                       help="the CPU integer path it will serve on: avx2 and avx512 (no VNNI) get 7-bit weights, "
                       "which cannot saturate their int16 sums; vnni and amx full 8-bit "

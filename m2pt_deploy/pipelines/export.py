@@ -21,10 +21,9 @@ from typing import Any, Protocol
 
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.extras import tensorrt_importable
-from m2pt_deploy.families import family_of
 from m2pt_deploy.fileio import Staged, atomic_output, staged_output, unverified_path
 from m2pt_deploy.heap import release_freed_memory
-from m2pt_deploy.inputs.calibration import held_out_inputs, int8_data, photo_calibrated
+from m2pt_deploy.inputs.calibration import held_out_inputs, int8_data
 from m2pt_deploy.model.checkpoint import Checkpoint, load_checkpoint
 from m2pt_deploy.progress import note, step
 from m2pt_deploy.request import ExportRequest, ModelRequest
@@ -305,23 +304,23 @@ def _export_tensorrt(req: ExportRequest, checkpoint: CheckpointSource, show: Sho
     ckpt = load_for_export(checkpoint, req.model)
     spec = ckpt.spec
     precision, shape = req.precision, req.batch_spec
-    if precision in ("int8", "fp8") and not photo_calibrated(spec):
-        raise M2ptError(f"--format trt --precision {precision} calibrates on RGB photo tiles; a "
-                        f"{family_of(spec).title} with its own inputs is built in fp32, fp16 or bf16 "
-                        "(TensorRT calibration data: not yet)")
+    # int8 / fp8 calibrate on the user's inputs (any family) or on photo tiles (RGB images), and
+    # are verified on a held-out part of the same; refused here, before the export, without them.
+    data = _int8_data(ckpt, req) if precision in ("int8", "fp8") else None
     with staged_output(onnx_path, force=req.force) as staged:
         with step(f"exporting {spec.arch} to {precision} ONNX for TensorRT (batch profile {shape})"):
             proto = engine_onnx(OnnxFromCheckpoint(ckpt, opset=req.opset or DEFAULT_OPSET, batch=shape)(),
                                 precision, input_size=spec.input_size, mean=spec.mean, std=spec.std,
-                                calib_images=req.calib_images or 256)
+                                calibration=data.calibration if data is not None else None)
             save_onnx(proto, staged.path)
         verdict: Verdict | None = None
         if req.verify:
             from m2pt_deploy.verify.tensorrt import verify_onnx_precision
 
-            images = held_out_inputs(spec)
+            images = data.held_out if data is not None else held_out_inputs(spec)
+            source = data.source if data is not None else "held-out inputs"
             with step(f"verifying the {precision} ONNX in ONNX Runtime against the unmerged model "
-                      f"({len(images)} held-out inputs)"):
+                      f"({len(images)} {source})"):
                 verdict = _Noted(verify_onnx_precision(ckpt, staged.path, images, precision=precision), ckpt.notes)
         settled = _settle(req, staged, verdict, show)
     if not settled.passed:

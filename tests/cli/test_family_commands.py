@@ -177,7 +177,7 @@ def test_point_and_video_models_get_trt_hand_off_and_triton_repositories(point_c
     assert "PASSED | fp16 onnx | onnxrt:points.fp16.onnx vs torch-unmerged" in stdout
     code, _, err = export(["--format", "trt", str(point_ckpt), "-o", str(tmp_path / "p8.engine"), "--precision",
                            "int8", *_point_flags()], capsys)
-    assert_user_error(code, err, "calibrates on RGB photo tiles")
+    assert_user_error(code, err, "the built-in calibration photos are RGB; a Point-MAE needs --calib-data FILE.npz")
     code, stdout, err = export(["--format", "triton", str(video_ckpt), "-o", str(tmp_path / "repo"),
                                 "--name", "clips"], capsys)
     assert code == 0, err
