@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(BIN)/m2pt-demo --out demo-out
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 bench: $(STAMP)
 	$(BIN)/m2pt-bench --out bench-out

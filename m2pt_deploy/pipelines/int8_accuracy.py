@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from m2pt_deploy.cpu import Int8Target, int8_target
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.export.int8.cpu import cpu_int8_onnx
 from m2pt_deploy.export.onnx import OnnxFromCheckpoint, save_onnx
@@ -65,10 +66,11 @@ def digits_int8_accuracy(out: Path, *, epochs: int, seed: int = 0) -> dict[str, 
             "best_val_acc_torch": result.best_val_acc}
 
 
-def small_model_int8_accuracy(modality: str, out: Path, *, count: int = 256, calib: int = 128,
-                              seed: int = 7) -> dict[str, Any]:
+def small_model_int8_accuracy(modality: str, out: Path, *, count: int = 256, calib: int = 128, seed: int = 7,
+                              target: Int8Target | None = None) -> dict[str, Any]:
     """fp32 vs int8 top-1 of the shipped small model of ``modality`` ("video", "points", "spectrogram")
-    on ``count`` fresh inputs of its learnable task, calibrated on ``calib`` others."""
+    on ``count`` fresh inputs of its learnable task, calibrated on ``calib`` others; ``target``: the
+    CPU integer path quantized for (default: this machine's)."""
     if count < 1 or calib < 1:
         raise M2ptError(f"accuracy needs at least one scored and one calibration input, got {count} and {calib}")
     path = small_model(modality)
@@ -83,8 +85,9 @@ def small_model_int8_accuracy(modality: str, out: Path, *, count: int = 256, cal
     out.mkdir(parents=True, exist_ok=True)
     proto = OnnxFromCheckpoint(ckpt)()
     fp32 = save_onnx(proto, out / f"{modality}.onnx", force=True)
-    int8 = save_optimized(cpu_int8_onnx(proto, ready(calibration.x)), out / f"{modality}.int8.onnx", force=True)
+    int8 = save_optimized(cpu_int8_onnx(proto, ready(calibration.x), target=target), out / f"{modality}.int8.onnx",
+                          force=True)
     scores = accuracy_delta(fp32, int8, ready(scored.x), scored.y)
-    return {**scores, "dataset": f"{scored.task}, seeded, never seen in training",
+    return {**scores, "target": target or int8_target(), "dataset": f"{scored.task}, seeded, never seen in training",
             "model": f"the shipped small {modality} model ({path.name}), calibrated on {calib} other inputs "
                      "of its task"}

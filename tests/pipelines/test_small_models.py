@@ -49,3 +49,13 @@ def test_the_training_recipe_runs(tmp_path: Path) -> None:
 def test_an_unknown_modality_is_one_line() -> None:
     with pytest.raises(M2ptError, match="no small model for 'smell' inputs"):
         small_model("smell")
+
+
+def test_int8_accuracy_of_a_small_model(tmp_path: Path) -> None:
+    from m2pt_deploy.pipelines.int8_accuracy import small_model_int8_accuracy
+    from m2pt_deploy.verify.tolerance import INT8_CPU
+
+    scores = small_model_int8_accuracy("points", tmp_path, count=32, calib=16)
+    assert scores["images"] == 32 and scores["fp32_top1"] >= 0.75
+    assert scores["agreement"] >= INT8_CPU.min_top1, scores  # the product's int8 bar
+    assert scores["delta"] == scores["int8_top1"] - scores["fp32_top1"]
