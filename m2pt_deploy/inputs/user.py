@@ -4,6 +4,9 @@ preprocessed exactly as ``m2pt-train`` preprocesses its data."""
 from __future__ import annotations
 
 import os
+import tokenize
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +72,8 @@ def _arrays(path: Path, spec: ModelSpec, count: int, rng: np.random.Generator) -
             if "x" not in f.files:
                 raise M2ptError(f"a calibration .npz needs an array 'x', it has {sorted(f.files)}", path)
             x = f["x"]
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, tokenize.TokenError, SyntaxError) as e:
+        # A truncated or damaged .npz fails in zipfile, zlib or numpy's header parser (tokenize, ast).
         raise M2ptError("not a readable .npz file", path) from e
     if len(x) == 0 or not np.issubdtype(x.dtype, np.number):
         raise M2ptError(f"'x' must be a non-empty numeric array, got {x.dtype} {_shape(x.shape)}", path)

@@ -22,7 +22,7 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 from torch import nn
 
-from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.errors import M2ptError, first_line
 from m2pt_deploy.progress import tracked
 from m2pt_deploy.runtime.io_names import INPUT_NAME, OUTPUT_NAME
 from m2pt_deploy.runtime.sessions import ModelSource, Optimization, cpu_session, ort_session
@@ -103,10 +103,23 @@ def onnxrt_runner(
     ``spinning=False`` (CPU only) is for benchmarks that interleave several sessions.
     """
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.exception import PolygraphyException
 
     if not spinning:
         return OnnxrtRunner(SessionFromOnnxNoSpin(onnx_path), name=name)
-    return OnnxrtRunner(SessionFromOnnx(os.fspath(onnx_path), providers=list(providers)), name=name)
+    load = SessionFromOnnx(os.fspath(onnx_path), providers=list(providers))
+
+    def session() -> Any:
+        # Polygraphy's loader lets ONNX Runtime's own exception through (a graph the ONNX checker
+        # accepts can still be refused): one line naming the file, as ort_session words it.
+        try:
+            return load()
+        except PolygraphyException:
+            raise  # Polygraphy's own refusals (an unknown provider): run_runners words them
+        except Exception as e:  # onnxruntime raises its own untyped exceptions
+            raise M2ptError(f"ONNX Runtime cannot load this model: {first_line(e)}", onnx_path) from None
+
+    return OnnxrtRunner(session, name=name)
 
 
 def cpu_runner(onnx_path: str | os.PathLike[str], *, name: str | None = None, spinning: bool = True,
