@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.families import ModelSpec, family_of
 from m2pt_deploy.inputs.preprocess import IMAGE_EXTENSIONS, Transform, array_transform, image_transform, resizable
+from m2pt_deploy.inputs.user import UNREADABLE_NPZ
 
 __all__ = [
     "ArrayDataset",
@@ -110,8 +111,8 @@ def _load_npz(path: Path, spec: ModelSpec) -> tuple[Tensor, Tensor, tuple[str, .
         # allow_pickle=False: an .npz with object arrays is refused, never unpickled.
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise M2ptError(f"not a readable .npz file ({e})", path) from e
+    except UNREADABLE_NPZ as e:
+        raise M2ptError("not a readable .npz file", path) from e
     if "x" not in arrays or "y" not in arrays:
         raise M2ptError(f"an .npz data set needs arrays 'x' and 'y', it has {sorted(arrays)}", path)
     x, y = arrays["x"], arrays["y"]

@@ -15,7 +15,10 @@ from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.families import ModelSpec, family_of
 from m2pt_deploy.inputs.preprocess import IMAGE_EXTENSIONS, array_transform, image_transform, input_layout, resizable
 
-__all__ = ["load_user_inputs"]
+__all__ = ["UNREADABLE_NPZ", "load_user_inputs"]
+
+#: What reading a truncated or damaged .npz raises: zipfile, zlib or numpy's header parser (tokenize, ast).
+UNREADABLE_NPZ = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, tokenize.TokenError, SyntaxError)
 
 def load_user_inputs(path: str | os.PathLike[str], spec: ModelSpec, *, count: int, seed: int = 0) -> np.ndarray:
     """Up to ``count`` of the user's inputs, preprocessed as training (``m2pt-train``) reads them.
@@ -72,8 +75,7 @@ def _arrays(path: Path, spec: ModelSpec, count: int, rng: np.random.Generator) -
             if "x" not in f.files:
                 raise M2ptError(f"a calibration .npz needs an array 'x', it has {sorted(f.files)}", path)
             x = f["x"]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, tokenize.TokenError, SyntaxError) as e:
-        # A truncated or damaged .npz fails in zipfile, zlib or numpy's header parser (tokenize, ast).
+    except UNREADABLE_NPZ as e:
         raise M2ptError("not a readable .npz file", path) from e
     if len(x) == 0 or not np.issubdtype(x.dtype, np.number):
         raise M2ptError(f"'x' must be a non-empty numeric array, got {x.dtype} {_shape(x.shape)}", path)

@@ -115,3 +115,12 @@ def test_image_that_breaks_in_a_worker_process_is_one_line(tmp_path: Path) -> No
         list(batches(loader))
     assert "\n" not in str(e.value)
     assert str(e.value).startswith(f"{bad}: cannot read image")
+
+
+def test_a_truncated_npz_is_one_line(tmp_path: Path) -> None:
+    whole = tmp_path / "whole.npz"
+    np.savez(whole, x=np.zeros((8, 1, 8, 8), np.float32), y=np.zeros(8, np.int64))
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(M2ptError, match=r"cut.npz: not a readable .npz file$"):
+        load_data(cut, tiny_spec())
