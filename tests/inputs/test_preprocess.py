@@ -8,10 +8,7 @@ import torch
 
 from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.inputs.preprocess import array_transform, image_transform, input_layout, resizable
-from tests.families.point_formats import TINY_POINT
-from tests.families.trained import TINY_AUDIOMAE
-from tests.families.video_formats import TINY_VIDEO
-from tests.tiny import TINY, TINY_AUDIO
+from tests.tiny import TINY, TINY_AUDIO, TINY_AUDIOMAE, TINY_POINT, TINY_VIDEO
 
 IMAGES = [TINY, TINY_AUDIO, TINY_AUDIOMAE]
 MODEL_READY = [TINY_VIDEO, TINY_POINT]

@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 
 from m2pt_deploy.inputs.seeded import seeded_inputs
-from tests.families.point_formats import TINY_POINT
-from tests.families.video_formats import TINY_VIDEO
-from tests.tiny import TINY
+from tests.tiny import TINY, TINY_POINT, TINY_VIDEO
 
 
 @pytest.mark.parametrize("size", [TINY.input_size, TINY_VIDEO.input_size, TINY_POINT.input_size],

@@ -14,10 +14,7 @@ from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.inputs.preprocess import array_transform
 from m2pt_deploy.inputs.user import load_user_inputs
-from tests.families.point_formats import TINY_POINT
-from tests.families.trained import TINY_AUDIOMAE
-from tests.families.video_formats import TINY_VIDEO
-from tests.tiny import TINY, TINY_AUDIO, write_image_folder
+from tests.tiny import TINY, TINY_AUDIO, TINY_AUDIOMAE, TINY_POINT, TINY_VIDEO, write_image_folder
 
 
 def _npz(path: Path, **arrays: object) -> Path:

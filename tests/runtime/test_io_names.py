@@ -9,10 +9,7 @@ import pytest
 
 from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.runtime.io_names import INPUT_NAME, OUTPUT_NAME, input_name
-from tests.families.point_formats import TINY_POINT
-from tests.families.trained import TINY_AUDIOMAE
-from tests.families.video_formats import TINY_VIDEO
-from tests.tiny import TINY, TINY_AUDIO, TINY_DEIT
+from tests.tiny import TINY, TINY_AUDIO, TINY_AUDIOMAE, TINY_DEIT, TINY_POINT, TINY_VIDEO
 
 
 @pytest.mark.parametrize(("spec", "name"), [
