@@ -4,12 +4,19 @@ means little without the machine's matrix-multiply peak beside it."""
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+from polygraphy.backend.base import BaseRunner
+from polygraphy.common import TensorMetadata
 from torch import nn
 
-__all__ = ["forward_gflop", "matmul_peak_gflops"]
+__all__ = ["PEAK_SIZE", "MatmulPeakRunner", "forward_gflop", "matmul_peak_gflops"]
+
+#: The square fp32 matmul timed in every round of m2pt-bench (a 2048² mm: 17.2 GFLOP).
+PEAK_SIZE = 2048
 
 
 def matmul_peak_gflops(*, sizes: Sequence[int] = (1024, 2048), repeats: int = 5, dtype: torch.dtype = torch.float32,
@@ -46,3 +53,41 @@ def forward_gflop(model: nn.Module, input_size: Sequence[int]) -> float:
     with counter, torch.inference_mode():
         model.eval()(x)
     return counter.get_total_flops() / 1e9
+
+
+class MatmulPeakRunner(BaseRunner):
+    """One ``n × n`` fp32 ``torch.mm`` per ``infer``, on ``threads`` threads: timed among the models
+    in every round of an interleaved run, so each round's fraction of peak is read against the
+    peak of that same round (the machine's load drifts; a peak measured once does not follow it).
+    ``infer`` ignores its feed."""
+
+    def __init__(self, *, n: int = PEAK_SIZE, threads: int | None = None, name: str = "fp32-matmul-peak") -> None:
+        super().__init__(name=name, prefix="matmul-peak")
+        self.n, self.threads = n, threads
+
+    @property
+    def gflop(self) -> float:
+        return 2 * self.n**3 / 1e9
+
+    def activate_impl(self) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.a = torch.randn(self.n, self.n, generator=gen)
+        self.b = torch.randn(self.n, self.n, generator=gen)
+
+    def get_input_metadata_impl(self) -> TensorMetadata:
+        return TensorMetadata()
+
+    def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
+        previous = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            start = time.perf_counter()
+            torch.mm(self.a, self.b)
+            self.inference_time = time.perf_counter() - start
+        finally:
+            torch.set_num_threads(previous)
+        return OrderedDict()
+
+    def deactivate_impl(self) -> None:
+        del self.a, self.b
