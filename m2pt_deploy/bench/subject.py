@@ -35,7 +35,7 @@ from m2pt_deploy.metadata import (
 )
 from m2pt_deploy.model.build import build_unmerged, build_vanilla
 from m2pt_deploy.model.checkpoint import Checkpoint, PathwayInfo, save_checkpoint
-from m2pt_deploy.model.pathway import DEFAULT_LAYERS, pathway_state_dict
+from m2pt_deploy.model.pathway import pathway_state_dict
 from m2pt_deploy.runtime.sessions import cpu_session, is_optimized
 
 __all__ = ["OnnxFile", "Subject", "checkpoint_subject", "onnx_subject", "random_subject", "read_onnx_file"]
@@ -98,21 +98,24 @@ def _merged(model: nn.Module, spec: ModelSpec) -> tuple[nn.Module, float]:
 
 
 def random_subject(spec: ModelSpec, *, seed: int = 0) -> Subject:
-    """A random ViT with a random-λ pathway from a random auxiliary ViT: nothing downloaded."""
+    """A random model of ``spec``'s family with a random-λ pathway from a random auxiliary one: nothing
+    downloaded."""
     unmerged = pathway_pair(spec, seed=seed)
     merged, merge_s = _merged(unmerged, spec)
     vanilla, vanilla_export = _vanilla_baseline(spec, seed)
 
     def export_args(tmp: Path) -> list[str]:
         ckpt = tmp / "pathway.safetensors"
-        info = PathwayInfo(DEFAULT_LAYERS, "blocks", "scalar", ({"modality": "random", "sha256": None},))
+        family = spec.model_family
+        info = PathwayInfo(family.pathway_layers, family.block_path, "scalar",
+                           ({"modality": "random", "sha256": None},))
         save_checkpoint(ckpt, pathway_state_dict(unmerged), spec, pathway=info, force=True)
         return [str(ckpt)]
 
     return Subject(
         "random", spec, "merged", {"vanilla": vanilla, "merged": merged, "unmerged": unmerged},
         {"merged": lambda: merge_model(unmerged, spec, exportable=True), "vanilla": lambda: vanilla_export},
-        source={"kind": "random", "description": f"random {spec.arch} with a random-λ pathway"},
+        source={"kind": "random", "description": f"random {spec.describe()} with a random-λ pathway"},
         seconds={"merge": merge_s}, export_args=export_args,
     )
 
