@@ -46,6 +46,7 @@ def paper_model(spec: Mapping[str, Any]) -> str | None:
     """Which of :data:`PAPER_MODELS` a measured spec (a report's ``spec`` dict) is, whatever its head."""
     family, kwargs = spec.get("family", "vit"), spec.get("model_kwargs") or {}
     size = tuple(spec.get("input_size") or ())
+    keys: tuple[str, ...]
     if family == "videomae":
         paper = PAPER_MODELS["videomae"]
         keys = ("embed_dim", "depth", "num_heads", "patch_size", "tubelet_size", "mlp_ratio")
