@@ -56,13 +56,13 @@ def _goal(what: str, value: float | None, test: Callable[[float], bool], fmt: st
     return {"goal": what, "value": value, "shown": fmt.format(value), "met": met, "verdict": "yes" if met else "no"}
 
 
-def _peak_goal(what: str, efficiency: float | None) -> dict[str, Any]:
+def _peak_goal(what: str, efficiency: float | None, least: float = 0.9) -> dict[str, Any]:
     # Above 100% the runtime beat the peak it is measured against: the peak figure is off
     # (a busier machine while it ran, fewer threads), so no verdict can be read from it.
     if efficiency is not None and efficiency > 1.0:
         return {"goal": what, "value": efficiency, "shown": f"{efficiency:.0%} of peak", "met": None,
                 "verdict": ABOVE_PEAK}
-    return _goal(what, efficiency, lambda v: v >= 0.9, "{:.0%} of peak")
+    return _goal(what, efficiency, lambda v: v >= least, "{:.0%} of peak")
 
 
 def _format(data: Mapping[str, Any], runtime: str, model: str) -> dict[str, Any] | None:
@@ -132,14 +132,19 @@ def _family_goals(data: Mapping[str, Any], primary: str, paper: str) -> list[dic
     if paper == "pointmae":
         for b in batches:
             fraction = _fraction(find_row(data, "ONNX Runtime optimized", primary, b), data)
+            if fraction is not None and fraction > 1.0:  # faster than its limit: the peak figure is off
+                out.append({"goal": f"ONNX Runtime optimized within 2× of the FLOP-count limit (grouping "
+                                    f"included), batch {b}", "value": 1 / fraction,
+                            "shown": f"{1 / fraction:.2f}× the limit", "met": None, "verdict": ABOVE_PEAK})
+                continue
             # time ≤ 2 × FLOPs / peak  ⇔  fraction of peak ≥ 0.5; shown as the multiple of the limit.
             out.append(_goal(f"ONNX Runtime optimized within 2× of the FLOP-count limit (grouping included), "
                              f"batch {b}", None if not fraction else 1 / fraction, lambda v: v <= 2.0,
                              "{:.2f}× the limit"))
     elif 1 in batches:
         fraction = _fraction(find_row(data, "ONNX Runtime optimized", primary, 1), data)
-        out.append(_goal("ONNX Runtime optimized fp32 ≥ 85% of the same-run matmul peak, batch 1", fraction,
-                         lambda v: v >= 0.85, "{:.0%} of peak"))
+        out.append(_peak_goal("ONNX Runtime optimized fp32 ≥ 85% of the same-run matmul peak, batch 1", fraction,
+                              0.85))
     vnni = bool(_VNNI & set(data["machine"].get("cpu_flags") or ()))
     need = 2.5 if vnni else 1.7
     last = max(batches)

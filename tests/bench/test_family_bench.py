@@ -150,3 +150,12 @@ def test_a_point_onnx_file_is_benchmarked_from_its_metadata(tmp_path: Path, caps
     assert {r["runtime"] for r in data["rows"]} == ONNX_ROWS  # the file, and its optimized and int8 copies
     assert all(r["error"] is None and r["peak_fraction"] > 0 for r in data["rows"])
     assert data["settings"]["flops"]["counted_from"] == "the plain ONNX export (point.onnx)"
+
+
+def test_a_fraction_above_the_same_run_peak_gets_no_verdict() -> None:
+    from m2pt_deploy.bench.goals import ABOVE_PEAK
+
+    for paper in ("videomae", "pointmae"):
+        (goal,) = [g for g in goals(_paper_data(paper, fraction=1.1, int8_speedup=3, flags=[]))
+                   if "peak" in g["goal"] or "limit" in g["goal"]]
+        assert goal["met"] is None and goal["verdict"] == ABOVE_PEAK, goal
