@@ -60,9 +60,9 @@ def test_a_video_checkpoint_is_benchmarked_in_its_own_layout(tmp_path: Path, cap
     assert "| samples/s |" in stdout and "of fp32 peak" in stdout
 
 
-@pytest.mark.parametrize("spec", [AUDIOMAE, SMALL_POINT], ids=["audio", "point"])
-def test_a_random_model_of_each_family_is_benchmarked(spec) -> None:
-    data = run_benchmark(spec, FAST)
+def test_a_random_audiomae_is_benchmarked() -> None:
+    # (Point-MAE's bench runs from its ONNX file below; VideoMAE's from its checkpoint above.)
+    data = run_benchmark(AUDIOMAE, FAST)
     _check_rows(data)
     assert data["int8_agreement"] is None  # random weights on synthetic inputs: timed, not scored
     assert any("its accuracy is not measured (random weights)" in n for n in data["export"]["notes"])
