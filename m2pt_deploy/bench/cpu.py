@@ -34,7 +34,7 @@ from m2pt_deploy.bench.export_cost import run_measured
 from m2pt_deploy.bench.flops import graph_flops
 from m2pt_deploy.bench.latency import LatencyComparison
 from m2pt_deploy.bench.machine import machine_info
-from m2pt_deploy.bench.peak import MatmulPeakRunner, forward_gflop, matmul_peak_gflops
+from m2pt_deploy.bench.peak import MatmulPeakRunner, add_peak_fractions, forward_gflop, matmul_peak_gflops
 from m2pt_deploy.bench.subject import Subject, random_subject
 from m2pt_deploy.bench.throughput import ThroughputRow, Variant, paired_ratio, rows_for_batch, run_variants
 from m2pt_deploy.errors import M2ptError, first_line
@@ -212,23 +212,6 @@ def _variants(subject: Subject, paths: dict[str, dict[str, Path]], options: Benc
     return out
 
 
-def _peak_fractions(rows: list[dict[str, Any]], times: dict[str, list[float]], gflop: float | None,
-                    peak_gflop: float) -> list[float]:
-    """Each row's fraction of the fp32 matmul peak, round by round (the median, its p25 and p75);
-    returns the rounds' peaks in GFLOP/s."""
-    peak_times = times.pop(f"{PEAK} / torch.mm", [])
-    peaks = [peak_gflop / t for t in peak_times]
-    for row in rows:
-        t = times.get(f"{row['runtime']} / {row['model']}")
-        row["peak_fraction"] = row["peak_fraction_p25"] = row["peak_fraction_p75"] = None
-        if not t or not peaks or not gflop or row["error"] is not None:
-            continue
-        fractions = np.asarray([row["batch"] * gflop / ti / p for ti, p in zip(t, peaks, strict=True)])
-        row["peak_fraction"] = float(np.median(fractions))
-        row["peak_fraction_p25"], row["peak_fraction_p75"] = (float(np.percentile(fractions, q)) for q in (25, 75))
-    return peaks
-
-
 def _compiler(model: nn.Module) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         return torch.compile(model, dynamic=False)  # type: ignore[return-value]
@@ -403,7 +386,9 @@ def run_benchmark(subject: Subject | ModelSpec, options: BenchOptions | None = N
         for batch in batches:
             batch_rows = [_spread(r, times[batch])
                           for r in rows_for_batch(models, batch, times[batch], started, eager_runtime=baseline)]
-            round_peaks += _peak_fractions(batch_rows, times[batch], gflop, variants[-1].runner.gflop)  # type: ignore[attr-defined]
+            peak_times = times[batch].pop(f"{PEAK} / torch.mm", [])
+            round_peaks += add_peak_fractions(batch_rows, times[batch], peak_times, gflop=gflop,
+                                              peak_gflop=variants[-1].runner.gflop)  # type: ignore[attr-defined]
             rows += batch_rows
             comparisons += _comparisons(batch, times[batch])
     machine = machine_info()

@@ -60,7 +60,10 @@ def _shapes(proto: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
             dims[0].Clear()
             dims[0].dim_value = 1
     del work.graph.value_info[:]
-    inferred = onnx.shape_inference.infer_shapes(work, data_prop=True)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(work, data_prop=True)
+    except Exception:  # noqa: BLE001 - ONNX refuses the graph (a domain it does not import): count nothing
+        inferred = work
     out: dict[str, tuple[int, ...]] = {t.name: tuple(t.dims) for t in inferred.graph.initializer}
     for value in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
         dims = value.type.tensor_type.shape.dim

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 from torch import nn
 
-__all__ = ["PEAK_SIZE", "MatmulPeakRunner", "forward_gflop", "matmul_peak_gflops"]
+__all__ = ["PEAK_SIZE", "MatmulPeakRunner", "add_peak_fractions", "forward_gflop", "matmul_peak_gflops"]
 
 #: The square fp32 matmul timed in every round of m2pt-bench (a 2048² mm: 17.2 GFLOP).
 PEAK_SIZE = 2048
@@ -97,3 +98,21 @@ class MatmulPeakRunner(BaseRunner):
 
     def deactivate_impl(self) -> None:
         del self.a, self.b
+
+
+def add_peak_fractions(rows: Sequence[dict[str, Any]], times: Mapping[str, Sequence[float]],
+                       peak_times: Sequence[float], *, gflop: float | None, peak_gflop: float) -> list[float]:
+    """Set each row's ``peak_fraction`` (with its p25 and p75): per round, the row's GFLOP/s over the
+    peak's GFLOP/s in that same round (``peak_times``: a :class:`MatmulPeakRunner`'s seconds per round,
+    ``peak_gflop`` its FLOPs), then the median. ``times``: ``{"runtime / model": seconds per round}``.
+    Returns the rounds' peaks in GFLOP/s."""
+    peaks = [peak_gflop / t for t in peak_times]
+    for row in rows:
+        t = times.get(f"{row['runtime']} / {row['model']}")
+        row["peak_fraction"] = row["peak_fraction_p25"] = row["peak_fraction_p75"] = None
+        if not t or not peaks or not gflop or row["error"] is not None:
+            continue
+        fractions = np.asarray([row["batch"] * gflop / ti / p for ti, p in zip(t, peaks, strict=True)])
+        row["peak_fraction"] = float(np.median(fractions))
+        row["peak_fraction_p25"], row["peak_fraction_p75"] = (float(np.percentile(fractions, q)) for q in (25, 75))
+    return peaks
