@@ -238,6 +238,20 @@ def _spread(row: ThroughputRow, times: dict[str, list[float]]) -> dict[str, Any]
     t = times.get(f"{row.runtime} / {row.model}")
     out["p25_ms"], out["p75_ms"] = (float(np.percentile(t, 25)) * 1e3, float(np.percentile(t, 75)) * 1e3) \
         if t and row.error is None else (None, None)
+    out["round_ms"] = [round(v * 1e3, 3) for v in t] if t and row.error is None else []
+    return out
+
+
+def _int8_speedups(batch: int, times: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """int8 over optimized fp32 per model, as per-round ratios (fp32 time / int8 time of the same
+    round): medians taken over different rounds would compare different machine loads."""
+    out = []
+    for model in ("merged", "vanilla", "file"):
+        fp32, int8 = times.get(f"{ORT_OPT} / {model}"), times.get(f"{ORT_INT8} / {model}")
+        if fp32 and int8:
+            ratio, p25, p75 = paired_ratio(fp32, int8)
+            out.append({"batch": batch, "model": model, "speedup": ratio, "p25": p25, "p75": p75,
+                        "rounds": len(int8)})
     return out
 
 
@@ -383,6 +397,7 @@ def run_benchmark(subject: Subject | ModelSpec, options: BenchOptions | None = N
         times, started = run_variants(variants, feeds, rounds=options.rounds, warmup=options.warmup, log=say)
         models = [v for v in variants if v.runtime != PEAK]
         round_peaks: list[float] = []
+        speedups: list[dict[str, Any]] = []
         for batch in batches:
             batch_rows = [_spread(r, times[batch])
                           for r in rows_for_batch(models, batch, times[batch], started, eager_runtime=baseline)]
@@ -391,6 +406,7 @@ def run_benchmark(subject: Subject | ModelSpec, options: BenchOptions | None = N
                                               peak_gflop=variants[-1].runner.gflop)  # type: ignore[attr-defined]
             rows += batch_rows
             comparisons += _comparisons(batch, times[batch])
+            speedups += _int8_speedups(batch, times[batch])
     machine = machine_info()
     # The peak is the median of the rounds' own (the figure each row's fraction is read against),
     # the one measured before the run only where no round ran.
@@ -411,6 +427,7 @@ def run_benchmark(subject: Subject | ModelSpec, options: BenchOptions | None = N
                      "baseline_runtime": baseline, "error_bars": ERROR_BARS},
         "rows": rows,
         "comparisons": [c.to_dict() for c in comparisons],
+        "int8_speedup": speedups,
         "export": {"commands": costs, "in_process_seconds": files.seconds, "session_startup_s": startup,
                    "graph_differences_merged_vs_vanilla": graph_diffs, "notes": files.notes},
         "int8_agreement": agreement,

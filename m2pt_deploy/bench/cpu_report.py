@@ -80,13 +80,16 @@ def _lines(data: Mapping[str, Any]) -> Iterator[str]:
     rank = {name: i for i, name in enumerate(ORDER)}
     for r in sorted(data["rows"], key=lambda r: (r["batch"], rank.get(r["runtime"], 9))):
         yield _row(r, baseline)
-    if data["comparisons"]:
+    if data["comparisons"] or data.get("int8_speedup"):
         yield ""
         yield "| runtime | batch | compared | candidate ms | baseline ms | median ratio (p25–p75) |"
         yield "|---|---|---|---|---|---|"
     for c in data["comparisons"]:
         yield (f"| {c['runtime']} | {c['batch']} | {c['candidate']} / {c['baseline']} | {_ms(c['candidate_ms'])} | "
                f"{_ms(c['baseline_ms'])} | {c['ratio']:.3f} ({c['ratio_p25']:.3f}–{c['ratio_p75']:.3f}) |")
+    for x in data.get("int8_speedup") or ():
+        yield (f"| ONNX Runtime int8 vs optimized | {x['batch']} | {x['model']}: fp32 / int8 time (speed-up) | | | "
+               f"{x['speedup']:.3f} ({x['p25']:.3f}–{x['p75']:.3f}) |")
     yield from _export_lines(data)
     yield from _format_lines(data)
     yield from _goal_lines(data)
