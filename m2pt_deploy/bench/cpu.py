@@ -196,7 +196,8 @@ def _graph_differences(paths: dict[str, dict[str, Path]]) -> dict[str, list[str]
     return out
 
 
-def _variants(subject: Subject, paths: dict[str, dict[str, Path]], options: BenchOptions) -> list[Variant]:
+def _variants(subject: Subject, paths: dict[str, dict[str, Path]], options: BenchOptions,
+              peak: MatmulPeakRunner) -> list[Variant]:
     shape, feed = (None, *subject.spec.input_size), input_name(subject.spec)
     out = [Variant(EAGER, name, TorchRunner(m, shape, name=f"eager-{name}", input_name=feed), _param_bytes(m))
            for name, m in subject.torch.items()]
@@ -208,7 +209,7 @@ def _variants(subject: Subject, paths: dict[str, dict[str, Path]], options: Benc
         for name, path in files.items():
             out.append(Variant(runtime, name, cpu_runner(path, name=f"{runtime}-{name}", spinning=False)))
     # The matmul peak, timed in every round among the models (on ONNX Runtime's thread count).
-    out.append(Variant(PEAK, "torch.mm", MatmulPeakRunner(threads=physical_cores())))
+    out.append(Variant(PEAK, "torch.mm", peak))
     return out
 
 
@@ -259,11 +260,10 @@ def _int8_agreement(subject: Subject, paths: dict[str, dict[str, Path]], options
     path = paths[ORT_INT8]["merged"]
     spec, name = subject.spec, input_name(subject.spec)
     x = photo_tiles(spec.input_size, spec.mean, spec.std, count=options.agreement_images, seed=VERIFY_SEED)
-    source = "held-out photo tiles (scikit-learn's china.jpg / flower.jpg)"
     feeds = [{name: x[i:i + 8]} for i in range(0, len(x), 8)]
     ref = TorchRunner(subject.torch["merged"], (None, *spec.input_size), name="torch-merged-fp32", input_name=name)
     (result,) = compare_runners([ref, cpu_runner(path, name="onnxrt-int8")], feeds, INT8_CPU, check="int8 cpu")
-    return {"images": len(x), "source": source,
+    return {"images": len(x), "source": "held-out photo tiles (scikit-learn's china.jpg / flower.jpg)",
             "passed": result.passed, "line": str(result), **(result.stats.to_dict() if result.stats else {}),
             "top1_rate": result.stats.top1_rate if result.stats else None}
 
@@ -391,7 +391,8 @@ def run_benchmark(subject: Subject | ModelSpec, options: BenchOptions | None = N
             else None
         name = subject.onnx.input_name if subject.onnx else input_name(spec)
         feeds = {b: {name: seeded_inputs(spec.input_size, b, seed=options.seed)} for b in batches}
-        variants = _variants(subject, files.paths, options)
+        peak_runner = MatmulPeakRunner(threads=physical_cores())
+        variants = _variants(subject, files.paths, options, peak_runner)
         baseline = EAGER if subject.torch else variants[0].runtime
         say(f"{len(variants)} variants, batches {list(batches)}, {options.rounds} interleaved rounds each")
         times, started = run_variants(variants, feeds, rounds=options.rounds, warmup=options.warmup, log=say)
@@ -403,7 +404,7 @@ def run_benchmark(subject: Subject | ModelSpec, options: BenchOptions | None = N
                           for r in rows_for_batch(models, batch, times[batch], started, eager_runtime=baseline)]
             peak_times = times[batch].pop(f"{PEAK} / torch.mm", [])
             round_peaks += add_peak_fractions(batch_rows, times[batch], peak_times, gflop=gflop,
-                                              peak_gflop=variants[-1].runner.gflop)  # type: ignore[attr-defined]
+                                              peak_gflop=peak_runner.gflop)
             rows += batch_rows
             comparisons += _comparisons(batch, times[batch])
             speedups += _int8_speedups(batch, times[batch])
@@ -420,7 +421,7 @@ def run_benchmark(subject: Subject | ModelSpec, options: BenchOptions | None = N
         "subject": subject.source,
         "settings": {**dataclasses.asdict(options), "batches": list(batches),
                      "inputs": "seeded standard normal, float32", "gflop_per_image": gflop, "flops": flops,
-                     "peak": f"the fastest of {variants[-1].runner.repeats} {variants[-1].runner.n}² fp32 "  # type: ignore[attr-defined]
+                     "peak": f"the fastest of {peak_runner.repeats} {peak_runner.n}² fp32 "
                              f"torch.mm on {physical_cores()} threads, in every round among the models; each row's "
                              "fraction of it is the median of the rounds'",
                      "ort_threads": physical_cores(), "primary_model": subject.primary,
