@@ -335,9 +335,16 @@ class BenchRequest:
         if self.model is None:
             if self.data is not None:
                 raise M2ptError("--data needs a MODEL: random weights have no accuracy to measure")
-            if s.ema or s.family or s.options:
-                raise M2ptError("--ema, --family and family settings need a CHECKPOINT; the random-weight run "
-                                "is a timm ViT of --arch (with --model-kwargs)")
+            if s.ema:
+                raise M2ptError("--ema needs a CHECKPOINT (its EMA weights); the random-weight run has none")
+            vit = s.family in (None, "vit")
+            if s.options and vit:
+                flags = ", ".join("--" + k.replace("_", "-") for k in s.options)
+                raise M2ptError(f"{flags}: family settings need a CHECKPOINT or a random model of that family "
+                                "(--family videomae or pointmae); the random-weight run is a timm ViT of --arch")
+            if not vit and (s.arch or self.model_kwargs is not None):
+                raise M2ptError(f"--arch and --model-kwargs are for the random ViT; --family {s.family} benchmarks "
+                                "the paper's size of that family, changed by --input-size and its settings")
             return
         if self.device == "cuda":
             raise M2ptError("--device cuda times random-weight models only; benchmark MODEL on the CPU "

@@ -66,7 +66,7 @@ def bench_figure(data: Mapping[str, Any]) -> Any:
         ax.set_xticks(range(len(runtimes)), [rt.replace("ONNX Runtime", "ORT") for rt in runtimes], rotation=20,
                       ha="right")
         ax.set_title(f"{data['spec']['arch']}, batch {b}")
-        ax.set_ylabel("images/s (median)")
+        ax.set_ylabel("samples/s (median)")
     # Models in bar order first, the peak line last (matplotlib lists lines before bars).
     entries = sorted(zip(*axes[0][0].get_legend_handles_labels(), strict=True), key=lambda e: e[1] not in models)
     fig.legend([h for h, _ in entries], [label for _, label in entries], loc="outside right upper")

@@ -31,17 +31,18 @@ from torch import nn
 
 from m2pt_deploy.bench.accuracy import EvalData, Predict, onnx_predict, score_formats, torch_predict
 from m2pt_deploy.bench.export_cost import run_measured
+from m2pt_deploy.bench.flops import graph_flops
 from m2pt_deploy.bench.latency import LatencyComparison
 from m2pt_deploy.bench.machine import machine_info
-from m2pt_deploy.bench.peak import forward_gflop, matmul_peak_gflops
+from m2pt_deploy.bench.peak import MatmulPeakRunner, add_peak_fractions, forward_gflop, matmul_peak_gflops
 from m2pt_deploy.bench.subject import Subject, random_subject
 from m2pt_deploy.bench.throughput import ThroughputRow, Variant, paired_ratio, rows_for_batch, run_variants
 from m2pt_deploy.errors import M2ptError, first_line
 from m2pt_deploy.export.int8.cpu import cpu_int8_onnx
-from m2pt_deploy.export.onnx import INPUT_NAME, export_model, save_onnx
+from m2pt_deploy.export.onnx import export_model, save_onnx
 from m2pt_deploy.export.optimize import optimize_onnx, save_optimized
-from m2pt_deploy.families import ModelSpec
-from m2pt_deploy.inputs.photos import photo_tiles
+from m2pt_deploy.families import ModelSpec, family_of
+from m2pt_deploy.inputs.calibration import held_out_inputs, int8_data, photo_calibrated
 from m2pt_deploy.inputs.seeded import seeded_inputs
 from m2pt_deploy.model.build import build_vanilla
 from m2pt_deploy.runtime.io_names import input_name
@@ -50,14 +51,16 @@ from m2pt_deploy.runtime.sessions import cpu_session, ort_session, physical_core
 from m2pt_deploy.verify.numerics import compare_runners
 from m2pt_deploy.verify.structure import graph_signature, structure_differences
 from m2pt_deploy.verify.tolerance import INT8_CPU
-from m2pt_deploy.vocabulary import VERIFY_SEED
+from m2pt_deploy.vocabulary import CALIBRATION_SEED
 
 __all__ = ["EAGER", "ERROR_BARS", "RUNTIMES", "BenchOptions", "run_benchmark"]
 
 EAGER, COMPILED = "torch eager", "torch.compile"
 ORT, ORT_OPT, ORT_INT8 = "ONNX Runtime", "ONNX Runtime optimized", "ONNX Runtime int8"
 RUNTIMES = (EAGER, COMPILED, ORT, ORT_OPT, ORT_INT8)
-ERROR_BARS = "p25–p75 of the rounds (images/s at the rounds' 75th and 25th percentile latency)"
+ERROR_BARS = "p25–p75 of the rounds (samples/s at the rounds' 75th and 25th percentile latency)"
+PEAK = "fp32 matmul peak"
+SYNTHETIC = "seeded synthetic inputs in the family's layout"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,9 +136,6 @@ class _Files:
         if int8 and calibration is not None:
             tiles: np.ndarray = calibration
             steps.append((ORT_INT8, "int8", lambda: cpu_int8_onnx(proto, tiles)))
-        elif int8:
-            self.notes.append(f"int8 not derived: a {self.subject.spec.input_size[0]}-channel model calibrates on "
-                              "its own inputs; pass --data with more images than --eval-images, or DIR/train")
         for runtime, label, make in steps:
             say(f"deriving the {runtime} copy of {info.path.name}")
             try:
@@ -188,17 +188,20 @@ def _graph_differences(paths: dict[str, dict[str, Path]]) -> dict[str, list[str]
     return out
 
 
-def _variants(subject: Subject, paths: dict[str, dict[str, Path]], options: BenchOptions) -> list[Variant]:
-    shape = (None, *subject.spec.input_size)
-    out = [Variant(EAGER, name, TorchRunner(m, shape, name=f"eager-{name}"), _param_bytes(m))
+def _variants(subject: Subject, paths: dict[str, dict[str, Path]], options: BenchOptions,
+              peak: MatmulPeakRunner) -> list[Variant]:
+    shape, feed = (None, *subject.spec.input_size), input_name(subject.spec)
+    out = [Variant(EAGER, name, TorchRunner(m, shape, name=f"eager-{name}", input_name=feed), _param_bytes(m))
            for name, m in subject.torch.items()]
     if options.compile:
         # Static shapes: each batch size compiles once, in its warm-up (shown as start-up).
-        out += [Variant(COMPILED, name, TorchRunner(_compiler(m), shape, name=f"compiled-{name}"), _param_bytes(m))
-                for name, m in subject.torch.items()]
+        out += [Variant(COMPILED, name, TorchRunner(_compiler(m), shape, name=f"compiled-{name}", input_name=feed),
+                        _param_bytes(m)) for name, m in subject.torch.items()]
     for runtime, files in paths.items():
         for name, path in files.items():
             out.append(Variant(runtime, name, cpu_runner(path, name=f"{runtime}-{name}", spinning=False)))
+    # The matmul peak, timed in every round among the models (on ONNX Runtime's thread count).
+    out.append(Variant(PEAK, "torch.mm", peak))
     return out
 
 
@@ -228,30 +231,50 @@ def _spread(row: ThroughputRow, times: dict[str, list[float]]) -> dict[str, Any]
     t = times.get(f"{row.runtime} / {row.model}")
     out["p25_ms"], out["p75_ms"] = (float(np.percentile(t, 25)) * 1e3, float(np.percentile(t, 75)) * 1e3) \
         if t and row.error is None else (None, None)
+    out["round_ms"] = [round(v * 1e3, 3) for v in t] if t and row.error is None else []
+    return out
+
+
+def _int8_speedups(batch: int, times: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """int8 over optimized fp32 per model, as per-round ratios (fp32 time / int8 time of the same
+    round): medians taken over different rounds would compare different machine loads."""
+    out = []
+    for model in ("merged", "vanilla", "file"):
+        fp32, int8 = times.get(f"{ORT_OPT} / {model}"), times.get(f"{ORT_INT8} / {model}")
+        if fp32 and int8:
+            ratio, p25, p75 = paired_ratio(fp32, int8)
+            out.append({"batch": batch, "model": model, "speedup": ratio, "p25": p25, "p75": p75,
+                        "rounds": len(int8)})
     return out
 
 
 def _int8_agreement(subject: Subject, paths: dict[str, dict[str, Path]], options: BenchOptions) -> dict[str, Any]:
     path = paths[ORT_INT8]["merged"]
-    spec = subject.spec
-    x = photo_tiles(spec.input_size, spec.mean, spec.std, count=options.agreement_images, seed=VERIFY_SEED)
-    feeds = [{INPUT_NAME: x[i:i + 8]} for i in range(0, len(x), 8)]
-    ref = TorchRunner(subject.torch["merged"], (None, *spec.input_size), name="torch-merged-fp32")
+    spec, name = subject.spec, input_name(subject.spec)
+    x = held_out_inputs(spec, options.agreement_images)
+    feeds = [{name: x[i:i + 8]} for i in range(0, len(x), 8)]
+    ref = TorchRunner(subject.torch["merged"], (None, *spec.input_size), name="torch-merged-fp32", input_name=name)
     (result,) = compare_runners([ref, cpu_runner(path, name="onnxrt-int8")], feeds, INT8_CPU, check="int8 cpu")
     return {"images": len(x), "source": "held-out photo tiles (scikit-learn's china.jpg / flower.jpg)",
             "passed": result.passed, "line": str(result), **(result.stats.to_dict() if result.stats else {}),
             "top1_rate": result.stats.top1_rate if result.stats else None}
 
 
-def _calibration(subject: Subject, eval_data: EvalData | None, options: BenchOptions) -> np.ndarray | None:
-    """int8 calibration inputs: photo tiles for RGB models (and the random run), else the
-    user's images that are not scored; None when there are none (int8 is then skipped)."""
+def _calibration(subject: Subject, eval_data: EvalData | None, options: BenchOptions,
+                 notes: list[str]) -> np.ndarray | None:
+    """int8 calibration inputs: photo tiles for RGB image models, else the user's inputs that are
+    not scored, else seeded synthetic inputs in the family's layout (noted: they calibrate the
+    int8 rows for speed; its accuracy needs the family's real inputs, ``--data``)."""
     if not options.int8:
         return None
     spec = subject.spec
-    if subject.kind == "random" or spec.input_size[0] == 3:
-        return photo_tiles(spec.input_size, spec.mean, spec.std, count=options.calib_images)
-    return eval_data.calibration(options.calib_images) if eval_data is not None else None
+    if photo_calibrated(spec):
+        return int8_data(spec, calib_images=options.calib_images, verify_images=1).calibration
+    if eval_data is not None:
+        return eval_data.calibration(options.calib_images)
+    notes.append(f"int8 calibrated on {options.calib_images} {SYNTHETIC}: its rows measure speed; its accuracy "
+                 f"is {'not measured (random weights)' if subject.kind == 'random' else 'measured only on --data'}")
+    return family_of(spec).example_input(spec, options.calib_images, seed=CALIBRATION_SEED).numpy()
 
 
 def _format_accuracy(subject: Subject, paths: dict[str, dict[str, Path]], eval_data: EvalData | None,
@@ -274,11 +297,9 @@ def _format_accuracy(subject: Subject, paths: dict[str, dict[str, Path]], eval_d
         say(f"scoring {len(predictors)} formats on {eval_data.source}")
         return score_formats(predictors, reference, eval_data.chunks(), source=eval_data.source)
     count = options.agreement_images
-    if spec.input_size[0] == 3:
-        x = photo_tiles(spec.input_size, spec.mean, spec.std, count=count, seed=VERIFY_SEED)
-        source = f"{count} held-out photo tiles (scikit-learn's china.jpg / flower.jpg)"
-    else:
-        x, source = seeded_inputs(spec.input_size, count, seed=VERIFY_SEED), f"{count} seeded standard-normal inputs"
+    x = held_out_inputs(spec, count)
+    source = (f"{count} held-out photo tiles (scikit-learn's china.jpg / flower.jpg)" if photo_calibrated(spec)
+              else f"{count} {SYNTHETIC}")
     say(f"no --data: top-1 agreement of {len(predictors)} formats with {reference} on {source}")
     chunks = ((x[i:i + 16], None) for i in range(0, len(x), 16))
     return score_formats(predictors, reference, chunks, source=source)
@@ -297,13 +318,18 @@ def _export_costs(subject: Subject, command: tuple[str, ...], tmp: Path,
     return out
 
 
-def _gflop(subject: Subject) -> float | None:
-    if subject.primary in subject.torch:
-        return forward_gflop(subject.torch[subject.primary], subject.spec.input_size)
-    try:  # an ONNX file that names its timm architecture: count the FLOPs of that model
-        return forward_gflop(build_vanilla(subject.spec), subject.spec.input_size)
+def _flops(subject: Subject, paths: dict[str, dict[str, Path]]) -> dict[str, Any] | None:
+    """FLOPs per sample counted from a plain export (the vanilla model's, or the user's plain file);
+    an optimized or int8 file alone is counted on the torch model its metadata names, if any."""
+    plain = paths[ORT].get("vanilla") or paths[ORT].get("file")
+    if plain is not None:
+        counted = graph_flops(onnx.load_model(os.fspath(plain)))
+        return {**counted.to_dict(), "counted_from": f"the plain ONNX export ({plain.name})"}
+    try:  # a fused or quantized file that names its architecture: count the FLOPs of that model
+        gflop = forward_gflop(build_vanilla(subject.spec), subject.spec.input_size)
     except (M2ptError, RuntimeError):
         return None
+    return {"total_gflop": gflop, "counted_from": f"torch's FLOP counter on a vanilla {subject.spec.arch}"}
 
 
 def _batches(subject: Subject, options: BenchOptions) -> tuple[int, ...]:
@@ -330,53 +356,69 @@ def run_benchmark(subject: Subject | ModelSpec, options: BenchOptions | None = N
     spec, batches = subject.spec, _batches(subject, options)
     load_before = _load()
     say("measuring the fp32 matrix-multiply peak")
-    peak = matmul_peak_gflops()
+    peak = matmul_peak_gflops(threads=physical_cores())
     rows: list[dict[str, Any]] = []
     comparisons: list[LatencyComparison] = []
     with tempfile.TemporaryDirectory(prefix="m2pt-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        gflop = _gflop(subject)
         # Before torch.compile starts compiler workers: the export's own process, alone.
         costs = _export_costs(subject, options.export_command, tmp, say) \
             if options.export_cost and options.export_command and subject.export_args else {}
         files = _Files(subject, tmp)
-        calibration = _calibration(subject, eval_data, options)
+        calibration = _calibration(subject, eval_data, options, files.notes)
         if subject.onnx is not None:
             files.derive(calibration, options.int8, say)
         else:
-            if options.int8 and calibration is None:
-                files.notes.append(f"int8 skipped: a {spec.input_size[0]}-channel model calibrates on its own "
-                                   "inputs; pass --data with more images than --eval-images, or DIR/train")
             files.export(calibration, say)
+        flops = _flops(subject, files.paths)
+        gflop = flops["total_gflop"] if flops else None
         startup = _startup(files.paths, subject.primary)
         graph_diffs = _graph_differences(files.paths)
+        # Random weights on synthetic clips or clouds: int8 is timed, its agreement not claimed.
         agreement = _int8_agreement(subject, files.paths, options) \
-            if subject.kind == "random" and files.paths[ORT_INT8] else None
+            if subject.kind == "random" and files.paths[ORT_INT8] and photo_calibrated(spec) else None
         formats = _format_accuracy(subject, files.paths, eval_data, options, say) if subject.kind != "random" \
             else None
         name = subject.onnx.input_name if subject.onnx else input_name(spec)
         feeds = {b: {name: seeded_inputs(spec.input_size, b, seed=options.seed)} for b in batches}
-        variants = _variants(subject, files.paths, options)
+        peak_runner = MatmulPeakRunner(threads=physical_cores())
+        variants = _variants(subject, files.paths, options, peak_runner)
         baseline = EAGER if subject.torch else variants[0].runtime
         say(f"{len(variants)} variants, batches {list(batches)}, {options.rounds} interleaved rounds each")
         times, started = run_variants(variants, feeds, rounds=options.rounds, warmup=options.warmup, log=say)
+        models = [v for v in variants if v.runtime != PEAK]
+        round_peaks: list[float] = []
+        speedups: list[dict[str, Any]] = []
         for batch in batches:
-            rows += [_spread(r, times[batch])
-                     for r in rows_for_batch(variants, batch, times[batch], started, eager_runtime=baseline)]
+            batch_rows = [_spread(r, times[batch])
+                          for r in rows_for_batch(models, batch, times[batch], started, eager_runtime=baseline)]
+            peak_times = times[batch].pop(f"{PEAK} / torch.mm", [])
+            round_peaks += add_peak_fractions(batch_rows, times[batch], peak_times, gflop=gflop,
+                                              peak_gflop=peak_runner.gflop)
+            rows += batch_rows
             comparisons += _comparisons(batch, times[batch])
+            speedups += _int8_speedups(batch, times[batch])
     machine = machine_info()
+    # The peak is the median of the rounds' own (the figure each row's fraction is read against),
+    # the one measured before the run only where no round ran.
     machine.update(physical_cores=physical_cores(), load_average_before=load_before, load_average_after=_load(),
-                   fp32_matmul_peak_gflops=peak)
+                   fp32_matmul_peak_gflops=float(np.median(round_peaks)) if round_peaks else peak,
+                   fp32_matmul_peak_gflops_before_run=peak,
+                   fp32_matmul_peak_rounds=[round(p, 1) for p in round_peaks])
     return {
         "machine": machine,
         "spec": spec.to_dict(),
         "subject": subject.source,
         "settings": {**dataclasses.asdict(options), "batches": list(batches),
-                     "inputs": "seeded standard normal, float32", "gflop_per_image": gflop,
+                     "inputs": "seeded standard normal, float32", "gflop_per_image": gflop, "flops": flops,
+                     "peak": f"the fastest of {peak_runner.repeats} {peak_runner.n}² fp32 "
+                             f"torch.mm on {physical_cores()} threads, in every round among the models; each row's "
+                             "fraction of it is the median of the rounds'",
                      "ort_threads": physical_cores(), "primary_model": subject.primary,
                      "baseline_runtime": baseline, "error_bars": ERROR_BARS},
         "rows": rows,
         "comparisons": [c.to_dict() for c in comparisons],
+        "int8_speedup": speedups,
         "export": {"commands": costs, "in_process_seconds": files.seconds, "session_startup_s": startup,
                    "graph_differences_merged_vs_vanilla": graph_diffs, "notes": files.notes},
         "int8_agreement": agreement,

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from m2pt_deploy.bench.chart import write_chart
-from m2pt_deploy.bench.goals import VIT_B16_GOALS, goals, is_vit_b16
+from m2pt_deploy.bench.goals import FAMILY_GOALS, PAPER_TITLES, VIT_B16_GOALS, goals, is_vit_b16
 from m2pt_deploy.bench.machine import machine_line
+from m2pt_deploy.bench.paper import paper_model
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.fileio import atomic_output
 
@@ -29,18 +30,21 @@ def _ms(value: float) -> str:
 
 def _row(r: Mapping[str, Any], baseline: str) -> str:
     if r["error"]:
-        return f"| {r['runtime']} | {r['model']} | {r['batch']} | failed: {r['error']} | | | | | |"
+        return f"| {r['runtime']} | {r['model']} | {r['batch']} | failed: {r['error']} | | | | | | |"
     ratio = "1 (baseline)" if r["runtime"] == baseline else (
         f"{r['vs_eager']:.2f} ({r['vs_eager_p25']:.2f}–{r['vs_eager_p75']:.2f})" if r["vs_eager"] else "—")
+    peak = "—" if r.get("peak_fraction") is None else \
+        f"{r['peak_fraction']:.0%} ({r['peak_fraction_p25']:.0%}–{r['peak_fraction_p75']:.0%})"
     return (f"| {r['runtime']} | {r['model']} | {r['batch']} | {r['images_per_s']:.2f} | {_ms(r['median_ms'])} | "
-            f"{_ms(r['p95_ms'])} | {_f(r['peak_mb'], '.0f')} | {_f(r['start_s'], '.2f')} | {ratio} |")
+            f"{_ms(r['p95_ms'])} | {peak} | {_f(r['peak_mb'], '.0f')} | {_f(r['start_s'], '.2f')} | {ratio} |")
 
 
 def _model_line(data: Mapping[str, Any]) -> str:
     spec, s = data["spec"], data["settings"]
     model = f"{spec['arch']} {spec['model_kwargs']}" if spec["model_kwargs"] else spec["arch"]
-    flops = f"{s['gflop_per_image']:.3g} GFLOP per image" if s.get("gflop_per_image") else \
-        "FLOPs not counted (no torch model of this file's architecture)"
+    counted = (s.get("flops") or {}).get("counted_from")
+    flops = f"{s['gflop_per_image']:.4g} GFLOP per sample" + (f" (counted from {counted})" if counted else "") \
+        if s.get("gflop_per_image") else "FLOPs not counted (no plain graph, no torch model of its architecture)"
     return (f"Model: {model}, input {'x'.join(map(str, spec['input_size']))}, {flops}; {s['rounds']} interleaved "
             f"rounds after {s['warmup']} warm-up runs per variant.")
 
@@ -65,23 +69,27 @@ def _lines(data: Mapping[str, Any]) -> Iterator[str]:
     baseline = s.get("baseline_runtime", "torch eager")
     yield f"Machine: {machine_line(m)}; {m['physical_cores']} physical cores (ONNX Runtime threads)."
     yield (f"Load average before / after: {m['load_average_before']} / {m['load_average_after']}. "
-           f"fp32 matmul peak measured in this run: {m['fp32_matmul_peak_gflops']:.0f} GFLOP/s.")
+           f"fp32 matmul peak measured in this run: {m['fp32_matmul_peak_gflops']:.0f} GFLOP/s"
+           + (f" ({s['peak']})." if s.get("peak") else "."))
     yield _model_line(data)
     yield from _subject_lines(data)
     yield ""
-    yield (f"| runtime | model | batch | images/s | median ms | p95 ms | peak MB | start-up s | "
-           f"× {baseline} (p25–p75) |")
-    yield "|---|---|---|---|---|---|---|---|---|"
+    yield (f"| runtime | model | batch | samples/s | median ms | p95 ms | of fp32 peak (p25–p75) | peak MB | "
+           f"start-up s | × {baseline} (p25–p75) |")
+    yield "|---|---|---|---|---|---|---|---|---|---|"
     rank = {name: i for i, name in enumerate(ORDER)}
     for r in sorted(data["rows"], key=lambda r: (r["batch"], rank.get(r["runtime"], 9))):
         yield _row(r, baseline)
-    if data["comparisons"]:
+    if data["comparisons"] or data.get("int8_speedup"):
         yield ""
         yield "| runtime | batch | compared | candidate ms | baseline ms | median ratio (p25–p75) |"
         yield "|---|---|---|---|---|---|"
     for c in data["comparisons"]:
         yield (f"| {c['runtime']} | {c['batch']} | {c['candidate']} / {c['baseline']} | {_ms(c['candidate_ms'])} | "
                f"{_ms(c['baseline_ms'])} | {c['ratio']:.3f} ({c['ratio_p25']:.3f}–{c['ratio_p75']:.3f}) |")
+    for x in data.get("int8_speedup") or ():
+        yield (f"| ONNX Runtime int8 vs optimized | {x['batch']} | {x['model']}: fp32 / int8 time (speed-up) | | | "
+               f"{x['speedup']:.3f} ({x['p25']:.3f}–{x['p75']:.3f}) |")
     yield from _export_lines(data)
     yield from _format_lines(data)
     yield from _goal_lines(data)
@@ -107,7 +115,7 @@ def _export_lines(data: Mapping[str, Any]) -> Iterator[str]:
         yield f"- int8 vs fp32 (torch merged) on {a['images']} {a['source']}: {a['line']}{cosine}."
     if data.get("accuracy"):
         a = data["accuracy"]
-        yield (f"- Accuracy on {a['images']} held-out {a['dataset']} images ({a['model']}): fp32 "
+        yield (f"- Accuracy on {a['images']} held-out inputs, {a['dataset']} ({a['model']}): fp32 "
                f"{a['fp32_top1']:.2%}, int8 {a['int8_top1']:.2%}, delta {a['delta']:+.2%}, agreement "
                f"{a['agreement']:.2%}.")
 
@@ -142,13 +150,13 @@ def _goal_lines(data: Mapping[str, Any]) -> Iterator[str]:
     for g in goals(data):
         verdict = g.get("verdict") or ("yes" if g["met"] else "no")
         yield f"| {g['goal']} | {g['shown']} | {'—' if verdict == 'not measured' else verdict} |"
-    if not is_vit_b16(data.get("spec") or {}):
+    spec = data.get("spec") or {}
+    if not is_vit_b16(spec) and paper_model(spec) not in FAMILY_GOALS:
         yield ""
-        spec = data["spec"]
         what = "a model whose architecture its file does not record" if spec["arch"] == "unknown" else \
             f"{spec['arch']} at {'x'.join(map(str, spec['input_size']))}"
         yield f"Not shown: the ViT-B/16 goals ({VIT_B16_GOALS}); they were set for ViT-B/16 at 3x224x224, " \
-            f"this is {what}."
+            f"this is {what}. Nor the goals of {', '.join(PAPER_TITLES.values())}, set for those sizes."
 
 
 def markdown(data: Mapping[str, Any]) -> str:

@@ -20,7 +20,7 @@ from polygraphy.backend.base import BaseRunner
 from torch import nn
 
 from m2pt_deploy.errors import M2ptError
-from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.families import ModelSpec, family_of
 from m2pt_deploy.model.build import build_vanilla
 from m2pt_deploy.model.pathway import add_pathways, pathway_parameters
 from m2pt_deploy.runtime.runners import quiet_polygraphy
@@ -127,12 +127,13 @@ def trained_like(model: nn.Module) -> nn.Module:
 
 
 def pathway_pair(spec: ModelSpec, *, seed: int = 0, lambda_std: float = 0.1) -> nn.Module:
-    """A target ViT with a pathway from one auxiliary ViT, all random (nothing downloaded)."""
+    """A target model with a pathway from one auxiliary model of its family, all random (nothing downloaded)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         target = trained_like(build_vanilla(spec))
         aux = trained_like(build_vanilla(spec))
-        add_pathways(target, [aux])
+        family = family_of(spec)
+        add_pathways(target, [aux], layers=family.pathway_layers, block_path=family.block_path)
         for lam in pathway_parameters(target):
             lam.data.normal_(0.0, lambda_std)
     return target.eval()

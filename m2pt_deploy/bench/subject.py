@@ -21,12 +21,13 @@ from torch import nn
 
 from m2pt_deploy.bench.latency import pathway_pair, trained_like
 from m2pt_deploy.errors import M2ptError, first_line
-from m2pt_deploy.families import ModelSpec
+from m2pt_deploy.families import ModelSpec, family_of
 from m2pt_deploy.families.base import IMAGENET_MEAN, IMAGENET_STD
 from m2pt_deploy.fileio import sha256_file
 from m2pt_deploy.merge import merge_model
 from m2pt_deploy.metadata import (
     ARCH_KEY,
+    FAMILY_KEY,
     INPUT_KEY,
     MODEL_KWARGS_KEY,
     NUM_CLASSES_KEY,
@@ -35,7 +36,7 @@ from m2pt_deploy.metadata import (
 )
 from m2pt_deploy.model.build import build_unmerged, build_vanilla
 from m2pt_deploy.model.checkpoint import Checkpoint, PathwayInfo, save_checkpoint
-from m2pt_deploy.model.pathway import DEFAULT_LAYERS, pathway_state_dict
+from m2pt_deploy.model.pathway import pathway_state_dict
 from m2pt_deploy.runtime.sessions import cpu_session, is_optimized
 
 __all__ = ["OnnxFile", "Subject", "checkpoint_subject", "onnx_subject", "random_subject", "read_onnx_file"]
@@ -98,21 +99,24 @@ def _merged(model: nn.Module, spec: ModelSpec) -> tuple[nn.Module, float]:
 
 
 def random_subject(spec: ModelSpec, *, seed: int = 0) -> Subject:
-    """A random ViT with a random-λ pathway from a random auxiliary ViT: nothing downloaded."""
+    """A random model of ``spec``'s family with a random-λ pathway from a random auxiliary one: nothing
+    downloaded."""
     unmerged = pathway_pair(spec, seed=seed)
     merged, merge_s = _merged(unmerged, spec)
     vanilla, vanilla_export = _vanilla_baseline(spec, seed)
 
     def export_args(tmp: Path) -> list[str]:
         ckpt = tmp / "pathway.safetensors"
-        info = PathwayInfo(DEFAULT_LAYERS, "blocks", "scalar", ({"modality": "random", "sha256": None},))
+        family = family_of(spec)
+        info = PathwayInfo(family.pathway_layers, family.block_path, "scalar",
+                           ({"modality": "random", "sha256": None},))
         save_checkpoint(ckpt, pathway_state_dict(unmerged), spec, pathway=info, force=True)
         return [str(ckpt)]
 
     return Subject(
         "random", spec, "merged", {"vanilla": vanilla, "merged": merged, "unmerged": unmerged},
         {"merged": lambda: merge_model(unmerged, spec, exportable=True), "vanilla": lambda: vanilla_export},
-        source={"kind": "random", "description": f"random {spec.arch} with a random-λ pathway"},
+        source={"kind": "random", "description": f"random {family_of(spec).describe(spec)} with a random-λ pathway"},
         seconds={"merge": merge_s}, export_args=export_args,
     )
 
@@ -160,8 +164,9 @@ def _precision(proto: onnx.ModelProto, meta: dict[str, Any]) -> tuple[str, str |
 
 def read_onnx_file(path: str | os.PathLike[str], *,
                    input_size: tuple[int, ...] | None = None) -> tuple[OnnxFile, ModelSpec]:
-    """Check that ``path`` is a one-input image model ONNX Runtime can open; its spec from the
-    metadata ``m2pt-export`` writes, else from the graph's shapes (ImageNet mean and std)."""
+    """Check that ``path`` is a one-input model ONNX Runtime can open; its spec from the metadata
+    ``m2pt-export`` writes, else (an image model) from the graph's shapes (ImageNet mean and std).
+    A model of another family (clips, clouds) is read from that metadata only."""
     p = Path(path)
     if not p.is_file():
         raise M2ptError("no such file" if not p.exists() else "is a directory, not an ONNX file", p)
@@ -176,11 +181,16 @@ def read_onnx_file(path: str | os.PathLike[str], *,
     if len(inputs) != 1:
         raise M2ptError(f"m2pt-bench takes a one-input image model, this one has inputs {[i.name for i in inputs]}", p)
     elem, dims = _elem_dims(inputs[0])
-    if elem != onnx.TensorProto.FLOAT or len(dims) != 4:
+    meta = read_metadata(proto)
+    family = FAMILY_KEY.get(meta)
+    notes: list[str] = []
+    if isinstance(family, str) and family != "vit":  # a clip or cloud model m2pt-export wrote: its spec is recorded
+        spec = _family_spec(meta, family, elem, dims, input_size, p)
+    elif elem != onnx.TensorProto.FLOAT or len(dims) != 4:
         raise M2ptError(f"input {inputs[0].name!r} must be float32 [N, C, H, W], it is "
                         f"{onnx.TensorProto.DataType.Name(elem)} with {len(dims)} dimensions", p)
-    meta = read_metadata(proto)
-    spec, notes = _onnx_spec(proto, meta, dims, input_size, p)
+    else:
+        spec, notes = _onnx_spec(proto, meta, dims, input_size, p)
     precision, note = _precision(proto, meta)
     optimized = is_optimized(proto) or any(n.domain == _CONTRIB for n in proto.graph.node)
     try:
@@ -189,6 +199,25 @@ def read_onnx_file(path: str | os.PathLike[str], *,
         raise M2ptError(f"ONNX Runtime cannot load it ({first_line(e)})", p) from None
     info = OnnxFile(p, inputs[0].name, dims[0], precision, optimized, (*notes, *((note,) if note else ())))
     return info, spec
+
+
+def _family_spec(meta: dict[str, Any], family: str, elem: int, dims: list[int | None],
+                 input_size: tuple[int, ...] | None, path: Path) -> ModelSpec:
+    """The spec ``m2pt-export`` recorded for a model of another family than ``vit``."""
+    arch, kwargs, declared = ARCH_KEY.get(meta), MODEL_KWARGS_KEY.get(meta), INPUT_KEY.get(meta)
+    if not isinstance(arch, str) or not isinstance(kwargs, dict) or not isinstance(declared, dict) \
+            or "shape" not in declared:
+        raise M2ptError(f"a {family} model without m2pt-export's metadata (arch, model_kwargs, input): "
+                        "benchmark its checkpoint, or re-export it with m2pt-export", path)
+    shape = tuple(int(v) for v in declared["shape"])
+    if input_size is not None:
+        raise M2ptError(f"--input-size does not apply: the file records its {family} input {list(shape)}", path)
+    if elem != onnx.TensorProto.FLOAT or len(dims) != len(shape) + 1 or any(
+            d is not None and d != v for d, v in zip(dims[1:], shape, strict=True)):
+        raise M2ptError(f"its input is {onnx.TensorProto.DataType.Name(elem)} {dims}, its metadata says float "
+                        f"[N, {', '.join(map(str, shape))}]", path)
+    return ModelSpec(arch, dict(kwargs), shape, tuple(declared.get("mean") or ()), tuple(declared.get("std") or ()),
+                     family=family)
 
 
 def _onnx_spec(proto: onnx.ModelProto, meta: dict[str, Any], dims: list[int | None],

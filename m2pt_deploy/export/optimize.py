@@ -64,8 +64,10 @@ def fuse_attention(proto: onnx.ModelProto, *, kind: AttentionKind = "Attention")
     """Replace each timm attention subgraph with ``com.microsoft.Attention``; returns the count.
 
     A subgraph is found from its QKV reshape, ``[*, N, 3, heads, head_dim]`` fed by a
-    MatMul with a weight initializer plus a bias; it ends at the next MatMul with a weight
-    (the output projection), whose input becomes the fused node's output.
+    MatMul with a weight initializer plus a bias (timm; VideoMAE V2's ``q_bias`` / ``v_bias``
+    export as one folded bias) or by the MatMul alone (Point-MAE's bias-free qkv: a zero bias);
+    it ends at the next MatMul with a weight (the output projection), whose input becomes the
+    fused node's output. Token count, class token and pooling do not enter the match.
     """
     import onnx_graphsurgeon as gs
 
@@ -115,13 +117,17 @@ def _match_attention(reshape: Any) -> tuple[Any, Any, int, float | None, Any] | 
     shape = _const(reshape.inputs[1])
     if shape is None or shape.shape != (5,) or int(shape[2]) != 3:
         return None
-    add = reshape.inputs[0].inputs[0] if reshape.inputs[0].inputs else None
-    if add is None or add.op != "Add":
+    producer = reshape.inputs[0].inputs[0] if reshape.inputs[0].inputs else None
+    heads, hidden = int(shape[3]), int(shape[3]) * int(shape[4])
+    if producer is not None and producer.op == "Add":
+        matmul, bias = _split_bias_add(producer)
+    elif producer is not None and producer.op == "MatMul" and len(reshape.inputs[0].outputs) == 1:
+        # A bias-free qkv (Point-MAE's): Attention takes a zero bias, which costs nothing.
+        matmul, bias = producer, _zero_bias(producer, 3 * hidden)
+    else:
         return None
-    matmul, bias = _split_bias_add(add)
     if matmul is None or bias is None or matmul.op != "MatMul" or _const(matmul.inputs[1]) is None:
         return None
-    heads, hidden = int(shape[3]), int(shape[3]) * int(shape[4])
     weight = matmul.inputs[1]
     if tuple(weight.shape) != (hidden, 3 * hidden) or tuple(bias.shape) != (3 * hidden,):
         return None
@@ -130,6 +136,12 @@ def _match_attention(reshape: Any) -> tuple[Any, Any, int, float | None, Any] | 
         return None
     nodes, out = body
     return matmul, bias, heads, _scale(nodes, hidden // heads), out
+
+
+def _zero_bias(matmul: Any, size: int) -> Any:
+    import onnx_graphsurgeon as gs
+
+    return gs.Constant(f"{matmul.inputs[1].name}_zero_bias", np.zeros(size, np.float32))
 
 
 def _split_bias_add(add: Any) -> tuple[Any, Any]:

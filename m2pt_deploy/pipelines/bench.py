@@ -66,6 +66,7 @@ def bench(request: BenchRequest, *, export_command: Sequence[str] = (),
     r = request.validate()
     if r.device == "cuda":
         return bench_cuda(r.out, arch=r.settings.arch, model_kwargs=r.model_kwargs, batches=r.batches,
+                          model_options=r.settings.load_kwargs(),
                           dtypes=r.dtypes, rounds=r.rounds, warmup=r.warmup, seed=r.seed, compile=r.compile,
                           log=log)
     return bench_cpu(
@@ -100,19 +101,19 @@ def bench_cpu(
 ) -> tuple[dict[str, Any], tuple[Path, ...]]:
     """Every CPU runtime × model in one interleaved run; returns the report data and the files
     written under ``out`` (JSON, Markdown, chart). Without ``model``: random weights of ``arch``
-    (with ``model_kwargs``) and, unless ``accuracy_epochs`` is 0, the digits ViT's fp32 vs int8
-    accuracy. ``export_command`` runs ``m2pt-export`` for its cost rows (empty: none)."""
+    (with ``model_kwargs``), or of ``model_options["family"]`` at the paper's size (see
+    :mod:`m2pt_deploy.bench.paper`) and, unless ``accuracy_epochs`` is 0, fp32 vs int8 accuracy of a
+    trained model of the family (the digits ViT, or the shipped small model). ``export_command`` runs
+    ``m2pt-export`` for its cost rows (empty: none)."""
     from m2pt_deploy.bench.cpu import BenchOptions, run_benchmark
     from m2pt_deploy.bench.cpu_report import write_report
-    from m2pt_deploy.bench.latency import spec_for_arch
-
     if export_cost and not export_command:
         raise M2ptError("export_cost needs export_command, the command line that runs m2pt-export "
                         "(the installed m2pt-export, for one); or pass export_cost=False")
     subject: Any
     eval_data, fixed = None, None
     if model is None:
-        subject = spec_for_arch(arch or DEFAULT_ARCH, dict(model_kwargs or {}))
+        subject = _random_spec(arch, model_kwargs, model_options)
     else:
         subject, eval_data = _subject(model, model_options or {}, data=data, eval_images=eval_images,
                                       seed=seed, log=log)
@@ -122,17 +123,38 @@ def bench_cpu(
         compile=compile, int8=int8, export_cost=export_cost, export_command=tuple(export_command),
         calib_images=calib_images)
     result = run_benchmark(subject, options, eval_data=eval_data, log=log)
-    result["accuracy"] = _digits_accuracy(accuracy_epochs, seed, log) \
+    result["accuracy"] = _trained_accuracy(subject, accuracy_epochs, seed, log) \
         if model is None and accuracy_epochs and int8 else None
     return result, tuple(write_report(result, Path(out)))
 
 
-def _digits_accuracy(epochs: int, seed: int, log: Log) -> dict[str, Any]:
-    from m2pt_deploy.pipelines.int8_accuracy import digits_int8_accuracy
+def _random_spec(arch: str | None, model_kwargs: Mapping[str, Any] | None,
+                 model_options: Mapping[str, Any] | None) -> Any:
+    from m2pt_deploy.bench.paper import random_spec
 
-    log(f"training the digits ViT for {epochs} epochs: fp32 vs int8 accuracy on its held-out split")
-    with tempfile.TemporaryDirectory(prefix="m2pt-bench-digits-") as tmp:
-        return digits_int8_accuracy(Path(tmp), epochs=epochs, seed=seed)
+    o = model_options or {}
+    return random_spec(o.get("family"), arch=arch, model_kwargs=model_kwargs,
+                       input_size=tuple(o["input_size"]) if o.get("input_size") else None, options=o.get("options"))
+
+
+def _trained_accuracy(spec: Any, epochs: int, seed: int, log: Log) -> dict[str, Any] | None:
+    """What int8 costs in accuracy for the benchmarked family, on a trained model of it: the digits
+    ViT (trained now, ``epochs``) for RGB image models, the shipped small model for clips, clouds
+    and spectrograms; None for a family with neither (a random model has no accuracy to lose)."""
+    from m2pt_deploy.families import family_of
+    from m2pt_deploy.inputs.calibration import photo_calibrated
+    from m2pt_deploy.pipelines.int8_accuracy import digits_int8_accuracy, small_model_int8_accuracy
+    from m2pt_deploy.pipelines.small_models import SMALL_MODELS
+
+    modality = family_of(spec).input_metadata(spec)["modality"]
+    with tempfile.TemporaryDirectory(prefix="m2pt-bench-accuracy-") as tmp:
+        if modality in SMALL_MODELS:
+            log(f"the shipped small {modality} model: fp32 vs int8 accuracy on fresh inputs of its task")
+            return small_model_int8_accuracy(modality, Path(tmp))
+        if photo_calibrated(spec):
+            log(f"training the digits ViT for {epochs} epochs: fp32 vs int8 accuracy on its held-out split")
+            return digits_int8_accuracy(Path(tmp), epochs=epochs, seed=seed)
+    return None
 
 
 def bench_cuda(
@@ -140,6 +162,7 @@ def bench_cuda(
     *,
     arch: str | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
+    model_options: Mapping[str, Any] | None = None,
     batches: Sequence[int] | None = None,
     dtypes: Sequence[str] | None = None,
     rounds: int | None = None,
@@ -152,8 +175,6 @@ def bench_cuda(
     the report is rewritten under ``out`` after every cell (a long run leaves partial figures)."""
     from m2pt_deploy.bench.cuda import CudaBenchOptions, check_cuda, run_cuda_benchmark
     from m2pt_deploy.bench.cuda_report import write_report
-    from m2pt_deploy.bench.latency import spec_for_arch
-
     try:
         check_cuda()
     except M2ptError as e:
@@ -164,6 +185,6 @@ def bench_cuda(
         rounds=rounds or defaults.rounds, warmup=defaults.warmup if warmup is None else warmup,
         seed=seed, compile=compile)
     options.check()
-    spec = spec_for_arch(arch or DEFAULT_ARCH, dict(model_kwargs or {}))
+    spec = _random_spec(arch, model_kwargs, model_options)
     result = run_cuda_benchmark(spec, options, log=log, on_cell=lambda partial: write_report(partial, Path(out)))
     return result, tuple(write_report(result, Path(out)))

@@ -300,7 +300,9 @@ def test_bench_refuses_options_of_the_other_device(files: dict[str, Path], tmp_p
         (["--device", "cuda", "--calib-images", "8"], "--calib-images applies to --device cpu, not cuda"),
         (["--device", "cuda", "--accuracy-epochs", "1"], "--accuracy-epochs applies to --device cpu, not cuda"),
         ([str(files["ckpt"]), "--eval-images", "8"], "--eval-images applies with --data"),
-        (["--npoints", "512"], "need a CHECKPOINT"),
+        (["--npoints", "512"], "--npoints: family settings need a CHECKPOINT or a random model of that family"),
+        (["--ema"], "--ema needs a CHECKPOINT"),
+        (["--family", "videomae", "--arch", "vit_small_patch16_224"], "--arch and --model-kwargs are for the random"),
     ]
     for (_, needle), result in zip(cases, _refusals([("bench", [*a, "--out", out]) for a, _ in cases]),
                                    strict=True):
