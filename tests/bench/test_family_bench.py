@@ -21,7 +21,7 @@ from m2pt_deploy.cli.common import run_main
 from m2pt_deploy.errors import M2ptError
 from tests.export.test_optimize_families import SMALL_POINT
 from tests.families.video_formats import write_videomae_checkpoint
-from tests.reference_formats import AUDIOMAE
+from tests.tiny import TINY_AUDIOMAE as AUDIOMAE
 
 FAST = BenchOptions(batches=(1,), rounds=1, warmup=0, compile=False, export_cost=False, calib_images=4,
                     agreement_images=4)

@@ -52,6 +52,28 @@ def test_int8_of_every_family_passes_on_its_own_inputs(trained, tmp_path: Path, 
     # Named for what it holds, in the graph and in the metadata servers read.
     assert [i.name for i in proto.graph.input] == [INPUT_NAMES[kind]]
     assert read_metadata(proto)["m2pt_deploy.input"]["name"] == INPUT_NAMES[kind]
+    _served_as_onnxruntime_runs_it(out, INPUT_NAMES[kind], np.load(calib)["x"][:3])
+
+
+def _served_as_onnxruntime_runs_it(path: Path, name: str, x: np.ndarray) -> None:
+    """m2pt-serve's core serves the int8 file over HTTP with the outputs ONNX Runtime gives directly."""
+    from m2pt_deploy.runtime.sessions import cpu_session
+    from m2pt_deploy.serving.runtime import OrtModel
+    from tests.serving.conftest import start_inproc_servers
+
+    httpclient = pytest.importorskip("tritonclient.http", reason="serving the int8 file needs tritonclient[http]")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    want = cpu_session(path).run(None, {name: x})[0]
+    url, _, server, thread = start_inproc_servers(OrtModel("vit", path, providers=["CPUExecutionProvider"]))
+    try:
+        with httpclient.InferenceServerClient(url.removeprefix("http://")) as client:
+            tensor = httpclient.InferInput(name, list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x, binary_data=True)
+            got = client.infer("vit", [tensor]).as_numpy("logits")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    np.testing.assert_array_equal(got, want)
 
 
 def test_tensorrt_int8_of_every_family_is_calibrated_and_verified_on_its_own_inputs(trained, tmp_path: Path,

@@ -22,9 +22,8 @@ from m2pt_deploy.families import ModelSpec, family_of
 from m2pt_deploy.merge import merge_model
 from m2pt_deploy.runtime.sessions import cpu_session
 from m2pt_deploy.verify import check_structure
-from tests.families.point_formats import TINY_POINT
-from tests.families.video_formats import TINY_VIDEO
-from tests.reference_formats import AUDIOMAE
+from tests.tiny import TINY_AUDIOMAE as AUDIOMAE
+from tests.tiny import TINY_POINT, TINY_VIDEO
 from tests.verify.tamper import append_identity
 
 # Fused attention and SkipLayerNormalization reorder float sums; nothing else changes.
