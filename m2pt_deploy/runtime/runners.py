@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
+from polygraphy.datatype import DataType
 from torch import nn
 
 from m2pt_deploy.errors import M2ptError, first_line
@@ -61,7 +62,7 @@ class TorchRunner(BaseRunner):
         self.model = model.eval()
 
     def get_input_metadata_impl(self) -> TensorMetadata:
-        return TensorMetadata().add(self.input_name, dtype=np.float32, shape=self.input_shape)
+        return TensorMetadata().add(self.input_name, dtype=DataType.FLOAT32, shape=self.input_shape)
 
     def infer_impl(self, feed_dict: dict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
         x = torch.from_numpy(np.ascontiguousarray(feed_dict[self.input_name], dtype=np.float32))

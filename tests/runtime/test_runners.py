@@ -10,6 +10,7 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper
+from polygraphy.datatype import DataType
 from polygraphy.logger import G_LOGGER
 from torch import nn
 
@@ -90,8 +91,8 @@ def test_torch_runner_builds_its_model_when_activated(merged) -> None:
     assert not built, "a factory is called at activation, not before"
     assert runner.name.startswith("torch-runner")
     with runner:
-        meta = runner.get_input_metadata()
-        assert list(meta) == ["x"] and tuple(meta["x"].shape) == SHAPE and meta["x"].dtype == np.float32
+        meta = runner.get_input_metadata(use_numpy_dtypes=False)
+        assert list(meta) == ["x"] and tuple(meta["x"].shape) == SHAPE and meta["x"].dtype == DataType.FLOAT32
         # A non-contiguous feed (a transposed view) is copied, not refused by torch.from_numpy.
         x = np.asfortranarray(_feeds(2)[0]["pixel_values"])
         assert not x.flags.c_contiguous
