@@ -13,6 +13,7 @@ one JSON object with the machine named.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -23,20 +24,15 @@ from pathlib import Path
 import torch
 
 from m2pt_deploy.bench.machine import machine_info, machine_line
+from m2pt_deploy.bench.paper import PAPER_MODELS
 from m2pt_deploy.families import ModelSpec
 from m2pt_deploy.model.build import build_vanilla
 from m2pt_deploy.model.checkpoint import PathwayInfo, save_checkpoint
 from m2pt_deploy.model.pathway import DEFAULT_LAYERS, add_pathways, pathway_layers, pathway_state_dict
 
-SPECS = {
-    "videomae": ModelSpec(
-        "vit_base_patch16_224",
-        dict(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0, patch_size=16, tubelet_size=2, num_frames=16,
-             img_size=(224, 224), in_chans=3, num_classes=174, qkv_bias=True, init_values=0.0,
-             use_mean_pooling=True),
-        (3, 16, 224, 224), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), family="videomae"),
-    "vit": ModelSpec("vit_base_patch16_224", dict(num_classes=1000), (3, 224, 224)),
-}
+# The paper's models (VideoMAE V2 ViT-B as fine-tuned on Something-Something V2: 174 classes).
+SPECS = {"videomae": dataclasses.replace(PAPER_MODELS["videomae"], model_kwargs={
+    **PAPER_MODELS["videomae"].model_kwargs, "num_classes": 174}), "vit": PAPER_MODELS["vit"]}
 
 # Runs one command and prints its peak resident memory (KiB on Linux) on its last line.
 _MEASURE = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]).returncode; "
