@@ -54,7 +54,9 @@ def write_checkpoint(spec: ModelSpec, path: Path) -> Path:
 def timed(argv: list[str], tree: Path | None) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(tree.resolve())} if tree else None
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", _MEASURE, *argv], capture_output=True, text=True, env=env)
+    # cwd too: ``python -m`` puts the working folder before PYTHONPATH on sys.path.
+    done = subprocess.run([sys.executable, "-c", _MEASURE, *argv], capture_output=True, text=True, env=env,
+                          cwd=tree)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
@@ -70,11 +72,11 @@ def main() -> None:
                         help="a source tree to run the commands from (repeat for before/after; default: this one)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    ckpt = write_checkpoint(SPECS[args.family], args.out / "model.safetensors")
+    ckpt = write_checkpoint(SPECS[args.family], args.out.resolve() / "model.safetensors")
     result: dict[str, object] = {"machine": machine_line(machine_info()), "family": args.family,
                                  "load_average_before": os.getloadavg()}
     for tree in args.tree or [None]:
-        onnx = args.out / "model.onnx"
+        onnx = (args.out / "model.onnx").resolve()
         export = timed([*_command("export"), str(ckpt), "-o", str(onnx), "--force", "--no-verify"], tree)
         verify = timed([*_command("verify"), str(ckpt), "--onnx", str(onnx)], tree)
         result[str(tree or ".")] = {"export": export, "verify": verify,
