@@ -172,7 +172,10 @@ def test_resume_refuses_the_options_it_would_ignore(tmp_path: Path) -> None:
 
 
 def _export_process(argv: list[str], *, before: str = "", **kwargs) -> subprocess.Popen:
-    code = ("import sys, time\n" + before +
+    # NOTE a test run started in the background by a non-interactive shell inherits SIGINT ignored
+    # (POSIX), and Python then installs no KeyboardInterrupt handler; a user's Ctrl-C meets a
+    # foreground m2pt-export, so the child starts with SIGINT as a terminal would give it.
+    code = ("import signal, sys, time\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n" + before +
             "from m2pt_deploy.cli.export import entrypoint\nsys.argv[0] = 'm2pt-export'\nentrypoint()\n")
     return subprocess.Popen([sys.executable, "-c", code, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=Path(__file__).parents[2], **kwargs)
