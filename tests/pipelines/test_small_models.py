@@ -51,11 +51,14 @@ def test_an_unknown_modality_is_one_line() -> None:
         small_model("smell")
 
 
-def test_int8_accuracy_of_a_small_model(tmp_path: Path) -> None:
+@pytest.mark.parametrize("target", ["avx2", "vnni"])  # 7-bit and 8-bit weights, whatever this CPU is
+def test_int8_accuracy_of_a_small_model(tmp_path: Path, target: str) -> None:
     from m2pt_deploy.pipelines.int8_accuracy import small_model_int8_accuracy
     from m2pt_deploy.verify.tolerance import INT8_CPU
 
-    scores = small_model_int8_accuracy("points", tmp_path, count=32, calib=16)
-    assert scores["images"] == 32 and scores["fp32_top1"] >= 0.75
+    # The video model: its top-2 logits are far apart (a point or spectrogram input near a tie can flip
+    # at 7 bits on one set of 32 and not on another, which would test the draw, not the function).
+    scores = small_model_int8_accuracy("video", tmp_path, count=32, calib=16, target=target)
+    assert scores["images"] == 32 and scores["fp32_top1"] >= 0.75 and scores["target"] == target
     assert scores["agreement"] >= INT8_CPU.min_top1, scores  # the product's int8 bar
     assert scores["delta"] == scores["int8_top1"] - scores["fp32_top1"]
