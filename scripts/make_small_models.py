@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from m2pt_deploy.bench.machine import machine_info, machine_line
-from m2pt_deploy.inputs.preprocess import array_transform
+from m2pt_deploy.inputs.preprocess import array_inputs
 from m2pt_deploy.model.build import build_unmerged
 from m2pt_deploy.model.checkpoint import load_checkpoint
 from m2pt_deploy.pipelines.small_models import RECIPES, SMALL_MODELS, train_small_model
@@ -31,8 +31,7 @@ from m2pt_deploy.pipelines.small_models import RECIPES, SMALL_MODELS, train_smal
 def _accuracy(checkpoint: Path, x: np.ndarray, y: np.ndarray) -> float:
     """Top-1 on inputs preprocessed as training preprocesses them."""
     ckpt = load_checkpoint(checkpoint)
-    model, transform = build_unmerged(ckpt).eval(), array_transform(ckpt.spec)
-    ready = torch.stack([transform(torch.from_numpy(row)) for row in x])
+    model, ready = build_unmerged(ckpt).eval(), torch.from_numpy(array_inputs(ckpt.spec, x))
     with torch.no_grad():
         logits = torch.cat([model(ready[i:i + 32]) for i in range(0, len(ready), 32)])
     return float((logits.argmax(1).numpy() == y).mean())

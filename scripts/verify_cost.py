@@ -16,13 +16,12 @@ import argparse
 import dataclasses
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+from m2pt_deploy.bench.export_cost import run_measured
 from m2pt_deploy.bench.machine import machine_info, machine_line
 from m2pt_deploy.bench.paper import PAPER_MODELS
 from m2pt_deploy.families import ModelSpec
@@ -33,11 +32,6 @@ from m2pt_deploy.model.pathway import DEFAULT_LAYERS, add_pathways, pathway_laye
 # The paper's models (VideoMAE V2 ViT-B as fine-tuned on Something-Something V2: 174 classes).
 SPECS = {"videomae": dataclasses.replace(PAPER_MODELS["videomae"], model_kwargs={
     **PAPER_MODELS["videomae"].model_kwargs, "num_classes": 174}), "vit": PAPER_MODELS["vit"]}
-
-# Runs one command and prints its peak resident memory (KiB on Linux) on its last line.
-_MEASURE = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]).returncode; "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r)")
-
 
 def write_checkpoint(spec: ModelSpec, path: Path) -> Path:
     torch.manual_seed(0)
@@ -52,16 +46,13 @@ def write_checkpoint(spec: ModelSpec, path: Path) -> Path:
 
 
 def timed(argv: list[str], tree: Path | None) -> dict[str, float]:
+    """Wall time and peak RSS of one command, run from ``tree`` (its own folder and PYTHONPATH: ``python
+    -m`` puts the working folder before PYTHONPATH on sys.path)."""
     env = {**os.environ, "PYTHONPATH": str(tree.resolve())} if tree else None
-    start = time.perf_counter()
-    # cwd too: ``python -m`` puts the working folder before PYTHONPATH on sys.path.
-    done = subprocess.run([sys.executable, "-c", _MEASURE, *argv], capture_output=True, text=True, env=env,
-                          cwd=tree)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    peak_kib = int(done.stdout.strip().splitlines()[-1])
-    return {"wall_s": round(wall, 1), "peak_gib": round(peak_kib / 2**20, 2)}
+    cost = run_measured(argv[:1], argv[1:], env=env, cwd=tree)
+    if cost.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({cost.returncode}):\n{cost.stderr_tail}")
+    return {"wall_s": round(cost.wall_s, 1), "peak_gib": round(cost.peak_rss_mb / 1024, 2)}
 
 
 def main() -> None:

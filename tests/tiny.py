@@ -22,6 +22,7 @@ from m2pt_deploy.model.pathway import (
     pathway_parameters,
     pathway_state_dict,
 )
+from m2pt_deploy.pipelines.small_models import SMALL_MODELS
 from m2pt_deploy.train import TrainConfig
 
 # One registry of tiny configurations (embed dim 64 = one 64-wide head, so shape
@@ -56,38 +57,18 @@ TINY_DEIT = ModelSpec(
 )
 
 
-# VideoMAE V2 at 64 wide (one 64-wide head, which shape inference assumes): 4 frames of 32 × 32 in
-# tubelets of 2 × 8 × 8 give 2 · 4 · 4 = 32 tokens.
-TINY_VIDEO = ModelSpec(
-    "videomae_v2_w64",
-    dict(embed_dim=64, depth=2, num_heads=1, mlp_ratio=4.0, patch_size=8, tubelet_size=2, num_frames=4,
-         img_size=(32, 32), in_chans=3, num_classes=10, qkv_bias=True, init_values=0.0, use_mean_pooling=True),
-    (3, 4, 32, 32),
-    family="videomae",
-)
+def _classes(spec: ModelSpec, n: int) -> ModelSpec:
+    return dataclasses.replace(spec, model_kwargs={**spec.model_kwargs, "num_classes": n})
 
 
-# Point-MAE 48 wide, 3 heads of 16, 2 blocks; 128 points in 16 groups of 8.
-POINT_OPTIONS = {"npoints": 128, "num_group": 16, "group_size": 8, "num_heads": 3}
-TINY_POINT = ModelSpec(
-    "point_mae",
-    {"embed_dim": 48, "depth": 2, "mlp_ratio": 4.0, "num_classes": 5, **POINT_OPTIONS},
-    (128, 3),
-    mean=(),
-    std=(),
-    family="pointmae",
-)
-
-
-# AudioMAE's real input, (1, 1024, 128) time × frequency, at a tiny width: 512 patches.
-TINY_AUDIOMAE = ModelSpec(
-    "vit_tiny_patch16_224",
-    dict(img_size=(1024, 128), patch_size=16, in_chans=1, embed_dim=64, depth=2, num_heads=1, num_classes=527,
-         global_pool="avg", fc_norm=True),
-    (1, 1024, 128),
-    mean=(-4.2677393,),
-    std=(2 * 4.5689974,),
-)
+# The library's small models (pipelines/small_models.py) at other class counts: VideoMAE V2 64 wide
+# (one 64-wide head, which shape inference assumes), 4 frames of 32 × 32 in tubelets of 2 × 8 × 8 =
+# 32 tokens; Point-MAE 48 wide, 3 heads of 16, 2 blocks, 128 points in 16 groups of 8; AudioMAE's real
+# input, (1, 1024, 128) time × frequency, at 64 wide: 512 patches.
+TINY_VIDEO = _classes(SMALL_MODELS["video"], 10)
+TINY_POINT = _classes(SMALL_MODELS["points"], 5)
+POINT_OPTIONS = {k: TINY_POINT.model_kwargs[k] for k in ("npoints", "num_group", "group_size", "num_heads")}
+TINY_AUDIOMAE = _classes(SMALL_MODELS["spectrogram"], 527)
 
 # Real files name a timm or MAE model in args.model; these tiny widths have no timm name,
 # so the files name one timm does not know, which the loader reports and reads shapes for.

@@ -14,7 +14,7 @@ import dataclasses
 import os
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = ["CommandCost", "run_measured"]
@@ -32,11 +32,12 @@ class CommandCost:
         return dataclasses.asdict(self)
 
 
-def run_measured(command: Sequence[str], args: Sequence[str], *, label: str | None = None) -> CommandCost:
-    """Run ``COMMAND ARGS`` as a child process; its own wall time and peak RSS."""
+def run_measured(command: Sequence[str], args: Sequence[str], *, label: str | None = None,
+                 env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None) -> CommandCost:
+    """Run ``COMMAND ARGS`` as a child process (in ``cwd``, with ``env``); its own wall time and peak RSS."""
     argv = [*command, *args]
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
     assert proc.stderr is not None
     err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)

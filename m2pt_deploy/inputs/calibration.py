@@ -49,8 +49,7 @@ def int8_data(spec: ModelSpec, *, calib_data: str | os.PathLike[str] | None = No
                   f"the other {len(data) - verify_images} calibrate)")
         return Int8Data(data[verify_images:], data[:verify_images], source)
     calibration = photo_tiles(spec.input_size, spec.mean, spec.std, count=calib_images, seed=CALIBRATION_SEED)
-    held_out = photo_tiles(spec.input_size, spec.mean, spec.std, count=verify_images, seed=VERIFY_SEED)
-    return Int8Data(calibration, held_out, "held-out photo tiles")
+    return Int8Data(calibration, held_out_inputs(spec, verify_images), "held-out photo tiles")
 
 
 def held_out_inputs(spec: ModelSpec, count: int = VERIFY_IMAGES) -> np.ndarray:

@@ -12,13 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from m2pt_deploy.families import ModelSpec, family_of
 
-__all__ = ["IMAGE_EXTENSIONS", "Transform", "array_transform", "image_transform", "input_layout", "resizable"]
+__all__ = ["IMAGE_EXTENSIONS", "Transform", "array_inputs", "array_transform", "image_transform", "input_layout",
+           "resizable"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 Transform = Callable[[Tensor], Tensor]
@@ -71,3 +73,9 @@ def array_transform(spec: ModelSpec) -> Transform:
         return (x - mean) / std
 
     return transform
+
+
+def array_inputs(spec: ModelSpec, x: np.ndarray) -> np.ndarray:
+    """The model inputs an ``.npz``'s ``x`` rows become: :func:`array_transform` of each, float32."""
+    transform = array_transform(spec)
+    return np.stack([transform(torch.from_numpy(row.astype(np.float32, copy=False))).numpy() for row in x])

@@ -13,7 +13,7 @@ import numpy as np
 
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.families import ModelSpec, family_of
-from m2pt_deploy.inputs.preprocess import IMAGE_EXTENSIONS, array_transform, image_transform, input_layout, resizable
+from m2pt_deploy.inputs.preprocess import IMAGE_EXTENSIONS, array_inputs, image_transform, input_layout, resizable
 
 __all__ = ["UNREADABLE_NPZ", "load_user_inputs"]
 
@@ -67,7 +67,6 @@ def _images(folder: Path, spec: ModelSpec, count: int, rng: np.random.Generator)
 
 
 def _arrays(path: Path, spec: ModelSpec, count: int, rng: np.random.Generator) -> np.ndarray:
-    import torch
 
     try:
         # allow_pickle=False: an .npz with object arrays is refused, never unpickled.
@@ -86,9 +85,7 @@ def _arrays(path: Path, spec: ModelSpec, count: int, rng: np.random.Generator) -
                         f"{input_layout(spec)}", path)
     if not np.isfinite(x).all():
         raise M2ptError("'x' contains NaN or Inf", path)
-    transform = array_transform(spec)
-    rows = x[np.sort(rng.permutation(len(x))[:count])]
-    return np.stack([transform(torch.from_numpy(r.astype(np.float32))).numpy() for r in rows])
+    return array_inputs(spec, x[np.sort(rng.permutation(len(x))[:count])])
 
 
 def _pictures(x: np.ndarray, spec: ModelSpec, path: Path) -> np.ndarray:

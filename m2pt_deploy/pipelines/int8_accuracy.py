@@ -22,7 +22,7 @@ from m2pt_deploy.export.onnx import OnnxFromCheckpoint, save_onnx
 from m2pt_deploy.export.optimize import save_optimized
 from m2pt_deploy.inputs.datasets import load_data
 from m2pt_deploy.inputs.learnable import learnable_task
-from m2pt_deploy.inputs.preprocess import array_transform
+from m2pt_deploy.inputs.preprocess import array_inputs
 from m2pt_deploy.model.build import build_vanilla
 from m2pt_deploy.model.checkpoint import load_checkpoint, save_checkpoint
 from m2pt_deploy.pipelines.demo import AUX_ASSET, DEMO_SPEC, demo_config, write_digits
@@ -77,17 +77,13 @@ def small_model_int8_accuracy(modality: str, out: Path, *, count: int = 256, cal
     ckpt = load_checkpoint(path)
     scored = learnable_task(ckpt.spec, count, seed=seed)
     calibration = learnable_task(ckpt.spec, calib, seed=seed + 1)
-    transform = array_transform(ckpt.spec)
-
-    def ready(x: np.ndarray) -> np.ndarray:
-        return np.stack([transform(torch.from_numpy(row)).numpy() for row in x])
 
     out.mkdir(parents=True, exist_ok=True)
     proto = OnnxFromCheckpoint(ckpt)()
     fp32 = save_onnx(proto, out / f"{modality}.onnx", force=True)
-    int8 = save_optimized(cpu_int8_onnx(proto, ready(calibration.x), target=target), out / f"{modality}.int8.onnx",
-                          force=True)
-    scores = accuracy_delta(fp32, int8, ready(scored.x), scored.y)
+    quantized = cpu_int8_onnx(proto, array_inputs(ckpt.spec, calibration.x), target=target)
+    int8 = save_optimized(quantized, out / f"{modality}.int8.onnx", force=True)
+    scores = accuracy_delta(fp32, int8, array_inputs(ckpt.spec, scored.x), scored.y)
     return {**scores, "target": target or int8_target(), "dataset": f"{scored.task}, seeded, never seen in training",
             "model": f"the shipped small {modality} model ({path.name}), calibrated on {calib} other inputs "
                      "of its task"}

@@ -11,7 +11,7 @@ import torch
 
 from m2pt_deploy.errors import M2ptError
 from m2pt_deploy.inputs.learnable import learnable_task
-from m2pt_deploy.inputs.preprocess import array_transform
+from m2pt_deploy.inputs.preprocess import array_inputs
 from m2pt_deploy.model.build import build_unmerged
 from m2pt_deploy.model.checkpoint import load_checkpoint
 from m2pt_deploy.pipelines.small_models import ASSETS, SMALL_MODELS, small_model, train_small_model
@@ -32,8 +32,7 @@ def test_the_shipped_model_is_the_one_its_manifest_describes(modality: str) -> N
 def test_the_shipped_model_learned_its_task(modality: str) -> None:
     ckpt = load_checkpoint(small_model(modality))
     data = learnable_task(ckpt.spec, 64, seed=7)  # neither its training nor its validation inputs
-    transform = array_transform(ckpt.spec)
-    x = torch.stack([transform(torch.from_numpy(row)) for row in data.x])
+    x = torch.from_numpy(array_inputs(ckpt.spec, data.x))
     with torch.no_grad():
         accuracy = float((build_unmerged(ckpt).eval()(x).argmax(1).numpy() == data.y).mean())
     # Three times chance (4 classes): a model that learned its task, whatever the CPU's rounding.
