@@ -43,7 +43,8 @@ __all__ = ["OnnxFile", "Subject", "checkpoint_subject", "onnx_subject", "random_
 
 SubjectKind = Literal["random", "checkpoint", "onnx"]
 # Ops that only a quantized graph holds, and the contrib domain only an optimized one uses.
-_INT8_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearMatMul", "MatMulInteger", "QAttention"})
+_INT8_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat",
+                       "QAttention"})
 _CONTRIB = "com.microsoft"
 
 

@@ -39,6 +39,10 @@ __all__ = ["QuantPrecision", "quantizable_nodes", "quantize_qdq", "qdq_summary"]
 
 QuantPrecision = Literal["int8", "fp8"]
 _WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
+# Weight ops whose output can stay float on ONNX Runtime's CPU provider: DQ -> MatMul (-> Add
+# bias) becomes one MatMulIntegerToFloat, Gemm a QGemm with a float output. Conv keeps its
+# output Q/DQ: QLinearConv needs one, and a Conv without it would run in float.
+_FLOAT_OUTPUT_OPS = ("MatMul", "Gemm")
 # Readers of a tensor's shape only: a Q/DQ in front of them changes nothing they compute.
 _SHAPE_OPS = ("Shape", "Size")
 # float8 Q/DQ operators exist from opset 19 on.
@@ -82,11 +86,15 @@ def quantize_qdq(
     input_name: str | None = None,
     batch_size: int = 8,
     target: Int8Target | None = None,
+    quantize_outputs: bool = True,
 ) -> onnx.ModelProto:
     """A Q/DQ copy of an fp32 graph, with activation ranges from ``calibration`` ([N, *input], any family).
 
     ``target``: the CPU integer path the int8 model is for (default: this machine's);
     it decides 7-bit or 8-bit weights. TensorRT exports pass ``"vnni"`` (no saturation on GPUs).
+    ``quantize_outputs=False`` leaves the outputs of MatMul and Gemm in float (their inputs
+    are still quantized): for ONNX Runtime's CPU provider, where the output Q/DQ pair only
+    rounds the result a second time and keeps the bias add out of the integer kernel.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -100,9 +108,10 @@ def quantize_qdq(
     batch_size = min(batch_size, len(calibration))
     calibration = calibration[: len(calibration) - len(calibration) % batch_size]
     nodes = quantizable_nodes(proto)
+    float_outputs = () if quantize_outputs else _FLOAT_OUTPUT_OPS
     reader = _Reader(name, calibration, batch_size)
     options: dict[str, Any] = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                               "DedicatedQDQPair": False}
+                               "DedicatedQDQPair": False, "OpTypesToExcludeOutputQuantization": list(float_outputs)}
     if precision == "fp8":
         proto = _at_least_opset(proto, _FP8_MIN_OPSET)
         qtype, method = QuantType.QFLOAT8E4M3FN, CalibrationMethod.Distribution
@@ -112,7 +121,7 @@ def quantize_qdq(
         # outliers would set the whole int8 scale. ONNX Runtime's own pass then sees one batch
         # and every range it would use is overridden.
         qtype, method = QuantType.QInt8, CalibrationMethod.MinMax
-        thresholds = activation_ranges(proto, _activations(proto, nodes),
+        thresholds = activation_ranges(proto, _activations(proto, nodes, float_outputs),
                                        _Reader(name, calibration, _RANGE_BATCH).all_batches())
         options["TensorQuantOverrides"] = {t: [{"rmin": np.float32(-v), "rmax": np.float32(v)}]
                                            for t, v in thresholds.items()}
@@ -138,11 +147,12 @@ def quantize_qdq(
     return out
 
 
-def _activations(proto: onnx.ModelProto, nodes: list[str]) -> list[str]:
-    """What needs a range: the activation input and the output of each node to quantize
-    (the tensors ONNX Runtime's calibrator would measure for them)."""
+def _activations(proto: onnx.ModelProto, nodes: list[str], float_outputs: tuple[str, ...] = ()) -> list[str]:
+    """What needs a range: the activation input of each node to quantize, and its output unless
+    its op type is in ``float_outputs`` (the tensors the quantizer will put Q/DQ pairs on)."""
     chosen, weights = set(nodes), {t.name for t in proto.graph.initializer}
-    found = {t for n in proto.graph.node if n.name in chosen for t in (n.input[0], *n.output)}
+    found = {t for n in proto.graph.node if n.name in chosen
+             for t in (n.input[0], *(() if n.op_type in float_outputs else n.output))}
     return sorted(found - weights)
 
 

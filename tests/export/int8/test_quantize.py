@@ -167,3 +167,24 @@ def test_point_mae_grouping_stays_exact_in_int8(point_graph: onnx.ModelProto, op
     assert want.keys() == got.keys() and len(want) == 16  # 15 sampling steps and the KNN
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_cpu_placement_leaves_matmul_outputs_float(fp32_graph, calib) -> None:  # noqa: F811
+    """The TensorRT placement quantizes each weight MatMul's output too; the CPU one does not,
+    so ONNX Runtime fuses DQ -> MatMul -> bias Add into MatMulIntegerToFloat."""
+    from m2pt_deploy.export.int8.cpu import cpu_int8_onnx
+
+    def quantized_outputs(model: onnx.ModelProto) -> set[str]:
+        readers: dict[str, list[str]] = {}
+        for node in model.graph.node:
+            for tensor in node.input:
+                readers.setdefault(tensor, []).append(node.op_type)
+        return {n.op_type for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")
+                and "QuantizeLinear" in readers.get(n.output[0], [])}
+
+    assert quantized_outputs(quantize_qdq(fp32_graph, "int8", calib[:16], target="vnni")) == {"MatMul", "Gemm", "Conv"}
+    cpu = quantize_qdq(fp32_graph, "int8", calib[:16], target="vnni", quantize_outputs=False)
+    assert quantized_outputs(cpu) == {"Conv"}  # QLinearConv needs its output scale
+    ops = [n.op_type for n in cpu_int8_onnx(fp32_graph, calib[:16], target="vnni").graph.node]
+    assert "QLinearMatMul" not in ops
+    assert ops.count("MatMulIntegerToFloat") == 4 * TINY.model_kwargs["depth"], ops
