@@ -79,6 +79,10 @@ class GraphSignature:
         return f"{self.node_count} nodes, {n_init} initializers, {n_ops} op types"
 
 
+def _elements(tensor: onnx.TensorProto) -> int:
+    return int(np.prod(tensor.dims, dtype=np.int64))
+
+
 def _dtype(code: int) -> str:
     return onnx.TensorProto.DataType.Name(code).lower()
 
@@ -103,6 +107,11 @@ def _value(v: onnx.ValueInfoProto) -> tuple[str, str, tuple[int | str, ...]]:
 
 
 def graph_signature(proto: onnx.ModelProto) -> GraphSignature:
+    """The graph's cost-deciding facts. Scalar initializers are left out of ``initializers``: in a
+    quantized graph they are the calibrated scales and zero points, and ONNX Runtime's optimizer
+    (its ConstantSharing pass) keeps one of any scalars that happen to be equal, so which of
+    their names survive depends on the calibration, not on the cost (the nodes reading them
+    are still counted)."""
     nodes = list(_nodes(proto.graph))
     ops = Counter(
         n.op_type if n.domain in _ONNX_DOMAINS else f"{n.domain}::{n.op_type}" for n in nodes
@@ -111,7 +120,7 @@ def graph_signature(proto: onnx.ModelProto) -> GraphSignature:
         ops=dict(sorted(ops.items())),
         node_count=len(nodes),
         initializers={
-            t.name: (tuple(t.dims), _dtype(t.data_type)) for t in proto.graph.initializer
+            t.name: (tuple(t.dims), _dtype(t.data_type)) for t in proto.graph.initializer if _elements(t) > 1
         },
         inputs=tuple(_value(v) for v in proto.graph.input),
         outputs=tuple(_value(v) for v in proto.graph.output),

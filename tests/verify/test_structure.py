@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -34,6 +35,35 @@ def test_each_kind_of_difference_is_reported_with_both_values(good_proto):
     assert "initializer extra_weight: float[3] vs absent" in diffs
     inputs = [d for d in diffs if d.startswith("inputs:")]
     assert len(inputs) == 1 and "'float16'" in inputs[0] and "'float'" in inputs[0]
+
+
+def test_shared_scalar_scales_are_not_a_structural_difference(good_proto):
+    """ONNX Runtime keeps one of two equal scalar initializers (ConstantSharing): in an int8 graph
+    that depends on which calibrated scales coincide, so a graph where two scalar scales were merged
+    is the same graph; a changed non-scalar initializer is still a difference."""
+    from onnx import helper, numpy_helper
+
+    def with_scales(shared: bool) -> onnx.ModelProto:
+        out = _copy(good_proto)
+        inp = out.graph.input[0].name
+        names = ["scale_a", "scale_a" if shared else "scale_b"]
+        for name in dict.fromkeys(names):
+            out.graph.initializer.append(numpy_helper.from_array(np.float32(0.5), name))
+        out.graph.initializer.append(numpy_helper.from_array(np.int8(0), "zero"))
+        first = out.graph.node[0]
+        q = helper.make_node("QuantizeLinear", [inp, names[0], "zero"], ["q"], name="q")
+        dq = helper.make_node("DequantizeLinear", ["q", names[1], "zero"], ["dq"], name="dq")
+        out.graph.node.insert(0, dq)
+        out.graph.node.insert(0, q)
+        first.input[0] = "dq"
+        return out
+
+    assert structure_differences(graph_signature(with_scales(True)), graph_signature(with_scales(False))) == []
+    widened = with_scales(False)
+    weight = next(t for t in widened.graph.initializer if len(t.dims) == 2)
+    weight.dims[0] += 1
+    assert any(d.startswith(f"initializer {weight.name}:")
+               for d in structure_differences(graph_signature(widened), graph_signature(with_scales(True))))
 
 
 def test_export_settings_are_read_off_the_graph(good_proto):
