@@ -188,6 +188,7 @@ class VideoMAEFamily(ModelFamily):
     modality = "video"
     options = (NUM_HEADS,)  # from args.model or the config, else the standard width table or 64-wide heads
     verify_inputs = 1  # a 16-frame clip is 1,568 tokens: eight images' worth, ten times their compute
+    held_out_batch = 2  # one clip's 12 attention maps per block are 118 MB
 
     def recognizes(self, state_dict: Mapping[str, Tensor]) -> bool:
         weight = state_dict.get("patch_embed.proj.weight")

@@ -14,6 +14,7 @@ import numpy as np
 
 from m2pt_deploy.cpu import cpu_model, int8_target
 from m2pt_deploy.errors import M2ptError
+from m2pt_deploy.families import family_of
 from m2pt_deploy.model.build import build_unmerged
 from m2pt_deploy.model.checkpoint import Checkpoint
 from m2pt_deploy.runtime.runners import TorchRunner, cpu_runner
@@ -37,8 +38,9 @@ def _cpu_note(onnx_path: str | os.PathLike[str]) -> str:
 
 
 def verify_int8_cpu(ckpt: Checkpoint, onnx_path: str | os.PathLike[str], images: np.ndarray, *,
-                    batch: int = 16, source: str = "held-out photo tiles") -> CheckResult:
-    """Top-1 agreement of the int8 model, run as a server runs it on this CPU, with the fp32 model.
+                    batch: int | None = None, source: str = "held-out photo tiles") -> CheckResult:
+    """Top-1 agreement of the int8 model, run as a server runs it on this CPU, with the fp32 model,
+    ``batch`` inputs at a time (default: the family's ``held_out_batch``).
 
     The note names this CPU's int8 path and the one the model was quantized for: int8
     numerics differ between instruction sets, so the verdict holds for CPUs like this one.
@@ -49,6 +51,7 @@ def verify_int8_cpu(ckpt: Checkpoint, onnx_path: str | os.PathLike[str], images:
                         f"{list(images.shape)}")
     x = np.ascontiguousarray(images, dtype=np.float32)
     name = graph_input_name(onnx_path)  # the family's input name, as the export declared it
+    batch = batch or family_of(ckpt.spec).held_out_batch
     feeds = [{name: x[i:i + batch]} for i in range(0, len(x), batch)]
     reference = TorchRunner(lambda: build_unmerged(ckpt), (None, *size), name="torch-unmerged", input_name=name)
     (result,) = compare_runners([reference, cpu_runner(onnx_path)], feeds, INT8_CPU, check="int8 onnx (cpu)",

@@ -23,6 +23,7 @@ from m2pt_deploy.export.engine_info import engine_runner, read_engine_info
 from m2pt_deploy.export.onnx import INPUT_NAME
 from m2pt_deploy.export.precision import emulate_in_fp32
 from m2pt_deploy.export.tensorrt import Platform
+from m2pt_deploy.families import family_of
 from m2pt_deploy.model.build import build_unmerged
 from m2pt_deploy.model.checkpoint import Checkpoint
 from m2pt_deploy.runtime.runners import TorchRunner, ort_runner
@@ -79,7 +80,7 @@ def onnx_precision_runner(onnx_path: str | os.PathLike[str], *, name: str | None
 
 
 def verify_onnx_precision(ckpt: Checkpoint, onnx_path: str | os.PathLike[str], images: np.ndarray,
-                          *, precision: str, batch: int = 16) -> CheckResult:
+                          *, precision: str, batch: int | None = None) -> CheckResult:
     """The ONNX an engine will be built from, checked in ONNX Runtime before the build.
 
     fp32 and fp16 graphs are ONNX files like ``m2pt-export --format onnx`` writes and are held
@@ -91,6 +92,7 @@ def verify_onnx_precision(ckpt: Checkpoint, onnx_path: str | os.PathLike[str], i
     runners = [_reference(ckpt, name), onnx_precision_runner(onnx_path)]
     note = _EMULATION_NOTES.get(precision, "")
     tolerance = TOLERANCES[precision] if precision in ("fp32", "fp16") else engine_tolerance(precision)
+    batch = batch or family_of(ckpt.spec).held_out_batch
     (result,) = compare_runners(runners, batch_feeds(images, batch, name=name), tolerance, check=f"{precision} onnx",
                                 note=note)
     return result
