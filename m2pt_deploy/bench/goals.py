@@ -174,7 +174,7 @@ def goals(data: Mapping[str, Any]) -> list[dict[str, Any]]:
     out = _speed_goals(data, primary) if vit_b16 else _family_goals(data, primary, paper) \
         if paper in FAMILY_GOALS else []
     out.append(_int8_agreement(data, primary))
-    out.append(_goal("int8 accuracy delta on real labelled images reported", _accuracy_delta(data, primary),
+    out.append(_goal("int8 accuracy delta on labelled data reported", _accuracy_delta(data, primary),
                      lambda v: True, "{:+.2%}"))
     for c in data["comparisons"]:
         if (c["candidate"], c["baseline"]) == ("merged", "vanilla"):

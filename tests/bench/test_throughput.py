@@ -115,7 +115,7 @@ def test_goals_report_each_figure_against_its_threshold() -> None:
     assert met["merged / vanilla latency 1.00 ± 0.03, ONNX Runtime, batch 8"] is True
     assert met["m2pt-export (onnx) ≤ 30 s"] is True
     assert met["m2pt-export (onnx) peak RSS ≤ 4 GB"] is False
-    assert met["int8 accuracy delta on real labelled images reported"] is None
+    assert met["int8 accuracy delta on labelled data reported"] is None
     worse = {g["goal"]: g["met"] for g in goals(_data(fast=8.0, int8=20.0, ratio=1.05))}
     assert worse["ONNX Runtime optimized within 10% of the fp32 matmul peak, batch 8"] is False
     assert worse["int8 ≥ 3× ONNX Runtime fp32 (optimized), batch 8"] is False
@@ -188,7 +188,7 @@ def test_goals_of_other_architectures_leave_out_the_vit_b16_goals(spec: dict) ->
     data = {**_data(fast=9.5, int8=30.0, ratio=1.02), "spec": spec}
     shown = [g["goal"] for g in goals(data)]
     assert shown == ["int8 top-1 agreement with fp32 ≥ 99% (photo tiles)",
-                     "int8 accuracy delta on real labelled images reported",
+                     "int8 accuracy delta on labelled data reported",
                      "merged / vanilla latency 1.00 ± 0.03, ONNX Runtime, batch 8"]
     table = goal_table(data)
     assert "ViT-B/16" not in table.split("Not shown")[0] and "≥ 1.25×" not in table.split("Not shown")[0]

@@ -6,9 +6,9 @@ The Q/DQ placement and calibration are the TensorRT path's (``quantize.py``): sy
 per-channel weights, per-tensor activations, only weight-carrying MatMuls quantized, so
 attention's activation-by-activation MatMuls, LayerNorm, Softmax and GELU stay in fp32.
 One difference: the MatMul and Gemm outputs stay float (no output Q/DQ), so ONNX Runtime
-fuses each quantized MatMul and its bias add into one ``MatMulIntegerToFloat``. Measured on
-the paper-size models (docs/performance.md): 1.06× (VideoMAE V2) to 1.25× (Point-MAE) faster
-than re-quantizing every output, and one rounding fewer per layer.
+fuses each quantized MatMul and its bias add into one ``MatMulIntegerToFloat``: one rounding
+fewer per layer, and faster than re-quantizing every output (``scripts/int8_placement.py``
+times both side by side; figures in docs/performance.md).
 
 Every family quantizes: RGB image models calibrate on photo tiles by default, the others on
 the user's own inputs in their model-ready layout (``--calib-data``: spectrograms, clips,
