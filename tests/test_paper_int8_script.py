@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -15,17 +13,12 @@ from m2pt_deploy.bench.latency import pathway_pair
 from m2pt_deploy.inputs.learnable import learnable_task
 from m2pt_deploy.inputs.preprocess import array_inputs
 from m2pt_deploy.pipelines.small_models import SMALL_MODELS
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("paper_int8", ROOT / "scripts" / "paper_int8.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("paper_int8")
 
 
 def test_the_paper_specs_keep_the_paper_size_with_a_four_class_head(script: ModuleType) -> None:

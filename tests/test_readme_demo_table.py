@@ -3,7 +3,6 @@ reports (docs/bench/demo-seed-N.json), and the script catches and mends a stale 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -11,17 +10,15 @@ from types import ModuleType
 
 import pytest
 
+from tests.scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = sorted((ROOT / "docs" / "bench").glob("demo-seed-*.json"))
 
 
 @pytest.fixture(scope="module")
 def script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("readme_demo_table", ROOT / "scripts" / "readme_demo_table.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("readme_demo_table")
 
 
 def _report(seed: int, with_: tuple[float, float], without: tuple[float, float]) -> dict:
