@@ -188,3 +188,23 @@ def test_cpu_placement_leaves_matmul_outputs_float(fp32_graph, calib) -> None:  
     ops = [n.op_type for n in cpu_int8_onnx(fp32_graph, calib[:16], target="vnni").graph.node]
     assert "QLinearMatMul" not in ops
     assert ops.count("MatMulIntegerToFloat") == 4 * TINY.model_kwargs["depth"], ops
+
+
+def test_the_range_cache_writes_the_graph_the_calibration_pass_did(fp32_graph, calib, monkeypatch) -> None:  # noqa: F811
+    """Our percentile ranges handed over as ONNX Runtime's calibration cache (no second pass over the
+    model) give the same Q/DQ graph, scale for scale, as its own pass with our ranges as overrides."""
+    from onnx import numpy_helper
+    from onnxruntime.quantization import quantize_static
+
+    import m2pt_deploy.export.int8.quantize as quantize
+
+    assert quantize._takes_range_cache(quantize_static)  # the pinned ONNX Runtime has the cache
+    cached = quantize_qdq(fp32_graph, "int8", calib[:16], target="vnni", quantize_outputs=False)
+    monkeypatch.setattr(quantize, "_takes_range_cache", lambda _: False)
+    passed = quantize_qdq(fp32_graph, "int8", calib[:16], target="vnni", quantize_outputs=False)
+    assert [(n.op_type, list(n.input), list(n.output)) for n in cached.graph.node] == \
+        [(n.op_type, list(n.input), list(n.output)) for n in passed.graph.node]
+    values = {t.name: numpy_helper.to_array(t) for t in passed.graph.initializer}
+    assert {t.name for t in cached.graph.initializer} == set(values)
+    for t in cached.graph.initializer:
+        np.testing.assert_array_equal(numpy_helper.to_array(t), values[t.name], err_msg=t.name)
