@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from m2pt_deploy.bench.latency import trained_like  # noqa: E402
 from m2pt_deploy.bench.machine import machine_info, machine_line  # noqa: E402
 from m2pt_deploy.bench.paper import PAPER_MODELS  # noqa: E402
+from m2pt_deploy.bench.throughput import paired_ratio  # noqa: E402
 from m2pt_deploy.export.graph import prepare_graph  # noqa: E402
 from m2pt_deploy.export.int8.quantize import quantize_qdq  # noqa: E402
 from m2pt_deploy.export.onnx import export_model  # noqa: E402
@@ -69,12 +70,11 @@ def main() -> None:
                 start = time.perf_counter()
                 sessions[label].run(None, x)
                 times[label].append(time.perf_counter() - start)
-    fp32 = np.array(times["fp32 optimized"])
     print(f"{spec.arch}, batch {args.batch}, {args.rounds} interleaved rounds")
     for label, t in times.items():
-        ratios = fp32 / np.array(t)
-        print(f"  {label:24s} median {1e3 * np.median(t):8.1f} ms   speed-up over fp32 {np.median(ratios):.3f} "
-              f"({np.percentile(ratios, 25):.3f}-{np.percentile(ratios, 75):.3f})")
+        ratio, p25, p75 = paired_ratio(times["fp32 optimized"], t)
+        print(f"  {label:24s} median {1e3 * np.median(t):8.1f} ms   speed-up over fp32 {ratio:.3f} "
+              f"({p25:.3f}-{p75:.3f})")
     ops = [n.op_type for n in files["int8, outputs float"].graph.node]
     print(f"  outputs float: {ops.count('MatMulIntegerToFloat')} MatMulIntegerToFloat, "
           f"{ops.count('QLinearMatMul')} QLinearMatMul")

@@ -26,7 +26,6 @@ import argparse
 import dataclasses
 import json
 import re
-import resource
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from m2pt_deploy.bench.export_cost import run_measured  # noqa: E402
 from m2pt_deploy.bench.latency import pathway_pair  # noqa: E402
 from m2pt_deploy.bench.machine import machine_info, machine_line  # noqa: E402
 from m2pt_deploy.bench.paper import PAPER_MODELS  # noqa: E402
@@ -86,16 +86,16 @@ def fit_head(model: torch.nn.Module, spec: ModelSpec, x: np.ndarray, y: np.ndarr
 
 
 def run_export(ckpt: Path, calib: Path, out: Path, calib_n: int, held_n: int) -> dict[str, Any]:
-    argv = [sys.executable, "-m", "m2pt_deploy.cli.export", "--format", "onnx", str(ckpt), "--precision", "int8",
-            "--optimize", "--calib-data", str(calib), "--calib-images", str(calib_n), "--verify-images", str(held_n),
-            "-o", str(out), "--force"]
-    start = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
-    wall = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the only child so far
-    return {"command": "m2pt-export " + " ".join(argv[3:]), "returncode": proc.returncode, "wall_s": round(wall, 1),
-            "peak_rss_mb": round(peak_mb), "stdout": proc.stdout.strip().splitlines(),
-            "stderr_tail": proc.stderr.strip().splitlines()[-5:]}
+    """``m2pt-export`` as its own process (wall time and peak RSS of that process alone), with its
+    verification report."""
+    report = out.with_suffix(".report.json")
+    args = ["--format", "onnx", str(ckpt), "--precision", "int8", "--optimize", "--calib-data", str(calib),
+            "--calib-images", str(calib_n), "--verify-images", str(held_n), "-o", str(out), "--report", str(report),
+            "--force"]
+    cost = run_measured([sys.executable, "-m", "m2pt_deploy.cli.export"], args, label="m2pt-export " + " ".join(args),
+                        cwd=ROOT)
+    verdict = json.loads(report.read_text()) if report.is_file() else None
+    return {**cost.to_dict(), "verification": verdict}
 
 
 def serve_one(model: Path, x: np.ndarray, log: Path) -> dict[str, Any]:
@@ -183,9 +183,9 @@ def main() -> None:
 
     onnx_path = args.out / f"{args.family}.int8.onnx"
     report["export"] = run_export(ckpt, calib, onnx_path, args.calib, args.held_out)
-    print("\n".join(report["export"]["stdout"]), flush=True)
-    print(f"m2pt-export: exit {report['export']['returncode']}, {report['export']['wall_s']} s, "
-          f"peak RSS {report['export']['peak_rss_mb']} MB", flush=True)
+    print(json.dumps(report["export"]["verification"]), flush=True)
+    print(f"m2pt-export: exit {report['export']['returncode']}, {report['export']['wall_s']:.1f} s, "
+          f"peak RSS {report['export']['peak_rss_mb']:.0f} MB", flush=True)
     if report["export"]["returncode"] == 0:
         report["served"] = serve_one(onnx_path, held[:1], args.out / "serve.log")
         print(json.dumps(report["served"]), flush=True)

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -79,10 +80,6 @@ class GraphSignature:
         return f"{self.node_count} nodes, {n_init} initializers, {n_ops} op types"
 
 
-def _elements(tensor: onnx.TensorProto) -> int:
-    return int(np.prod(tensor.dims, dtype=np.int64))
-
-
 def _dtype(code: int) -> str:
     return onnx.TensorProto.DataType.Name(code).lower()
 
@@ -120,7 +117,7 @@ def graph_signature(proto: onnx.ModelProto) -> GraphSignature:
         ops=dict(sorted(ops.items())),
         node_count=len(nodes),
         initializers={
-            t.name: (tuple(t.dims), _dtype(t.data_type)) for t in proto.graph.initializer if _elements(t) > 1
+            t.name: (tuple(t.dims), _dtype(t.data_type)) for t in proto.graph.initializer if math.prod(t.dims) > 1
         },
         inputs=tuple(_value(v) for v in proto.graph.input),
         outputs=tuple(_value(v) for v in proto.graph.output),

@@ -118,8 +118,9 @@ def quantize_qdq(
         options["CalibStridedMinMax"] = 1  # one batch per collection: histograms merge as they come
     else:
         # Percentile (99.999th) ranges, streamed (activation_ranges.py): with MinMax a few
-        # outliers would set the whole int8 scale. ONNX Runtime's own pass then sees one batch
-        # and every range it would use is overridden.
+        # outliers would set the whole int8 scale. They reach ONNX Runtime as its calibration
+        # cache, so its own pass does not run (``_range_cache``); where it has no cache, its pass
+        # sees one input and every range it would use is overridden.
         qtype, method = QuantType.QInt8, CalibrationMethod.MinMax
         thresholds = activation_ranges(proto, _activations(proto, nodes, float_outputs),
                                        _Reader(name, calibration, _RANGE_BATCH).all_batches())
